@@ -1,0 +1,26 @@
+"""Hash chains: each entry's hash covers the previous entry's hash and its own content.
+
+Used by the consent ledger and the decision log so that `audit verify` can prove that no
+entry was changed, removed or inserted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+def canonical_json(value: Any) -> str:
+    """The one serialisation hashes are computed over: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def link(prev_hash: str, payload: Any) -> str:
+    digest = hashlib.sha256()
+    digest.update(prev_hash.encode("ascii"))
+    digest.update(b"\n")
+    digest.update(canonical_json(payload).encode("utf-8"))
+    return digest.hexdigest()

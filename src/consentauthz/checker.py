@@ -1,0 +1,125 @@
+"""The callers' use case: state from consent/, decide with engine/, append to decisionlog/.
+
+No decision leaves this module unless its decision-log entry was accepted first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from .consent import ConsentService
+from .decisionlog import DecisionLog
+from .domain import CheckOutcome, CheckRequest, DecisionRecord, new_id
+from .engine import CompiledPolicy
+from .errors import InvalidArgument
+from .pseudonym import Pseudonymizer
+from .telemetry import (
+    ATTR_BATCH_SIZE,
+    ATTR_CALLER,
+    ATTR_CATEGORY,
+    ATTR_CONSENT_RECORDS,
+    ATTR_CONSISTENCY_TOKEN,
+    ATTR_DECISION,
+    ATTR_DECISION_ID,
+    ATTR_JURISDICTION,
+    ATTR_LEGAL_BASIS,
+    ATTR_POLICY_VERSION,
+    ATTR_PURPOSE,
+    ATTR_REASON,
+    ATTR_REGIME,
+    ATTR_RULE,
+    ATTR_SUBJECT,
+    current_ids,
+    tracer,
+)
+from .validation import validate_batch_size, validate_check
+
+BatchItem = CheckOutcome | InvalidArgument
+
+
+class Checker:
+    def __init__(self, consent: ConsentService, policy: Callable[[], CompiledPolicy],
+                 log: DecisionLog, pseudonymize: Pseudonymizer,
+                 clock: Callable[[], datetime]) -> None:
+        self._consent = consent
+        self._policy = policy
+        self._log = log
+        self._pseudonymize = pseudonymize
+        self._clock = clock
+
+    def check(self, request: CheckRequest, caller: str) -> CheckOutcome:
+        result = self._run([request], caller, prefix=False)[0]
+        if isinstance(result, InvalidArgument):
+            raise result
+        return result
+
+    def check_batch(self, requests: Sequence[CheckRequest | InvalidArgument],
+                    caller: str) -> list[BatchItem]:
+        """One result per item, in order; an item that already failed conversion at the
+        edge is passed in as its InvalidArgument and comes back unchanged."""
+        validate_batch_size(len(requests))
+        return self._run(requests, caller, prefix=True)
+
+    def _run(self, requests: Sequence[CheckRequest | InvalidArgument], caller: str,
+             prefix: bool) -> list[BatchItem]:
+        compiled = self._policy()  # one policy version for the whole batch
+        taxonomy = compiled.policy.taxonomy
+        results: list[BatchItem | None] = [None] * len(requests)
+        pending: list[tuple[int, CheckOutcome]] = []
+        for i, request in enumerate(requests):
+            if isinstance(request, InvalidArgument):
+                results[i] = request
+                continue
+            try:
+                validate_check(request, taxonomy, f"items[{i}]." if prefix else "")
+            except InvalidArgument as exc:
+                results[i] = exc
+                continue
+            pending.append((i, self._decide(request, caller, compiled)))
+        if pending:
+            with tracer().start_as_current_span("decisionlog.Append") as span:
+                span.set_attribute(ATTR_BATCH_SIZE, len(pending))
+                logged = self._log.append([outcome.record for _, outcome in pending])
+            for (i, outcome), record in zip(pending, logged, strict=True):
+                results[i] = CheckOutcome(outcome.decision, record)
+        assert all(r is not None for r in results)
+        return [r for r in results if r is not None]
+
+    def _decide(self, request: CheckRequest, caller: str,
+                compiled: CompiledPolicy) -> CheckOutcome:
+        subject = self._pseudonymize(request.subject_id)
+        with tracer().start_as_current_span("engine.Check") as span:
+            state = self._consent.state_of(subject, request.consistency_token)
+            now = self._clock()
+            decision = compiled.decide(request, state, now)
+            decision_id = new_id()
+            trace_id, span_id = current_ids()
+            rule = str(decision.matched_rule) if decision.matched_rule else ""
+            span.set_attributes({
+                ATTR_DECISION_ID: decision_id,
+                ATTR_CALLER: caller,
+                ATTR_SUBJECT: subject,
+                ATTR_PURPOSE: request.purpose,
+                ATTR_CATEGORY: request.data_category,
+                ATTR_JURISDICTION: decision.jurisdiction,
+                ATTR_REGIME: decision.regime,
+                ATTR_DECISION: decision.effect.value,
+                ATTR_REASON: decision.reason.value,
+                ATTR_LEGAL_BASIS: decision.legal_basis,
+                ATTR_RULE: rule,
+                ATTR_POLICY_VERSION: decision.policy_version,
+                ATTR_CONSENT_RECORDS: list(decision.consent_record_ids),
+                ATTR_CONSISTENCY_TOKEN: state.sequence,
+            })
+        record = DecisionRecord(
+            decision_id=decision_id, time=now, caller=caller, subject=subject,
+            purpose=request.purpose, data_category=request.data_category,
+            jurisdiction=decision.jurisdiction, regime=decision.regime,
+            decision=decision.effect, reason=decision.reason,
+            legal_basis=decision.legal_basis, matched_rule=rule,
+            policy_version=decision.policy_version,
+            consent_record_ids=decision.consent_record_ids,
+            consistency_token=state.sequence, trace_id=trace_id, span_id=span_id,
+            context=dict(request.context))
+        return CheckOutcome(decision, record)

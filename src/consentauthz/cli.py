@@ -1,0 +1,370 @@
+"""`consentauthz serve | check | consent | audit`: the server and its gRPC client commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from . import config as cfg
+from .errors import ConsentAuthzError
+from .v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    consent_pb2,
+    consent_pb2_grpc,
+    decision_pb2,
+    decision_pb2_grpc,
+)
+
+_ACTIONS = {
+    "grant": consent_pb2.CONSENT_ACTION_GRANT,
+    "withdraw": consent_pb2.CONSENT_ACTION_WITHDRAW,
+    "object": consent_pb2.CONSENT_ACTION_OBJECT,
+    "opt-out": consent_pb2.CONSENT_ACTION_OPT_OUT_OF_SALE,
+    "opt-in": consent_pb2.CONSENT_ACTION_OPT_IN_TO_SALE,
+    "limit-sensitive": consent_pb2.CONSENT_ACTION_LIMIT_SENSITIVE,
+}
+_METHODS = {
+    "affirmative": consent_pb2.COLLECTION_METHOD_AFFIRMATIVE,
+    "pre-ticked": consent_pb2.COLLECTION_METHOD_PRE_TICKED,
+    "implied": consent_pb2.COLLECTION_METHOD_IMPLIED,
+    "parental": consent_pb2.COLLECTION_METHOD_PARENTAL,
+}
+_DECISIONS = {"allow": decision_pb2.DECISION_ALLOW, "deny": decision_pb2.DECISION_DENY}
+
+
+class Client:
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.decisions = decision_pb2_grpc.DecisionServiceStub(self.channel)
+        self.consent = consent_pb2_grpc.ConsentServiceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+
+
+def _ts(text: str | None) -> timestamp_pb2.Timestamp | None:
+    if not text:
+        return None
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def _to_json(msg: Any) -> str:
+    return json.dumps(json_format.MessageToDict(msg, preserving_proto_field_name=True),
+                      indent=2, sort_keys=True)
+
+
+def _name(enum: Any, value: int, prefix: str) -> str:
+    return str(enum.Name(value)).removeprefix(prefix)
+
+
+def _print_check(resp: decision_pb2.CheckResponse) -> None:
+    print(f"{_name(decision_pb2.Decision, resp.decision, 'DECISION_')}  {resp.reason}")
+    rows = [("legal basis", resp.legal_basis or "-"),
+            ("jurisdiction", f"{resp.jurisdiction or '(none)'} -> {resp.regime}"),
+            ("rule", resp.matched_rule or "(no rule matched)"),
+            ("consent records", ", ".join(resp.consent_record_ids) or "-"),
+            ("decision id", resp.decision_id),
+            ("policy version", resp.policy_version[:12]),
+            ("consistency token", resp.consistency_token)]
+    for label, value in rows:
+        print(f"  {label:<18} {value}")
+    for line in resp.explanation:
+        print(f"  | {line}")
+
+
+def _print_record(r: consent_pb2.ConsentRecord) -> None:
+    action = _name(consent_pb2.ConsentAction, r.action, "CONSENT_ACTION_")
+    method = _name(consent_pb2.CollectionMethod, r.method, "COLLECTION_METHOD_")
+    cats = ",".join(r.data_categories) or "*"
+    expires = r.expires_at.ToDatetime(tzinfo=UTC).isoformat() if r.HasField("expires_at") \
+        else "-"
+    print(f"  #{r.consistency_token:<6} {action:<16} {r.purpose or '*'} [{cats}] "
+          f"{method.lower()}{' explicit' if r.explicit else ''} "
+          f"collected {r.collected_at.ToDatetime(tzinfo=UTC).isoformat()} expires {expires} "
+          f"notice {r.notice_version or '-'} source {r.source or '-'} id {r.record_id}")
+
+
+def _print_decision(r: audit_pb2.DecisionRecord) -> None:
+    print(f"{r.decision_id}  {r.time.ToDatetime(tzinfo=UTC).isoformat()}  "
+          f"{_name(decision_pb2.Decision, r.decision, 'DECISION_')} {r.reason}")
+    rows = [("caller", r.caller), ("subject (pseudonym)", r.subject_pseudonym),
+            ("purpose", r.purpose), ("data category", r.data_category),
+            ("jurisdiction", f"{r.jurisdiction or '(none)'} -> {r.regime}"),
+            ("legal basis", r.legal_basis or "-"), ("rule", r.matched_rule or "-"),
+            ("consent records", ", ".join(r.consent_record_ids) or "-"),
+            ("policy version", r.policy_version), ("consistency token", r.consistency_token),
+            ("trace id", r.trace_id or "-"), ("entry hash", r.entry_hash)]
+    for label, value in rows:
+        print(f"  {label:<20} {value}")
+
+
+def cmd_check(client: Client, ns: argparse.Namespace) -> int:
+    req = decision_pb2.CheckRequest(
+        subject_id=ns.subject, purpose=ns.purpose, data_category=ns.category,
+        jurisdiction=ns.jurisdiction or "", consistency_token=ns.token or "",
+        explain=ns.explain)
+    if ns.gpc:
+        req.context["gpc"] = "1"
+    resp = client.decisions.Check(req)
+    print(_to_json(resp)) if ns.json else _print_check(resp)
+    return 0
+
+
+def cmd_consent_write(client: Client, ns: argparse.Namespace) -> int:
+    evidence = {}
+    for item in ns.evidence or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--evidence takes KEY=VALUE, got {item!r}")
+        evidence[key] = value
+    req = consent_pb2.RecordConsentRequest(
+        subject_id=ns.subject, purpose=ns.purpose or "", data_categories=ns.category or [],
+        action=_ACTIONS[ns.action], explicit=ns.explicit,
+        jurisdiction=ns.jurisdiction or "", source=ns.source or "",
+        notice_version=ns.notice_version or "",
+        method=(_METHODS[ns.method] if ns.method
+                else consent_pb2.COLLECTION_METHOD_UNSPECIFIED), evidence=evidence,
+        idempotency_key=ns.idempotency_key or "",
+        collected_at=_ts(ns.collected_at), expires_at=_ts(ns.expires_at))
+    resp = client.consent.RecordConsent(req)
+    if ns.json:
+        print(_to_json(resp))
+    else:
+        print(f"recorded {ns.action} as {resp.record_id}; "
+              f"consistency token {resp.consistency_token}")
+    return 0
+
+
+def cmd_subject(client: Client, ns: argparse.Namespace) -> int:
+    resp = client.consent.UpsertSubject(consent_pb2.UpsertSubjectRequest(
+        subject_id=ns.subject, jurisdiction=ns.jurisdiction or "",
+        birth_date=ns.birth_date or ""))
+    print(_to_json(resp) if ns.json else
+          f"subject updated; consistency token {resp.consistency_token}")
+    return 0
+
+
+def cmd_show(client: Client, ns: argparse.Namespace) -> int:
+    resp = client.consent.GetConsentState(consent_pb2.GetConsentStateRequest(
+        subject_id=ns.subject))
+    if ns.json:
+        print(_to_json(resp))
+        return 0
+    print(f"jurisdiction {resp.jurisdiction or '(none)'}, birth date "
+          f"{resp.birth_date or '(unknown)'}, as of token {resp.consistency_token}")
+    if not resp.records:
+        print("  no consent records")
+    for r in resp.records:
+        _print_record(r)
+    return 0
+
+
+def cmd_history(client: Client, ns: argparse.Namespace) -> int:
+    token, events = "", []
+    while True:
+        resp = client.consent.ListConsentEvents(consent_pb2.ListConsentEventsRequest(
+            subject_id=ns.subject, page_size=500, page_token=token))
+        events.extend(resp.events)
+        token = resp.next_page_token
+        if not token:
+            break
+    if ns.json:
+        print(json.dumps([json_format.MessageToDict(e, preserving_proto_field_name=True)
+                          for e in events], indent=2))
+        return 0
+    if not events:
+        print("no consent events")
+    for e in events:
+        _print_record(e)
+    return 0
+
+
+def cmd_audit_show(client: Client, ns: argparse.Namespace) -> int:
+    resp = client.audit.GetDecision(audit_pb2.GetDecisionRequest(decision_id=ns.decision_id))
+    print(_to_json(resp)) if ns.json else _print_decision(resp)
+    return 0
+
+
+def cmd_audit_query(client: Client, ns: argparse.Namespace) -> int:
+    req = audit_pb2.QueryDecisionsRequest(
+        subject_id=ns.subject or "", purpose=ns.purpose or "", data_category=ns.category or "",
+        decision=(_DECISIONS[ns.decision] if ns.decision
+                  else decision_pb2.DECISION_UNSPECIFIED), reason=ns.reason or "",
+        start_time=_ts(ns.since), end_time=_ts(ns.until), page_size=ns.limit)
+    resp = client.audit.QueryDecisions(req)
+    if ns.json:
+        print(_to_json(resp))
+        return 0
+    if not resp.decisions:
+        print("no decisions")
+    for r in resp.decisions:
+        print(f"{r.time.ToDatetime(tzinfo=UTC).isoformat()}  {r.decision_id}  "
+              f"{_name(decision_pb2.Decision, r.decision, 'DECISION_'):<5} {r.reason:<26} "
+              f"{r.purpose} / {r.data_category}  {r.jurisdiction or '-'}->{r.regime}")
+    return 0
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from .app import App
+    from .telemetry import setup_tracing
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    config = cfg.serve_config(ns)
+    setup_tracing("consentauthz", config.otlp)
+    app = App(config)
+    app.start()
+    print(f"consentauthz listening on {config.listen.rsplit(':', 1)[0]}:{app.port} "
+          f"(data dir {config.data_dir}, policy {app.policy().version[:12]})", flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        app.server.health.enter_graceful_shutdown()
+        app.stop(grace=5.0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    app.wait()
+    return 0
+
+
+def _common_client(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", help=f"server address (default {cfg.DEFAULT_TARGET}, "
+                   f"or ${cfg.ENV_PREFIX}TARGET)")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="consentauthz", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--listen", help=f"HOST:PORT (default {cfg.DEFAULT_LISTEN})")
+    serve.add_argument("--data-dir", help=f"ledger and decision log (default "
+                       f"./{cfg.DEFAULT_DATA_DIR})")
+    serve.add_argument("--policies", help="policy directory (default: the shipped policies/)")
+    serve.add_argument("--workers", type=int, default=16)
+    serve.add_argument("--cache-entries", type=int, default=100_000)
+    serve.add_argument("--decision-log-fsync", action="store_true",
+                       help="fsync the decision log on every commit (survives power loss)")
+    serve.add_argument("--pseudonym-key-file",
+                       help="hex HMAC key for subject pseudonyms (default DATA_DIR/keys/)")
+    serve.set_defaults(run=cmd_serve)
+
+    check = sub.add_parser("check", help="may this purpose use this data of this subject?")
+    check.add_argument("--subject", required=True)
+    check.add_argument("--purpose", required=True)
+    check.add_argument("--category", required=True, help="fideslang data category")
+    check.add_argument("--jurisdiction")
+    check.add_argument("--gpc", action="store_true", help="the request carried Sec-GPC: 1")
+    check.add_argument("--token", help="consistency token from a consent write")
+    check.add_argument("--explain", action="store_true")
+    _common_client(check)
+    check.set_defaults(client=cmd_check)
+
+    consent = sub.add_parser("consent", help="record and read consent")
+    csub = consent.add_subparsers(dest="consent_command", required=True)
+    for action in _ACTIONS:
+        w = csub.add_parser(action, help=f"record a {action}")
+        w.add_argument("--subject", required=True)
+        w.add_argument("--purpose", required=action in ("grant", "withdraw", "object"))
+        w.add_argument("--category", action="append", help="data category (repeatable; "
+                       "none = all)")
+        w.add_argument("--jurisdiction")
+        w.add_argument("--source", default="cli", help="collecting channel (default cli)")
+        w.add_argument("--notice-version", help="which notice text the person saw")
+        w.add_argument("--collected-at", help="ISO 8601 time (default now)")
+        w.add_argument("--idempotency-key")
+        w.add_argument("--evidence", action="append", metavar="KEY=VALUE")
+        if action in ("grant", "opt-in"):
+            w.add_argument("--method", choices=list(_METHODS), default="affirmative")
+            w.add_argument("--explicit", action="store_true")
+            w.add_argument("--expires-at", help="ISO 8601 time")
+        else:
+            w.set_defaults(method=None, explicit=False, expires_at=None)
+        _common_client(w)
+        w.set_defaults(client=cmd_consent_write, action=action)
+    subj = csub.add_parser("subject", help="record the subject's jurisdiction and birth date")
+    subj.add_argument("--subject", required=True)
+    subj.add_argument("--jurisdiction")
+    subj.add_argument("--birth-date", help="YYYY-MM-DD")
+    _common_client(subj)
+    subj.set_defaults(client=cmd_subject)
+    show = csub.add_parser("show", help="the consent records in effect")
+    show.add_argument("--subject", required=True)
+    _common_client(show)
+    show.set_defaults(client=cmd_show)
+    hist = csub.add_parser("history", help="every consent event (the proof)")
+    hist.add_argument("--subject", required=True)
+    _common_client(hist)
+    hist.set_defaults(client=cmd_history)
+
+    audit = sub.add_parser("audit", help="read the decision log")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    a_show = asub.add_parser("show", help="one decision, whole")
+    a_show.add_argument("decision_id")
+    _common_client(a_show)
+    a_show.set_defaults(client=cmd_audit_show)
+    query = asub.add_parser("query", help="find decisions (newest first)")
+    query.add_argument("--subject")
+    query.add_argument("--purpose")
+    query.add_argument("--category")
+    query.add_argument("--decision", choices=list(_DECISIONS))
+    query.add_argument("--reason")
+    query.add_argument("--since", help="ISO 8601 time")
+    query.add_argument("--until", help="ISO 8601 time")
+    query.add_argument("--limit", type=int, default=50)
+    _common_client(query)
+    query.set_defaults(client=cmd_audit_query)
+    return parser
+
+
+def _report_rpc_error(exc: grpc.RpcError) -> int:
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    print(f"error: {code.name}: {details}", file=sys.stderr)
+    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    details_list: list[Any] = list(status.details) if status else []
+    for detail in details_list:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            for v in bad.field_violations:
+                print(f"  {v.field}: {v.description}", file=sys.stderr)
+    return 2 if code is grpc.StatusCode.INVALID_ARGUMENT else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        if hasattr(ns, "run"):
+            run: Callable[[argparse.Namespace], int] = ns.run
+            return run(ns)
+        client = Client(cfg.client_target(ns))
+        try:
+            command: Callable[[Client, argparse.Namespace], int] = ns.client
+            return command(client, ns)
+        finally:
+            client.channel.close()
+    except grpc.RpcError as exc:
+        return _report_rpc_error(exc)
+    except (ConsentAuthzError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

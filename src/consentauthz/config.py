@@ -1,0 +1,94 @@
+"""The only place that reads the environment, flags and config files."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_DATA_DIR = Path("var")
+ENV_PREFIX = "CONSENTAUTHZ_"
+
+
+def shipped_policies() -> Path:
+    """The policy pack beside this checkout (editable install) or in the working directory."""
+    candidates = [Path.cwd() / "policies", Path(__file__).resolve().parents[2] / "policies"]
+    for c in candidates:
+        if (c / "model.conf").is_file():
+            return c
+    raise ConfigError("no policy directory found: pass --policies DIR")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path = DEFAULT_DATA_DIR
+    policies: Path | None = None
+    workers: int = 16
+    cache_entries: int = 100_000
+    decision_log_fsync: bool = False
+    #: Raw key bytes (from the environment); otherwise read from pseudonym_key_file.
+    pseudonym_key: bytes | None = None
+    pseudonym_key_file: Path | None = None
+    otlp: bool = False
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.policies if self.policies is not None else shipped_policies()
+
+    @property
+    def key_file(self) -> Path:
+        return self.pseudonym_key_file or self.data_dir / "keys" / "pseudonym.key"
+
+    @property
+    def loopback(self) -> bool:
+        host = self.listen.rsplit(":", 1)[0].strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    return env.get(ENV_PREFIX + name) or None
+
+
+def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServeConfig:
+    env = os.environ if env is None else env
+    key_hex = _env(env, "PSEUDONYM_KEY")
+    key = None
+    if key_hex:
+        try:
+            key = bytes.fromhex(key_hex)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}PSEUDONYM_KEY must be hex") from None
+    key_file = ns.pseudonym_key_file or _env(env, "PSEUDONYM_KEY_FILE")
+    otlp = any(env.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT",
+                                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    if ns.workers < 1 or ns.cache_entries < 1:
+        raise ConfigError("--workers and --cache-entries must be positive")
+    return ServeConfig(
+        listen=ns.listen or _env(env, "LISTEN") or DEFAULT_LISTEN,
+        data_dir=Path(ns.data_dir or _env(env, "DATA_DIR") or DEFAULT_DATA_DIR),
+        policies=Path(p) if (p := ns.policies or _env(env, "POLICIES")) else None,
+        workers=ns.workers,
+        cache_entries=ns.cache_entries,
+        decision_log_fsync=ns.decision_log_fsync,
+        pseudonym_key=key,
+        pseudonym_key_file=Path(key_file) if key_file else None,
+        otlp=otlp and env.get("OTEL_TRACES_EXPORTER", "otlp") != "none",
+    )
+
+
+def client_target(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return str(ns.target or _env(env, "TARGET") or DEFAULT_TARGET)

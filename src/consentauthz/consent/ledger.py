@@ -1,0 +1,130 @@
+"""The consent ledger boundary: append-only records, a projection, a global sequence.
+
+The sequence number of a record is the consistency token its write returns. Two
+implementations share this contract (tests/unit/test_ledger_contract.py): SQLite, the
+embedded default, and an in-memory twin for tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from ..chain import GENESIS, link
+from ..domain import ConsentEvent, SubjectProfile, SubjectState
+from ..errors import InvalidArgument
+from .codec import event_to_dict, profile_to_dict
+from .projection import apply_event, apply_profile
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    #: Already pseudonymised: callers sometimes put personal data in their keys.
+    key: str
+    request_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    record_id: str
+    sequence: int
+    state: SubjectState
+    #: True when the idempotency key matched an earlier write (nothing was appended).
+    replayed: bool = False
+
+
+class Ledger(Protocol):
+    def append_consent(self, subject: str, event: ConsentEvent,
+                       idempotency: Idempotency | None = None) -> AppendResult: ...
+
+    def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
+                       recorded_at: datetime) -> AppendResult: ...
+
+    def load(self, subject: str) -> SubjectState: ...
+
+    def head(self) -> int: ...
+
+    def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]: ...
+
+    def close(self) -> None: ...
+
+
+def entry_payload(seq: int, subject: str, kind: str, record_id: str, recorded_at: str,
+                  body: dict[str, Any]) -> dict[str, Any]:
+    """What a ledger entry's hash covers."""
+    return {"seq": seq, "subject": subject, "kind": kind, "record_id": record_id,
+            "recorded_at": recorded_at, "body": body}
+
+
+def idempotency_conflict() -> InvalidArgument:
+    return InvalidArgument.single(
+        "idempotency_key", "was already used for a different request")
+
+
+class MemoryLedger:
+    """A real ledger held in memory: same contract as SqliteLedger, nothing on disk."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[tuple[str, str, Any, str]] = []  # subject, kind, item, hash
+        self._states: dict[str, SubjectState] = {}
+        self._idempotency: dict[str, tuple[str, int, str]] = {}
+
+    def _append(self, subject: str, kind: str, record_id: str, recorded_at: datetime,
+                body: dict[str, Any], item: Any) -> tuple[int, str]:
+        seq = len(self._entries) + 1
+        prev = self._entries[-1][3] if self._entries else GENESIS
+        entry_hash = link(prev, entry_payload(seq, subject, kind, record_id,
+                                              recorded_at.isoformat(), body))
+        self._entries.append((subject, kind, item, entry_hash))
+        return seq, entry_hash
+
+    def append_consent(self, subject: str, event: ConsentEvent,
+                       idempotency: Idempotency | None = None) -> AppendResult:
+        with self._lock:
+            if idempotency is not None and idempotency.key in self._idempotency:
+                record_id, seq, request_hash = self._idempotency[idempotency.key]
+                if request_hash != idempotency.request_hash:
+                    raise idempotency_conflict()
+                return AppendResult(record_id, seq, self._current(subject), replayed=True)
+            seq = len(self._entries) + 1
+            ev = replace(event, sequence=seq)
+            self._append(subject, "consent", ev.record_id, ev.recorded_at,
+                         event_to_dict(ev), ev)
+            state = apply_event(self._states.get(subject, SubjectState()), ev)
+            self._states[subject] = state
+            if idempotency is not None:
+                self._idempotency[idempotency.key] = (
+                    ev.record_id, seq, idempotency.request_hash)
+            return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
+
+    def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
+                       recorded_at: datetime) -> AppendResult:
+        with self._lock:
+            seq, _ = self._append(subject, "profile", record_id, recorded_at,
+                                  profile_to_dict(profile), profile)
+            state = apply_profile(self._states.get(subject, SubjectState()), profile, seq)
+            self._states[subject] = state
+            return AppendResult(record_id, seq, replace(state, sequence=seq))
+
+    def _current(self, subject: str) -> SubjectState:
+        return replace(self._states.get(subject, SubjectState()), sequence=len(self._entries))
+
+    def load(self, subject: str) -> SubjectState:
+        with self._lock:
+            return self._current(subject)
+
+    def head(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]:
+        with self._lock:
+            found = [item for s, kind, item, _ in self._entries
+                     if s == subject and kind == "consent" and item.sequence > after_sequence]
+            return found[:limit]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,164 @@
+"""The embedded consent ledger: one SQLite file, WAL, fsync on every commit."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..chain import GENESIS, link
+from ..domain import ConsentEvent, SubjectProfile, SubjectState
+from ..errors import ConsentAuthzError, Unavailable
+from .codec import event_from_dict, event_to_dict, profile_to_dict, state_from_json, state_to_json
+from .ledger import AppendResult, Idempotency, entry_payload, idempotency_conflict
+from .projection import apply_event, apply_profile
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY,
+    record_id TEXT NOT NULL UNIQUE,
+    subject TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('consent', 'profile')),
+    body TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT,
+    prev_hash TEXT NOT NULL,
+    entry_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_by_subject ON ledger (subject, seq);
+CREATE TABLE IF NOT EXISTS subject_state (
+    subject TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
+"""
+
+
+class SqliteLedger:
+    """Thread-safe; one connection serialised by a lock (writes are serial in SQLite anyway)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(str(path), isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # The ledger is the system of record: a write returns only once it is on disk.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"consent ledger cannot be opened: {exc}") from exc
+
+    @contextmanager
+    def _tx(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except ConsentAuthzError:
+                raise
+            except sqlite3.Error as exc:
+                raise Unavailable("consent ledger unavailable") from exc
+
+    @staticmethod
+    def _state(conn: sqlite3.Connection, subject: str, head: int) -> SubjectState:
+        row = conn.execute("SELECT state FROM subject_state WHERE subject = ?",
+                           (subject,)).fetchone()
+        return state_from_json(row[0], head) if row else SubjectState(sequence=head)
+
+    @staticmethod
+    def _last(conn: sqlite3.Connection) -> tuple[int, str]:
+        row = conn.execute("SELECT seq, entry_hash FROM ledger ORDER BY seq DESC LIMIT 1"
+                           ).fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+    def _insert(self, conn: sqlite3.Connection, subject: str, kind: str, record_id: str,
+                recorded_at: datetime, body: dict[str, Any],
+                idempotency: Idempotency | None) -> int:
+        last, prev = self._last(conn)
+        seq = last + 1
+        stamp = recorded_at.isoformat()
+        entry_hash = link(prev, entry_payload(seq, subject, kind, record_id, stamp, body))
+        conn.execute(
+            "INSERT INTO ledger (seq, record_id, subject, kind, body, recorded_at, "
+            "idempotency_key, request_hash, prev_hash, entry_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, record_id, subject, kind, json.dumps(body, sort_keys=True), stamp,
+             idempotency.key if idempotency else None,
+             idempotency.request_hash if idempotency else None, prev, entry_hash))
+        return seq
+
+    @staticmethod
+    def _save_state(conn: sqlite3.Connection, subject: str, state: SubjectState) -> None:
+        conn.execute(
+            "INSERT INTO subject_state (subject, version, state) VALUES (?, ?, ?) "
+            "ON CONFLICT (subject) DO UPDATE SET version = excluded.version, "
+            "state = excluded.state",
+            (subject, state.version, state_to_json(state)))
+
+    def append_consent(self, subject: str, event: ConsentEvent,
+                       idempotency: Idempotency | None = None) -> AppendResult:
+        with self._tx() as conn:
+            if idempotency is not None:
+                row = conn.execute(
+                    "SELECT record_id, seq, request_hash FROM ledger "
+                    "WHERE idempotency_key = ?", (idempotency.key,)).fetchone()
+                if row is not None:
+                    if row[2] != idempotency.request_hash:
+                        raise idempotency_conflict()
+                    head = self._last(conn)[0]
+                    return AppendResult(row[0], int(row[1]), self._state(conn, subject, head),
+                                        replayed=True)
+            seq = self._last(conn)[0] + 1
+            ev = replace(event, sequence=seq)
+            self._insert(conn, subject, "consent", ev.record_id, ev.recorded_at,
+                         event_to_dict(ev), idempotency)
+            state = apply_event(self._state(conn, subject, seq), ev)
+            self._save_state(conn, subject, state)
+            return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
+
+    def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
+                       recorded_at: datetime) -> AppendResult:
+        with self._tx() as conn:
+            seq = self._insert(conn, subject, "profile", record_id, recorded_at,
+                               profile_to_dict(profile), None)
+            state = apply_profile(self._state(conn, subject, seq), profile, seq)
+            self._save_state(conn, subject, state)
+            return AppendResult(record_id, seq, replace(state, sequence=seq))
+
+    def load(self, subject: str) -> SubjectState:
+        with self._tx(immediate=False) as conn:
+            return self._state(conn, subject, self._last(conn)[0])
+
+    def head(self) -> int:
+        with self._tx(immediate=False) as conn:
+            return self._last(conn)[0]
+
+    def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]:
+        with self._tx(immediate=False) as conn:
+            rows = conn.execute(
+                "SELECT body FROM ledger WHERE subject = ? AND kind = 'consent' AND seq > ? "
+                "ORDER BY seq LIMIT ?", (subject, after_sequence, limit)).fetchall()
+        return [event_from_dict(json.loads(r[0])) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

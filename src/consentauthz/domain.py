@@ -1,0 +1,259 @@
+"""The core vocabulary: frozen dataclasses and stable codes shared by every layer.
+
+Imports nothing of ours. Protobuf stays at the edge (server/); this module is what the
+core speaks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class Effect(StrEnum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+
+
+class Reason(StrEnum):
+    """Stable reason codes. Documented in docs/api.md; never renamed, only added."""
+
+    CONSENT_GIVEN = "CONSENT_GIVEN"
+    NO_CONSENT = "NO_CONSENT"
+    CONSENT_WITHDRAWN = "CONSENT_WITHDRAWN"
+    CONSENT_EXPIRED = "CONSENT_EXPIRED"
+    CONSENT_INVALID = "CONSENT_INVALID"
+    EXPLICIT_CONSENT_REQUIRED = "EXPLICIT_CONSENT_REQUIRED"
+    OBJECTED = "OBJECTED"
+    OPTED_OUT = "OPTED_OUT"
+    GPC_OPT_OUT = "GPC_OPT_OUT"
+    PARENTAL_CONSENT_REQUIRED = "PARENTAL_CONSENT_REQUIRED"
+    MINOR_OPT_IN_REQUIRED = "MINOR_OPT_IN_REQUIRED"
+    SENSITIVE_USE_LIMITED = "SENSITIVE_USE_LIMITED"
+    SUBJECT_ERASED = "SUBJECT_ERASED"
+    NO_MATCHING_RULE = "NO_MATCHING_RULE"
+    CONTRACT = "CONTRACT"
+    LEGAL_OBLIGATION = "LEGAL_OBLIGATION"
+    LEGITIMATE_INTEREST = "LEGITIMATE_INTEREST"
+    NOT_OPTED_OUT = "NOT_OPTED_OUT"
+    LAWFUL_AUTHORITY_REQUIRED = "LAWFUL_AUTHORITY_REQUIRED"
+
+
+class LegalBasis(StrEnum):
+    CONSENT = "consent"
+    EXPLICIT_CONSENT = "explicit_consent"
+    CONTRACT = "contract"
+    LEGAL_OBLIGATION = "legal_obligation"
+    VITAL_INTERESTS = "vital_interests"
+    PUBLIC_TASK = "public_task"
+    LEGITIMATE_INTERESTS = "legitimate_interests"
+    CCPA_OPT_OUT_NOT_EXERCISED = "ccpa_opt_out_not_exercised"
+
+
+class ConsentAction(StrEnum):
+    GRANT = "GRANT"
+    WITHDRAW = "WITHDRAW"
+    OBJECT = "OBJECT"
+    OPT_OUT_OF_SALE = "OPT_OUT_OF_SALE"
+    OPT_IN_TO_SALE = "OPT_IN_TO_SALE"
+    LIMIT_SENSITIVE = "LIMIT_SENSITIVE"
+
+
+#: Actions that are about one purpose and must name it.
+PURPOSE_REQUIRED_ACTIONS = frozenset(
+    {ConsentAction.GRANT, ConsentAction.WITHDRAW, ConsentAction.OBJECT}
+)
+#: Actions that express a permission and so must say how it was collected.
+PERMISSION_ACTIONS = frozenset({ConsentAction.GRANT, ConsentAction.OPT_IN_TO_SALE})
+
+
+class CollectionMethod(StrEnum):
+    UNSPECIFIED = "UNSPECIFIED"
+    AFFIRMATIVE = "AFFIRMATIVE"
+    PRE_TICKED = "PRE_TICKED"
+    IMPLIED = "IMPLIED"
+    PARENTAL = "PARENTAL"
+
+    @property
+    def is_valid_consent(self) -> bool:
+        """Pre-ticked boxes, silence and inactivity are not consent (Art. 4(11), Recital 32)."""
+        return self in (CollectionMethod.AFFIRMATIVE, CollectionMethod.PARENTAL)
+
+
+def _frozen_map(m: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(m or {}))
+
+
+def new_id() -> str:
+    """A time-ordered UUIDv7 string: sortable ids make log ranges cheap to scan."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return str(uuid.UUID(int=value))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRequest:
+    subject_id: str
+    purpose: str
+    data_category: str
+    jurisdiction: str = ""
+    context: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
+    #: Minimum ledger position the decision must see (0: no requirement).
+    consistency_token: int = 0
+    explain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectProfile:
+    jurisdiction: str = ""
+    birth_date: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEvent:
+    """One ledger record: the proof of a consent choice (Kantara / ISO/IEC TS 27560 fields)."""
+
+    record_id: str
+    sequence: int
+    action: ConsentAction
+    purpose: str
+    data_categories: tuple[str, ...]
+    explicit: bool
+    method: CollectionMethod
+    jurisdiction: str
+    collected_at: datetime
+    expires_at: datetime | None
+    source: str
+    notice_version: str
+    recorded_at: datetime
+    evidence: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectState:
+    """What the engine needs about one subject: profile and the consent events in effect."""
+
+    profile: SubjectProfile = field(default_factory=SubjectProfile)
+    events: tuple[ConsentEvent, ...] = ()
+    #: Ledger position this state is current as of (the consistency token it satisfies).
+    sequence: int = 0
+    #: Ledger position of this subject's latest record (orders cache updates).
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentWrite:
+    """A consent event as a caller submits it (RecordConsent), before the ledger numbers it."""
+
+    subject_id: str
+    action: ConsentAction
+    purpose: str = ""
+    data_categories: tuple[str, ...] = ()
+    explicit: bool = False
+    method: CollectionMethod = CollectionMethod.UNSPECIFIED
+    jurisdiction: str = ""
+    collected_at: datetime | None = None
+    expires_at: datetime | None = None
+    source: str = ""
+    notice_version: str = ""
+    evidence: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectUpsert:
+    subject_id: str
+    jurisdiction: str = ""
+    birth_date: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    record_id: str
+    consistency_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedRule:
+    """A policy rule as the author wrote it, with where it lives."""
+
+    file: str
+    line: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The engine's answer for one request."""
+
+    effect: Effect
+    reason: Reason
+    legal_basis: str
+    regime: str
+    jurisdiction: str
+    policy_version: str
+    matched_rule: MatchedRule | None
+    consent_record_ids: tuple[str, ...] = ()
+    facts: tuple[str, ...] = ()
+    explanation: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One decision-log entry. Holds a pseudonym, never the raw subject id."""
+
+    decision_id: str
+    time: datetime
+    caller: str
+    subject: str
+    purpose: str
+    data_category: str
+    jurisdiction: str
+    regime: str
+    decision: Effect
+    reason: Reason
+    legal_basis: str
+    matched_rule: str
+    policy_version: str
+    consent_record_ids: tuple[str, ...]
+    consistency_token: int
+    trace_id: str
+    span_id: str
+    context: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
+    sequence: int = 0
+    prev_hash: str = ""
+    entry_hash: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionQuery:
+    subject: str = ""
+    purpose: str = ""
+    data_category: str = ""
+    decision: Effect | None = None
+    reason: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    limit: int = 100
+    #: Return entries with sequence strictly below this (paging backwards from newest).
+    before_sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOutcome:
+    """What the checker returns for one request: the decision and its log entry."""
+
+    decision: Decision
+    record: DecisionRecord

@@ -1,0 +1,48 @@
+"""One exception hierarchy for the whole service; server/ maps it to gRPC status codes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ConsentAuthzError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class InvalidArgument(ConsentAuthzError):
+    """Bad input. Names every offending field; nothing was changed."""
+
+    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+        self.violations = tuple(violations)
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+
+    @classmethod
+    def single(cls, field: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(field, description)])
+
+
+class NotFound(ConsentAuthzError):
+    """The thing asked for does not exist."""
+
+
+class Unavailable(ConsentAuthzError):
+    """A dependency (ledger, decision log) cannot serve now; the caller may retry."""
+
+
+class PolicyError(ConsentAuthzError):
+    """A policy pack does not load or validate. Carries `file:line: message` entries."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class ConfigError(ConsentAuthzError):
+    """Configuration is missing or inconsistent."""

@@ -1,0 +1,15 @@
+"""Policy packs: load and validate model, rules, settings and taxonomy into a PolicySet."""
+
+from .loader import PolicyLine, PolicySet, load_policy_set, split_policy_line
+from .settings import PolicySettings
+from .taxonomy import Hierarchy, Taxonomy
+
+__all__ = [
+    "Hierarchy",
+    "PolicyLine",
+    "PolicySet",
+    "PolicySettings",
+    "Taxonomy",
+    "load_policy_set",
+    "split_policy_line",
+]

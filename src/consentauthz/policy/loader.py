@@ -1,0 +1,147 @@
+"""Read a policy directory into an immutable, content-hashed PolicySet.
+
+This owns syntax (files, CSV lines, YAML, taxonomy extensions) and the version hash.
+What the rules mean is the engine's business (engine.compile validates it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import yaml
+
+from ..errors import PolicyError
+from .settings import PolicySettings, parse_settings
+from .taxonomy import Taxonomy, build_taxonomy
+
+MODEL_FILE = "model.conf"
+SETTINGS_FILE = "settings.yaml"
+TAXONOMY_FILE = "taxonomy.yaml"
+#: Sub-directories that are not part of the decision policy (issue: caller authorisation).
+EXCLUDED_DIRS = frozenset({"callers"})
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyLine:
+    """One Casbin policy line (`p, ...` or `g, ...`) and where it was written."""
+
+    file: str
+    line: int
+    ptype: str
+    fields: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    version: str
+    model_text: str
+    #: `p*` lines in load order (files sorted by path, then line order).
+    rules: tuple[PolicyLine, ...]
+    #: `g*` lines in load order.
+    groupings: tuple[PolicyLine, ...]
+    taxonomy: Taxonomy
+    settings: PolicySettings
+    #: Every file that went into the version hash, by relative path.
+    files: Mapping[str, bytes]
+    source: str
+
+
+def split_policy_line(line: str) -> list[str]:
+    """Split a CSV policy line exactly as pycasbin's load_policy_line does."""
+    stack: list[str] = []
+    tokens: list[str] = []
+    for c in line:
+        if c in "[(":
+            stack.append(c)
+            tokens[-1] += c
+        elif c in "])":
+            if stack:
+                stack.pop()
+            tokens[-1] += c
+        elif c == "," and not stack:
+            tokens.append("")
+        elif not tokens:
+            tokens.append(c)
+        else:
+            tokens[-1] += c
+    return [t.strip() for t in tokens]
+
+
+def _policy_files(root: Path) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*.csv")
+        if p.is_file() and not (set(p.relative_to(root).parts[:-1]) & EXCLUDED_DIRS)
+    )
+
+
+def version_of(files: Mapping[str, bytes], fideslang_version: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"fideslang={fideslang_version}\n".encode())
+    for name in sorted(files):
+        data = files[name]
+        digest.update(f"{name}\n{len(data)}\n".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def load_policy_set(root: Path) -> PolicySet:
+    root = root.resolve()
+    if not (root / MODEL_FILE).is_file():
+        raise PolicyError([f"{root}: no {MODEL_FILE} (is this a policy directory?)"])
+    files: dict[str, bytes] = {}
+    problems: list[str] = []
+
+    def read(rel: str) -> str:
+        data = (root / rel).read_bytes()
+        files[rel] = data
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(f"{rel}: not UTF-8")
+            return ""
+
+    model_text = read(MODEL_FILE)
+    settings_data = yaml.safe_load(read(SETTINGS_FILE)) if (root / SETTINGS_FILE).is_file() \
+        else None
+    if settings_data is None:
+        raise PolicyError([f"{SETTINGS_FILE}: missing or empty"])
+    taxonomy_data = yaml.safe_load(read(TAXONOMY_FILE)) if (root / TAXONOMY_FILE).is_file() \
+        else None
+
+    rules: list[PolicyLine] = []
+    groupings: list[PolicyLine] = []
+    for path in _policy_files(root):
+        rel = path.relative_to(root).as_posix()
+        for lineno, raw in enumerate(read(rel).splitlines(), start=1):
+            text = raw.strip()
+            if not text or text.startswith("#"):
+                continue
+            tokens = split_policy_line(text)
+            ptype = tokens[0]
+            line = PolicyLine(rel, lineno, ptype, tuple(tokens[1:]), text)
+            if ptype.startswith("p"):
+                rules.append(line)
+            elif ptype.startswith("g"):
+                groupings.append(line)
+            else:
+                problems.append(f"{rel}:{lineno}: unknown line type {ptype!r}")
+
+    settings = parse_settings(settings_data, SETTINGS_FILE)
+    taxonomy = build_taxonomy(taxonomy_data, TAXONOMY_FILE)
+    if problems:
+        raise PolicyError(problems)
+    return PolicySet(
+        version=version_of(files, taxonomy.fideslang_version),
+        model_text=model_text,
+        rules=tuple(rules),
+        groupings=tuple(groupings),
+        taxonomy=taxonomy,
+        settings=settings,
+        files=MappingProxyType(files),
+        source=str(root),
+    )

@@ -1,0 +1,70 @@
+"""Numeric policy settings that rules refer to through facts (ages, consent lifetime)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from types import MappingProxyType
+from typing import Any
+
+from ..errors import PolicyError
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    #: A grant without expires_at stops being valid this long after it was collected.
+    consent_lifetime: timedelta
+    #: GDPR Art. 8: below this age consent must come from a holder of parental responsibility.
+    digital_consent_age: Mapping[str, int]
+    digital_consent_age_default: int
+    #: CCPA §1798.120(c): below this age sale/share needs an opt-in ...
+    ccpa_minor_opt_in_age: int
+    #: ... and below this age the opt-in must come from a parent or guardian.
+    ccpa_parental_authorisation_age: int
+
+    def consent_age(self, jurisdiction: str) -> int:
+        return self.digital_consent_age.get(jurisdiction, self.digital_consent_age_default)
+
+
+def _int(data: Mapping[str, Any], key: str, where: str, problems: list[str],
+         low: int, high: int) -> int:
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        problems.append(f"{where}.{key}: must be an integer from {low} to {high}")
+        return low
+    return value
+
+
+def parse_settings(data: Any, source: str) -> PolicySettings:
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise PolicyError([f"{source}: must be a mapping"])
+    consent = data.get("consent") or {}
+    gdpr = data.get("gdpr") or {}
+    ccpa = data.get("ccpa") or {}
+    lifetime = _int(consent, "default_lifetime_days", f"{source}: consent", problems, 1, 36500)
+    ages_raw = gdpr.get("digital_consent_age") or {}
+    if not isinstance(ages_raw, dict):
+        problems.append(f"{source}: gdpr.digital_consent_age must be a mapping")
+        ages_raw = {}
+    default_age = _int(ages_raw, "default", f"{source}: gdpr.digital_consent_age", problems,
+                       13, 18)
+    ages = {}
+    for code in ages_raw:
+        if code != "default":
+            ages[str(code)] = _int(ages_raw, code, f"{source}: gdpr.digital_consent_age",
+                                   problems, 13, 18)
+    minor = _int(ccpa, "minor_opt_in_age", f"{source}: ccpa", problems, 1, 21)
+    parental = _int(ccpa, "parental_authorisation_age", f"{source}: ccpa", problems, 1, 21)
+    if parental > minor:
+        problems.append(f"{source}: ccpa.parental_authorisation_age exceeds minor_opt_in_age")
+    if problems:
+        raise PolicyError(problems)
+    return PolicySettings(
+        consent_lifetime=timedelta(days=lifetime),
+        digital_consent_age=MappingProxyType(ages),
+        digital_consent_age_default=default_age,
+        ccpa_minor_opt_in_age=minor,
+        ccpa_parental_authorisation_age=parental,
+    )

@@ -1,0 +1,132 @@
+"""protobuf <-> domain. The only place (with the CLI client) that knows both."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from ..domain import (
+    CheckRequest,
+    CollectionMethod,
+    ConsentAction,
+    ConsentEvent,
+    ConsentWrite,
+    Decision,
+    DecisionQuery,
+    DecisionRecord,
+    Effect,
+    SubjectUpsert,
+)
+from ..errors import InvalidArgument
+from ..v1 import audit_pb2, consent_pb2, decision_pb2
+from ..validation import parse_birth_date, parse_token
+
+_ACTIONS = {
+    consent_pb2.CONSENT_ACTION_GRANT: ConsentAction.GRANT,
+    consent_pb2.CONSENT_ACTION_WITHDRAW: ConsentAction.WITHDRAW,
+    consent_pb2.CONSENT_ACTION_OBJECT: ConsentAction.OBJECT,
+    consent_pb2.CONSENT_ACTION_OPT_OUT_OF_SALE: ConsentAction.OPT_OUT_OF_SALE,
+    consent_pb2.CONSENT_ACTION_OPT_IN_TO_SALE: ConsentAction.OPT_IN_TO_SALE,
+    consent_pb2.CONSENT_ACTION_LIMIT_SENSITIVE: ConsentAction.LIMIT_SENSITIVE,
+}
+_ACTIONS_PB = {v: k for k, v in _ACTIONS.items()}
+_METHODS = {
+    consent_pb2.COLLECTION_METHOD_UNSPECIFIED: CollectionMethod.UNSPECIFIED,
+    consent_pb2.COLLECTION_METHOD_AFFIRMATIVE: CollectionMethod.AFFIRMATIVE,
+    consent_pb2.COLLECTION_METHOD_PRE_TICKED: CollectionMethod.PRE_TICKED,
+    consent_pb2.COLLECTION_METHOD_IMPLIED: CollectionMethod.IMPLIED,
+    consent_pb2.COLLECTION_METHOD_PARENTAL: CollectionMethod.PARENTAL,
+}
+_METHODS_PB = {v: k for k, v in _METHODS.items()}
+_EFFECTS_PB = {Effect.ALLOW: decision_pb2.DECISION_ALLOW, Effect.DENY: decision_pb2.DECISION_DENY}
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(msg: object, field: str) -> datetime | None:
+    if not msg.HasField(field):  # type: ignore[attr-defined]
+        return None
+    ts = getattr(msg, field)
+    try:
+        return datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument.single(field, "is not a representable time") from None
+
+
+def check_request(msg: decision_pb2.CheckRequest, prefix: str = "") -> CheckRequest:
+    return CheckRequest(
+        subject_id=msg.subject_id, purpose=msg.purpose, data_category=msg.data_category,
+        jurisdiction=msg.jurisdiction, context=dict(msg.context),
+        consistency_token=parse_token(msg.consistency_token, prefix + "consistency_token"),
+        explain=msg.explain)
+
+
+def check_response(decision: Decision, record: DecisionRecord) -> decision_pb2.CheckResponse:
+    return decision_pb2.CheckResponse(
+        decision=_EFFECTS_PB[decision.effect], reason=decision.reason.value,
+        legal_basis=decision.legal_basis, decision_id=record.decision_id,
+        policy_version=decision.policy_version, matched_rule=record.matched_rule,
+        consent_record_ids=list(decision.consent_record_ids),
+        consistency_token=str(record.consistency_token), regime=decision.regime,
+        jurisdiction=decision.jurisdiction, explanation=list(decision.explanation))
+
+
+def consent_write(msg: consent_pb2.RecordConsentRequest) -> ConsentWrite:
+    action = _ACTIONS.get(msg.action)
+    if action is None:
+        raise InvalidArgument.single("action", "is required (CONSENT_ACTION_GRANT, ...)")
+    method = _METHODS.get(msg.method)
+    if method is None:
+        raise InvalidArgument.single("method", "is not a known collection method")
+    return ConsentWrite(
+        subject_id=msg.subject_id, action=action, purpose=msg.purpose,
+        data_categories=tuple(msg.data_categories), explicit=msg.explicit, method=method,
+        jurisdiction=msg.jurisdiction, collected_at=from_timestamp(msg, "collected_at"),
+        expires_at=from_timestamp(msg, "expires_at"), source=msg.source,
+        notice_version=msg.notice_version, evidence=dict(msg.evidence),
+        idempotency_key=msg.idempotency_key)
+
+
+def subject_upsert(msg: consent_pb2.UpsertSubjectRequest) -> SubjectUpsert:
+    return SubjectUpsert(subject_id=msg.subject_id, jurisdiction=msg.jurisdiction,
+                         birth_date=parse_birth_date(msg.birth_date))
+
+
+def consent_record(ev: ConsentEvent) -> consent_pb2.ConsentRecord:
+    return consent_pb2.ConsentRecord(
+        record_id=ev.record_id, purpose=ev.purpose, data_categories=list(ev.data_categories),
+        action=_ACTIONS_PB[ev.action], explicit=ev.explicit, jurisdiction=ev.jurisdiction,
+        collected_at=timestamp(ev.collected_at), expires_at=timestamp(ev.expires_at),
+        source=ev.source, notice_version=ev.notice_version, method=_METHODS_PB[ev.method],
+        evidence=dict(ev.evidence), consistency_token=str(ev.sequence),
+        recorded_at=timestamp(ev.recorded_at))
+
+
+def decision_record(r: DecisionRecord) -> audit_pb2.DecisionRecord:
+    return audit_pb2.DecisionRecord(
+        decision_id=r.decision_id, time=timestamp(r.time), caller=r.caller,
+        subject_pseudonym=r.subject, purpose=r.purpose, data_category=r.data_category,
+        jurisdiction=r.jurisdiction, regime=r.regime, decision=_EFFECTS_PB[r.decision],
+        reason=r.reason.value, legal_basis=r.legal_basis, matched_rule=r.matched_rule,
+        policy_version=r.policy_version, consent_record_ids=list(r.consent_record_ids),
+        consistency_token=str(r.consistency_token), trace_id=r.trace_id, span_id=r.span_id,
+        context=dict(r.context), prev_hash=r.prev_hash, entry_hash=r.entry_hash,
+        sequence=r.sequence)
+
+
+def decision_query(msg: audit_pb2.QueryDecisionsRequest) -> DecisionQuery:
+    effect = {decision_pb2.DECISION_ALLOW: Effect.ALLOW,
+              decision_pb2.DECISION_DENY: Effect.DENY}.get(msg.decision)
+    if msg.decision and effect is None:
+        raise InvalidArgument.single("decision", "is not a known decision")
+    return DecisionQuery(purpose=msg.purpose, data_category=msg.data_category,
+                         decision=effect, reason=msg.reason,
+                         start=from_timestamp(msg, "start_time"),
+                         end=from_timestamp(msg, "end_time"))

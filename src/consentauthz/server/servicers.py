@@ -1,0 +1,139 @@
+"""gRPC servicers: convert, call the core, convert back, map errors. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+
+from ..auditing import AuditReader
+from ..checker import Checker
+from ..consent import ConsentService
+from ..domain import CheckRequest
+from ..errors import InvalidArgument
+from ..telemetry import ATTR_CALLER, tracer
+from ..v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    consent_pb2,
+    consent_pb2_grpc,
+    decision_pb2,
+    decision_pb2_grpc,
+)
+from ..validation import validate_batch_size
+from . import convert
+from .identity import caller_of
+from .status import abort, invalid_argument_status
+
+
+@contextmanager
+def rpc(context: grpc.ServicerContext, name: str) -> Iterator[str]:
+    """Span `server.<name>` continuing the caller's trace; errors -> status at one point."""
+    carrier = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+    token = otel_context.attach(propagate.extract(carrier))
+    try:
+        with tracer().start_as_current_span(f"server.{name}") as span:
+            caller = caller_of(context)
+            span.set_attribute(ATTR_CALLER, caller)
+            try:
+                yield caller
+            except grpc.RpcError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status, never swallowed
+                span.record_exception(exc) if not isinstance(exc, InvalidArgument) else None
+                abort(context, exc)
+    finally:
+        otel_context.detach(token)
+
+
+class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
+    def __init__(self, checker: Checker) -> None:
+        self._checker = checker
+
+    def Check(self, request: decision_pb2.CheckRequest,
+              context: grpc.ServicerContext) -> Any:
+        with rpc(context, "Check") as caller:
+            outcome = self._checker.check(convert.check_request(request), caller)
+            return convert.check_response(outcome.decision, outcome.record)
+
+    def BatchCheck(self, request: decision_pb2.BatchCheckRequest,
+                   context: grpc.ServicerContext) -> Any:
+        with rpc(context, "BatchCheck") as caller:
+            validate_batch_size(len(request.items))
+            items: list[CheckRequest | InvalidArgument] = []
+            for i, item in enumerate(request.items):
+                try:
+                    items.append(convert.check_request(item, f"items[{i}]."))
+                except InvalidArgument as exc:
+                    items.append(exc)
+            results = []
+            for result in self._checker.check_batch(items, caller):
+                if isinstance(result, InvalidArgument):
+                    results.append(decision_pb2.BatchCheckResult(
+                        error=invalid_argument_status(result)))
+                else:
+                    results.append(decision_pb2.BatchCheckResult(
+                        response=convert.check_response(result.decision, result.record)))
+            return decision_pb2.BatchCheckResponse(results=results)
+
+
+class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
+    def __init__(self, consent: ConsentService) -> None:
+        self._consent = consent
+
+    def RecordConsent(self, request: consent_pb2.RecordConsentRequest,
+                      context: grpc.ServicerContext) -> Any:
+        with rpc(context, "RecordConsent"):
+            result = self._consent.record(convert.consent_write(request))
+            return consent_pb2.RecordConsentResponse(
+                record_id=result.record_id, consistency_token=str(result.consistency_token))
+
+    def UpsertSubject(self, request: consent_pb2.UpsertSubjectRequest,
+                      context: grpc.ServicerContext) -> Any:
+        with rpc(context, "UpsertSubject"):
+            result = self._consent.upsert_subject(convert.subject_upsert(request))
+            return consent_pb2.UpsertSubjectResponse(
+                consistency_token=str(result.consistency_token))
+
+    def GetConsentState(self, request: consent_pb2.GetConsentStateRequest,
+                        context: grpc.ServicerContext) -> Any:
+        with rpc(context, "GetConsentState"):
+            state = self._consent.get_state(request.subject_id, request.consistency_token)
+            return consent_pb2.ConsentState(
+                jurisdiction=state.profile.jurisdiction,
+                birth_date=state.profile.birth_date.isoformat() if state.profile.birth_date
+                else "",
+                records=[convert.consent_record(e) for e in state.events],
+                consistency_token=str(state.sequence))
+
+    def ListConsentEvents(self, request: consent_pb2.ListConsentEventsRequest,
+                          context: grpc.ServicerContext) -> Any:
+        with rpc(context, "ListConsentEvents"):
+            events, next_token = self._consent.history(
+                request.subject_id, request.page_size, request.page_token)
+            return consent_pb2.ListConsentEventsResponse(
+                events=[convert.consent_record(e) for e in events], next_page_token=next_token)
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    def __init__(self, reader: AuditReader) -> None:
+        self._reader = reader
+
+    def GetDecision(self, request: audit_pb2.GetDecisionRequest,
+                    context: grpc.ServicerContext) -> Any:
+        with rpc(context, "GetDecision"):
+            return convert.decision_record(self._reader.get(request.decision_id))
+
+    def QueryDecisions(self, request: audit_pb2.QueryDecisionsRequest,
+                       context: grpc.ServicerContext) -> Any:
+        with rpc(context, "QueryDecisions"):
+            found, next_token = self._reader.query(
+                convert.decision_query(request), request.subject_id, request.page_size,
+                request.page_token)
+            return audit_pb2.QueryDecisionsResponse(
+                decisions=[convert.decision_record(r) for r in found],
+                next_page_token=next_token)

@@ -1,0 +1,234 @@
+"""Input rules for every request: lengths, character sets, taxonomy keys, time ranges.
+
+Shared by the checker and the consent service, so in-process callers get the same
+answers as gRPC callers. Every violation names its field; nothing is written before
+validation has passed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+
+from .domain import (
+    PERMISSION_ACTIONS,
+    PURPOSE_REQUIRED_ACTIONS,
+    CheckRequest,
+    CollectionMethod,
+    ConsentWrite,
+    SubjectUpsert,
+)
+from .errors import FieldViolation, InvalidArgument
+from .policy import Taxonomy
+
+MAX_SUBJECT_ID = 256
+MAX_KEY = 128
+MAX_BATCH = 1000
+MAX_CONTEXT_ENTRIES = 16
+MAX_CONTEXT_VALUE = 256
+#: Request facts the engine understands, with their allowed values.
+KNOWN_CONTEXT: Mapping[str, frozenset[str]] = {"gpc": frozenset({"0", "1"})}
+MAX_CATEGORIES = 64
+MAX_SOURCE = 128
+MAX_NOTICE_VERSION = 128
+MAX_EVIDENCE_ENTRIES = 32
+MAX_EVIDENCE_KEY = 64
+MAX_EVIDENCE_VALUE = 4096
+MAX_IDEMPOTENCY_KEY = 128
+MAX_TOKEN_DIGITS = 19
+MAX_PAGE_SIZE = 1000
+#: Accepted clock skew for collected_at in the future.
+CLOCK_SKEW = timedelta(minutes=5)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+_JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]*$")
+_CONTEXT_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+
+
+class Violations:
+    """Collects violations so one error names every bad field at once."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(self.prefix + field, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def _text(v: Violations, field: str, value: str, limit: int, *, required: bool) -> bool:
+    if not value:
+        if required:
+            v.add(field, "is required")
+        return False
+    if len(value) > limit:
+        v.add(field, f"is longer than {limit} characters")
+        return False
+    if not value.isprintable():
+        v.add(field, "contains control or non-printable characters")
+        return False
+    return True
+
+
+def check_subject_id(v: Violations, value: str, field: str = "subject_id") -> None:
+    if _text(v, field, value, MAX_SUBJECT_ID, required=True) and not value.strip():
+        v.add(field, "is blank")
+
+
+def check_jurisdiction(v: Violations, value: str, field: str = "jurisdiction") -> None:
+    if value and not _JURISDICTION.match(value):
+        v.add(field, "must be an ISO 3166-1 alpha-2 code (DE) or ISO 3166-2 subdivision "
+                     "(US-CA), upper case")
+
+
+def check_purpose(v: Violations, taxonomy: Taxonomy, value: str, field: str = "purpose",
+                  *, required: bool = True) -> None:
+    if _text(v, field, value, MAX_KEY, required=required) and value not in taxonomy.purposes:
+        v.add(field, "is not a known purpose (fideslang data use)")
+
+
+def check_category(v: Violations, taxonomy: Taxonomy, value: str,
+                   field: str = "data_category") -> None:
+    if (_text(v, field, value, MAX_KEY, required=True)
+            and value not in taxonomy.categories):
+        v.add(field, "is not a known data category (fideslang data category)")
+
+
+def validate_check(req: CheckRequest, taxonomy: Taxonomy, prefix: str = "") -> None:
+    v = Violations(prefix)
+    check_subject_id(v, req.subject_id)
+    check_purpose(v, taxonomy, req.purpose)
+    check_category(v, taxonomy, req.data_category)
+    check_jurisdiction(v, req.jurisdiction)
+    if len(req.context) > MAX_CONTEXT_ENTRIES:
+        v.add("context", f"has more than {MAX_CONTEXT_ENTRIES} entries")
+    else:
+        for key, value in req.context.items():
+            if not _CONTEXT_KEY.match(key):
+                v.add("context", "keys are lower-case names")
+            elif key not in KNOWN_CONTEXT:
+                v.add(f"context[{key}]", f"is not a known context key "
+                      f"(known: {', '.join(sorted(KNOWN_CONTEXT))})")
+            elif value not in KNOWN_CONTEXT[key]:
+                v.add(f"context[{key}]",
+                      f"must be one of {', '.join(sorted(KNOWN_CONTEXT[key]))}")
+    if req.consistency_token < 0:
+        v.add("consistency_token", "must not be negative")
+    v.raise_if_any()
+
+
+def validate_batch_size(n: int) -> None:
+    if n == 0:
+        raise InvalidArgument.single("items", "is empty")
+    if n > MAX_BATCH:
+        raise InvalidArgument.single("items", f"has {n} items; the maximum is {MAX_BATCH}")
+
+
+def _check_time(v: Violations, field: str, value: datetime | None) -> None:
+    if value is None:
+        return
+    if value.tzinfo is None:
+        v.add(field, "must carry a time zone")
+    elif not EARLIEST <= value < LATEST:
+        v.add(field, f"must be between {EARLIEST.date()} and {LATEST.date()}")
+
+
+def validate_write(w: ConsentWrite, taxonomy: Taxonomy, now: datetime) -> None:
+    v = Violations()
+    check_subject_id(v, w.subject_id)
+    check_purpose(v, taxonomy, w.purpose,
+                  required=w.action in PURPOSE_REQUIRED_ACTIONS)
+    if len(w.data_categories) > MAX_CATEGORIES:
+        v.add("data_categories", f"has more than {MAX_CATEGORIES} entries")
+    else:
+        for i, cat in enumerate(w.data_categories):
+            check_category(v, taxonomy, cat, f"data_categories[{i}]")
+        if len(set(w.data_categories)) != len(w.data_categories):
+            v.add("data_categories", "has duplicates")
+    check_jurisdiction(v, w.jurisdiction)
+    if w.action in PERMISSION_ACTIONS and w.method is CollectionMethod.UNSPECIFIED:
+        v.add("method", "is required for a grant or opt-in (how was it collected?)")
+    if w.explicit and w.action not in PERMISSION_ACTIONS:
+        v.add("explicit", "only applies to a grant or opt-in")
+    _check_time(v, "collected_at", w.collected_at)
+    _check_time(v, "expires_at", w.expires_at)
+    if w.collected_at is not None and w.collected_at.tzinfo and w.collected_at > now + CLOCK_SKEW:
+        v.add("collected_at", "is in the future")
+    if w.expires_at is not None:
+        if w.action not in PERMISSION_ACTIONS:
+            v.add("expires_at", "only applies to a grant or opt-in")
+        start = w.collected_at or now
+        if w.expires_at.tzinfo and start.tzinfo and w.expires_at <= start:
+            v.add("expires_at", "must be after collected_at")
+    if w.action in PERMISSION_ACTIONS:
+        # Art. 7(1): a controller must be able to show which notice and channel.
+        _text(v, "source", w.source, MAX_SOURCE, required=True)
+        _text(v, "notice_version", w.notice_version, MAX_NOTICE_VERSION, required=True)
+    else:
+        _text(v, "source", w.source, MAX_SOURCE, required=False)
+        _text(v, "notice_version", w.notice_version, MAX_NOTICE_VERSION, required=False)
+    _check_evidence(v, w.evidence)
+    if w.idempotency_key:
+        _text(v, "idempotency_key", w.idempotency_key, MAX_IDEMPOTENCY_KEY, required=False)
+    v.raise_if_any()
+
+
+def _check_evidence(v: Violations, evidence: Mapping[str, str]) -> None:
+    if len(evidence) > MAX_EVIDENCE_ENTRIES:
+        v.add("evidence", f"has more than {MAX_EVIDENCE_ENTRIES} entries")
+        return
+    for key, value in evidence.items():
+        if not key or len(key) > MAX_EVIDENCE_KEY or not _LABEL.match(key):
+            v.add("evidence", f"keys are 1-{MAX_EVIDENCE_KEY} characters of A-Z a-z 0-9 _.:@/+-")
+            return
+        if len(value) > MAX_EVIDENCE_VALUE:
+            v.add(f"evidence[{key}]", f"is longer than {MAX_EVIDENCE_VALUE} characters")
+
+
+def validate_upsert(u: SubjectUpsert, today: date) -> None:
+    v = Violations()
+    check_subject_id(v, u.subject_id)
+    check_jurisdiction(v, u.jurisdiction)
+    if u.birth_date is not None and not date(1900, 1, 1) <= u.birth_date <= today:
+        v.add("birth_date", "must be between 1900-01-01 and today")
+    v.raise_if_any()
+
+
+def parse_token(value: str, field: str = "consistency_token") -> int:
+    """Consistency tokens are ledger positions written as decimal strings."""
+    if not value:
+        return 0
+    if len(value) > MAX_TOKEN_DIGITS or not value.isascii() or not value.isdigit():
+        raise InvalidArgument.single(field, "is not a consistency token from this service")
+    return int(value)
+
+
+def parse_birth_date(value: str, field: str = "birth_date") -> date | None:
+    if not value:
+        return None
+    try:
+        if len(value) != 10:
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument.single(field, "must be a date as YYYY-MM-DD") from None
+
+
+def check_page_size(size: int, field: str = "page_size") -> int:
+    if size < 0:
+        raise InvalidArgument.single(field, "must not be negative")
+    return min(size or 100, MAX_PAGE_SIZE)
+
+
+def check_subject_only(subject_id: str) -> None:
+    v = Violations()
+    check_subject_id(v, subject_id)
+    v.raise_if_any()
+
