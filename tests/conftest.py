@@ -1,0 +1,72 @@
+"""Shared fixtures: real components only (SQLite files, a server on port 0, real channels)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from consentauthz.app import App, compile_policy
+from consentauthz.config import ServeConfig
+from consentauthz.engine import CompiledPolicy
+from consentauthz.telemetry import setup_tracing
+from consentauthz.v1 import (
+    audit_pb2_grpc,
+    consent_pb2_grpc,
+    decision_pb2_grpc,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+
+# One tracer provider per process (OpenTelemetry allows exactly one); tests read spans
+# from this exporter.
+SPANS = InMemorySpanExporter()
+setup_tracing("consentauthz-tests", otlp=False, extra_processors=(SimpleSpanProcessor(SPANS),))
+
+
+@pytest.fixture(scope="session")
+def shipped_policy() -> CompiledPolicy:
+    return compile_policy(POLICIES)
+
+
+@pytest.fixture()
+def spans() -> Iterator[InMemorySpanExporter]:
+    SPANS.clear()
+    yield SPANS
+
+
+@dataclass
+class Running:
+    app: App
+    channel: grpc.Channel
+    decisions: decision_pb2_grpc.DecisionServiceStub
+    consent: consent_pb2_grpc.ConsentServiceStub
+    audit: audit_pb2_grpc.AuditServiceStub
+    data_dir: Path
+
+
+def start_server(data_dir: Path, policies: Path = POLICIES) -> Running:
+    app = App(ServeConfig(listen="127.0.0.1:0", data_dir=data_dir, policies=policies,
+                          workers=8, pseudonym_key=b"k" * 32))
+    app.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    grpc.channel_ready_future(channel).result(timeout=10)
+    return Running(app, channel, decision_pb2_grpc.DecisionServiceStub(channel),
+                   consent_pb2_grpc.ConsentServiceStub(channel),
+                   audit_pb2_grpc.AuditServiceStub(channel), data_dir)
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[Running]:
+    running = start_server(tmp_path / "data")
+    try:
+        yield running
+    finally:
+        running.channel.close()
+        running.app.stop(grace=None)
