@@ -1,0 +1,393 @@
+"""The consent-ledger contract: MemoryLedger and SqliteLedger must behave the same.
+
+One suite, run against both implementations, plus what only the SQLite file can show
+(durability across reopen, append-only triggers, the hash chain on disk).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from consentauthz.chain import GENESIS, link
+from consentauthz.consent import Idempotency, Ledger, MemoryLedger, SqliteLedger
+from consentauthz.consent.ledger import entry_payload
+from consentauthz.domain import (
+    CollectionMethod,
+    ConsentAction,
+    ConsentEvent,
+    SubjectProfile,
+    SubjectState,
+)
+from consentauthz.errors import InvalidArgument
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+
+def event(
+    record_id: str,
+    action: ConsentAction = ConsentAction.GRANT,
+    purpose: str = "marketing.communications.email",
+    data_categories: tuple[str, ...] = ("user.contact.email",),
+    method: CollectionMethod = CollectionMethod.AFFIRMATIVE,
+    minutes: int = 0,
+    explicit: bool = False,
+    evidence: dict[str, str] | None = None,
+) -> ConsentEvent:
+    at = T0 + timedelta(minutes=minutes)
+    is_permission = action in (ConsentAction.GRANT, ConsentAction.OPT_IN_TO_SALE)
+    return ConsentEvent(
+        record_id=record_id,
+        sequence=0,
+        action=action,
+        purpose=purpose,
+        data_categories=data_categories,
+        explicit=explicit,
+        method=method if is_permission else CollectionMethod.UNSPECIFIED,
+        jurisdiction="DE",
+        collected_at=at,
+        expires_at=at + timedelta(days=365) if is_permission else None,
+        source="web-form",
+        notice_version="v3",
+        recorded_at=at + timedelta(seconds=1),
+        evidence=evidence if evidence is not None else {"ip": "192.0.2.1"},
+    )
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    led: Ledger = MemoryLedger() if request.param == "memory" else SqliteLedger(
+        tmp_path / "ledger.db")
+    try:
+        yield led
+    finally:
+        led.close()
+
+
+def ids(state: SubjectState) -> list[str]:
+    return [e.record_id for e in state.events]
+
+
+# -- sequence and head ------------------------------------------------------------------
+
+
+def test_empty_ledger_has_head_zero(ledger: Ledger) -> None:
+    assert ledger.head() == 0
+
+
+def test_sequences_start_at_one_and_are_shared_across_subjects_and_kinds(ledger: Ledger) -> None:
+    r1 = ledger.append_consent("alice", event("r1"))
+    r2 = ledger.append_consent("bob", event("r2"))
+    r3 = ledger.append_profile("alice", SubjectProfile("DE", date(1990, 5, 6)), "p1", T0)
+    r4 = ledger.append_consent("alice", event("r4", minutes=1))
+    assert [r1.sequence, r2.sequence, r3.sequence, r4.sequence] == [1, 2, 3, 4]
+    assert [r1.record_id, r2.record_id, r3.record_id, r4.record_id] == ["r1", "r2", "p1", "r4"]
+    assert ledger.head() == 4
+
+
+def test_append_returns_state_as_of_its_sequence(ledger: Ledger) -> None:
+    ledger.append_consent("bob", event("b1"))
+    res = ledger.append_consent("alice", event("a1"))
+    assert res.replayed is False
+    assert res.state.sequence == 2
+    assert res.state.version == 2
+    assert ids(res.state) == ["a1"]
+    assert res.state.events[0].sequence == 2
+
+
+def test_events_carry_the_ledger_sequence_not_the_callers(ledger: Ledger) -> None:
+    ledger.append_consent("bob", event("b1"))
+    ledger.append_consent("alice", event("a1"))
+    (ev,) = ledger.load("alice").events
+    assert ev.sequence == 2
+    assert ev == replace(event("a1"), sequence=2)
+
+
+# -- load -------------------------------------------------------------------------------
+
+
+def test_load_unknown_subject_is_empty_at_head(ledger: Ledger) -> None:
+    assert ledger.load("nobody") == SubjectState(sequence=0)
+    ledger.append_consent("alice", event("a1"))
+    ledger.append_consent("bob", event("b1"))
+    assert ledger.load("nobody") == SubjectState(sequence=2)
+    state = ledger.load("nobody")
+    assert state.events == ()
+    assert state.profile == SubjectProfile()
+    assert state.version == 0
+
+
+def test_load_reports_head_as_sequence_and_own_latest_as_version(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("a1"))
+    ledger.append_consent("bob", event("b1"))
+    ledger.append_consent("bob", event("b2", purpose="analytics"))
+    state = ledger.load("alice")
+    assert state.sequence == 3
+    assert state.version == 1
+    assert ids(state) == ["a1"]
+
+
+def test_loaded_event_round_trips_every_field(ledger: Ledger) -> None:
+    original = event("a1", explicit=True, evidence={"ip": "192.0.2.1", "form": "f-7"},
+                     data_categories=("user.contact.email", "user.contact.phone_number"))
+    ledger.append_consent("alice", original)
+    (loaded,) = ledger.load("alice").events
+    assert loaded == replace(original, sequence=1)
+    assert dict(loaded.evidence) == {"ip": "192.0.2.1", "form": "f-7"}
+    assert loaded.collected_at.tzinfo is not None
+
+
+# -- projection compaction --------------------------------------------------------------
+
+
+def test_withdraw_with_same_scope_replaces_earlier_grant(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("g1"))
+    ledger.append_consent("alice", event("w1", ConsentAction.WITHDRAW, minutes=1))
+    assert ids(ledger.load("alice")) == ["w1"]
+
+
+def test_same_scope_ignores_category_order(ledger: Ledger) -> None:
+    cats = ("user.contact.email", "user.contact.phone_number")
+    ledger.append_consent("alice", event("g1", data_categories=cats))
+    ledger.append_consent("alice", event("w1", ConsentAction.WITHDRAW, minutes=1,
+                                         data_categories=cats[::-1]))
+    assert ids(ledger.load("alice")) == ["w1"]
+
+
+def test_withdraw_with_different_category_scope_keeps_grant(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("g1"))
+    ledger.append_consent("alice", event("w1", ConsentAction.WITHDRAW, minutes=1,
+                                         data_categories=("user.contact.phone_number",)))
+    ledger.append_consent("alice", event("w2", ConsentAction.WITHDRAW, minutes=2,
+                                         data_categories=()))
+    assert ids(ledger.load("alice")) == ["g1", "w1", "w2"]
+
+
+def test_withdraw_with_different_purpose_keeps_grant(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("g1"))
+    ledger.append_consent("alice", event("w1", ConsentAction.WITHDRAW, purpose="marketing",
+                                         minutes=1))
+    assert ids(ledger.load("alice")) == ["g1", "w1"]
+
+
+def test_other_subjects_are_not_compacted(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("g1"))
+    ledger.append_consent("bob", event("w1", ConsentAction.WITHDRAW, minutes=1))
+    assert ids(ledger.load("alice")) == ["g1"]
+    assert ids(ledger.load("bob")) == ["w1"]
+
+
+def test_sale_channel_does_not_displace_consent_channel(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("g1", purpose="", data_categories=()))
+    ledger.append_consent("alice", event("o1", ConsentAction.OPT_OUT_OF_SALE, purpose="",
+                                         data_categories=(), minutes=1))
+    ledger.append_consent("alice", event("o2", ConsentAction.OPT_IN_TO_SALE, purpose="",
+                                         data_categories=(), minutes=2))
+    assert ids(ledger.load("alice")) == ["g1", "o2"]
+
+
+@pytest.mark.parametrize("method", [CollectionMethod.PRE_TICKED, CollectionMethod.IMPLIED])
+@pytest.mark.parametrize("earlier_action", [ConsentAction.GRANT, ConsentAction.WITHDRAW])
+def test_invalid_grant_does_not_displace_earlier_valid_choice(
+        ledger: Ledger, method: CollectionMethod, earlier_action: ConsentAction) -> None:
+    ledger.append_consent("alice", event("c1", earlier_action))
+    ledger.append_consent("alice", event("pt", method=method, minutes=1))
+    assert ids(ledger.load("alice")) == ["c1", "pt"]
+
+
+def test_valid_grant_displaces_earlier_pre_ticked_grant(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("pt", method=CollectionMethod.PRE_TICKED))
+    ledger.append_consent("alice", event("g1", minutes=1))
+    assert ids(ledger.load("alice")) == ["g1"]
+
+
+def test_pre_ticked_grant_displaces_earlier_pre_ticked_grant(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("pt1", method=CollectionMethod.PRE_TICKED))
+    ledger.append_consent("alice", event("pt2", method=CollectionMethod.IMPLIED, minutes=1))
+    assert ids(ledger.load("alice")) == ["pt2"]
+
+
+# -- idempotency ------------------------------------------------------------------------
+
+
+def test_same_idempotency_key_and_hash_replays(ledger: Ledger) -> None:
+    key = Idempotency("k-1", "h-1")
+    first = ledger.append_consent("alice", event("r1"), key)
+    ledger.append_consent("bob", event("b1"))
+    again = ledger.append_consent("alice", event("r-other", minutes=5), key)
+    assert first.replayed is False
+    assert again.replayed is True
+    assert (again.record_id, again.sequence) == ("r1", 1)
+    assert ledger.head() == 2
+    assert ids(ledger.load("alice")) == ["r1"]
+    assert again.state.sequence == 2
+    assert ids(again.state) == ["r1"]
+    assert [e.record_id for e in ledger.history("alice", 0, 100)] == ["r1"]
+
+
+def test_same_idempotency_key_with_other_hash_is_rejected(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("r1"), Idempotency("k-1", "h-1"))
+    with pytest.raises(InvalidArgument) as info:
+        ledger.append_consent("alice", event("r2", minutes=1), Idempotency("k-1", "h-2"))
+    assert [v.field for v in info.value.violations] == ["idempotency_key"]
+    assert ledger.head() == 1
+    assert ids(ledger.load("alice")) == ["r1"]
+    # The ledger still works after the rejected write.
+    assert ledger.append_consent("alice", event("r3", minutes=2)).sequence == 2
+
+
+def test_distinct_idempotency_keys_append(ledger: Ledger) -> None:
+    a = ledger.append_consent("alice", event("r1"), Idempotency("k-1", "h"))
+    b = ledger.append_consent("alice", event("r2", purpose="analytics"), Idempotency("k-2", "h"))
+    assert (a.sequence, b.sequence) == (1, 2)
+    assert b.replayed is False
+
+
+# -- history ----------------------------------------------------------------------------
+
+
+def _history_fixture(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("a1"))                                    # 1
+    ledger.append_consent("bob", event("b1"))                                      # 2
+    ledger.append_profile("alice", SubjectProfile("DE"), "ap", T0)                 # 3
+    ledger.append_consent("alice", event("a2", ConsentAction.WITHDRAW, minutes=1))  # 4
+    ledger.append_consent("alice", event("a3", purpose="analytics", minutes=2))     # 5
+
+
+def test_history_lists_subjects_consent_events_in_order(ledger: Ledger) -> None:
+    _history_fixture(ledger)
+    found = ledger.history("alice", 0, 100)
+    # Compaction does not touch history: a1 was replaced in the projection, not here.
+    assert [(e.record_id, e.sequence) for e in found] == [("a1", 1), ("a2", 4), ("a3", 5)]
+    assert found[1].action is ConsentAction.WITHDRAW
+    assert [e.record_id for e in ledger.history("bob", 0, 100)] == ["b1"]
+    assert ledger.history("nobody", 0, 100) == []
+
+
+def test_history_after_sequence_and_limit(ledger: Ledger) -> None:
+    _history_fixture(ledger)
+    assert [e.record_id for e in ledger.history("alice", 1, 100)] == ["a2", "a3"]
+    assert [e.record_id for e in ledger.history("alice", 4, 100)] == ["a3"]
+    assert ledger.history("alice", 5, 100) == []
+    assert [e.record_id for e in ledger.history("alice", 0, 2)] == ["a1", "a2"]
+    assert [e.record_id for e in ledger.history("alice", 2, 1)] == ["a2"]
+
+
+# -- profile ----------------------------------------------------------------------------
+
+
+def test_profile_upsert_shows_in_load(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("a1"))
+    res = ledger.append_profile("alice", SubjectProfile("AT", date(2012, 3, 4)), "p1", T0)
+    assert (res.record_id, res.sequence, res.replayed) == ("p1", 2, False)
+    state = ledger.load("alice")
+    assert state.profile == SubjectProfile("AT", date(2012, 3, 4))
+    assert state.version == 2
+    assert ids(state) == ["a1"]
+    ledger.append_profile("alice", SubjectProfile("DE"), "p2", T0)
+    assert ledger.load("alice").profile == SubjectProfile("DE", None)
+    assert ledger.load("bob").profile == SubjectProfile()
+
+
+# -- SQLite only ------------------------------------------------------------------------
+
+
+def test_sqlite_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    led = SqliteLedger(path)
+    led.append_consent("alice", event("a1"), Idempotency("k-1", "h-1"))
+    led.append_profile("alice", SubjectProfile("DE", date(2000, 1, 1)), "p1", T0)
+    led.append_consent("alice", event("a2", ConsentAction.WITHDRAW, minutes=1))
+    before = led.load("alice")
+    led.close()
+
+    led = SqliteLedger(path)
+    try:
+        assert led.head() == 3
+        assert led.load("alice") == before
+        assert ids(before) == ["a2"]
+        assert before.profile == SubjectProfile("DE", date(2000, 1, 1))
+        assert [e.record_id for e in led.history("alice", 0, 10)] == ["a1", "a2"]
+        replay = led.append_consent("alice", event("x"), Idempotency("k-1", "h-1"))
+        assert (replay.replayed, replay.record_id, replay.sequence) == (True, "a1", 1)
+        with pytest.raises(InvalidArgument):
+            led.append_consent("alice", event("x"), Idempotency("k-1", "h-2"))
+        assert led.append_consent("bob", event("b1")).sequence == 4
+    finally:
+        led.close()
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE ledger SET subject = 'mallory' WHERE seq = 1",
+    "UPDATE ledger SET body = '{}'",
+    "DELETE FROM ledger WHERE seq = 1",
+    "DELETE FROM ledger",
+])
+def test_sqlite_ledger_table_is_append_only(tmp_path: Path, statement: str) -> None:
+    path = tmp_path / "ledger.db"
+    led = SqliteLedger(path)
+    led.append_consent("alice", event("a1"))
+    led.close()
+    conn = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.Error, match="append-only"):
+            conn.execute(statement)
+        conn.rollback()
+        assert conn.execute("SELECT count(*), min(subject) FROM ledger").fetchone() == (
+            1, "alice")
+    finally:
+        conn.close()
+
+
+def test_sqlite_hash_chain_links_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    led = SqliteLedger(path)
+    led.append_consent("alice", event("a1", evidence={"note": "grüße"}))
+    led.append_consent("bob", event("b1"), Idempotency("k", "h"))
+    led.append_profile("alice", SubjectProfile("DE", date(2001, 2, 3)), "p1", T0)
+    led.append_consent("alice", event("a2", ConsentAction.WITHDRAW, minutes=1))
+    led.close()
+
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT seq, subject, kind, record_id, recorded_at, body, prev_hash, entry_hash "
+            "FROM ledger ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    assert [r[0] for r in rows] == [1, 2, 3, 4]
+    assert [r[2] for r in rows] == ["consent", "consent", "profile", "consent"]
+    prev = GENESIS
+    assert prev == "0" * 64
+    for seq, subject, kind, record_id, recorded_at, body, prev_hash, entry_hash in rows:
+        assert prev_hash == prev
+        expected = link(prev_hash, entry_payload(seq, subject, kind, record_id, recorded_at,
+                                                 json.loads(body)))
+        assert entry_hash == expected
+        assert len(entry_hash) == 64
+        prev = entry_hash
+    assert len({r[7] for r in rows}) == 4
+
+
+def test_sqlite_hash_chain_detects_a_changed_body(tmp_path: Path) -> None:
+    """The check above can fail: a tampered body no longer matches its entry_hash."""
+    path = tmp_path / "ledger.db"
+    led = SqliteLedger(path)
+    led.append_consent("alice", event("a1"))
+    led.close()
+    conn = sqlite3.connect(path)
+    try:
+        seq, subject, kind, record_id, recorded_at, body, prev_hash, entry_hash = conn.execute(
+            "SELECT seq, subject, kind, record_id, recorded_at, body, prev_hash, entry_hash "
+            "FROM ledger").fetchone()
+    finally:
+        conn.close()
+    tampered = json.loads(body) | {"action": "WITHDRAW"}
+    assert link(prev_hash, entry_payload(seq, subject, kind, record_id, recorded_at,
+                                         tampered)) != entry_hash
