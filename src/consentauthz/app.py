@@ -15,7 +15,7 @@ from .consent import ConsentService, LocalCache, SqliteLedger
 from .decisionlog import SqliteDecisionLog
 from .engine import CompiledPolicy
 from .errors import ConfigError
-from .policy import load_policy_set
+from .policy import PolicyStore, load_policy_set
 from .pseudonym import Pseudonymizer
 from .server import GrpcServer
 
@@ -69,6 +69,9 @@ class App:
         data = config.data_dir
         data.mkdir(parents=True, exist_ok=True)
         self.policy = PolicyHolder(compile_policy(config.policy_dir))
+        # Keep every version that ever decided, so its decisions can be replayed.
+        self.policy_store = PolicyStore(data / "policies")
+        self.policy_store.save(self.policy().policy)
         pseudonymize = Pseudonymizer(load_key(config))
         self.ledger = SqliteLedger(data / "ledger.db")
         self.decision_log = SqliteDecisionLog(data / "decisions.db",

@@ -2,6 +2,7 @@
 
 from .loader import PolicyLine, PolicySet, load_policy_set, split_policy_line
 from .settings import PolicySettings
+from .store import PolicyStore
 from .taxonomy import Hierarchy, Taxonomy
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "PolicyLine",
     "PolicySet",
     "PolicySettings",
+    "PolicyStore",
     "Taxonomy",
     "load_policy_set",
     "split_policy_line",

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import yaml
 
@@ -105,13 +106,21 @@ def load_policy_set(root: Path) -> PolicySet:
             problems.append(f"{rel}: not UTF-8")
             return ""
 
+    def read_yaml(rel: str) -> Any:
+        if not (root / rel).is_file():
+            return None
+        try:
+            return yaml.safe_load(read(rel))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise PolicyError([f"{rel}{line}: not valid YAML"]) from exc
+
     model_text = read(MODEL_FILE)
-    settings_data = yaml.safe_load(read(SETTINGS_FILE)) if (root / SETTINGS_FILE).is_file() \
-        else None
+    settings_data = read_yaml(SETTINGS_FILE)
     if settings_data is None:
         raise PolicyError([f"{SETTINGS_FILE}: missing or empty"])
-    taxonomy_data = yaml.safe_load(read(TAXONOMY_FILE)) if (root / TAXONOMY_FILE).is_file() \
-        else None
+    taxonomy_data = read_yaml(TAXONOMY_FILE)
 
     rules: list[PolicyLine] = []
     groupings: list[PolicyLine] = []
