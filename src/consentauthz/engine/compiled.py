@@ -122,6 +122,7 @@ class CompiledPolicy:
         purpose_classes: set[str] = set()
         category_classes: set[str] = set()
         regimes: set[str] = set()
+        nested: list[tuple[str, str, str, set[str]]] = []
         for line in policy.groupings:
             where = f"{line.file}:{line.line}"
             if len(line.fields) != 2:
@@ -142,8 +143,12 @@ class CompiledPolicy:
                     (tax.purposes, purpose_edges, purpose_classes, "purpose")
                     if line.ptype == "g2"
                     else (tax.categories, category_edges, category_classes, "data category"))
-                if child not in hier and not _CLASS_NAME.match(child):
-                    problems.append(f"{where}: unknown {kind} {child!r}")
+                if child not in hier:
+                    # Only a class that is itself declared (as some line's right side) may
+                    # nest here; anything else is a typo that would silently drop a key
+                    # out of a class (say `sale` for `sales`) and could turn a deny into
+                    # an allow. Checked once all lines are read.
+                    nested.append((where, kind, child, classes))
                 if parent in hier or not _CLASS_NAME.match(parent):
                     problems.append(f"{where}: {parent!r} must be a class name (lower_case), "
                                     f"not a taxonomy key: the {kind} hierarchy comes from "
@@ -152,6 +157,11 @@ class CompiledPolicy:
                 edges.setdefault(child, set()).add(parent)
             else:
                 problems.append(f"{where}: unknown grouping type {line.ptype!r}")
+
+        for where, kind, child, classes in nested:
+            if child not in classes:
+                problems.append(f"{where}: unknown {kind} {child!r} (neither a taxonomy key "
+                                "nor a declared class)")
 
         self._regime_closure: dict[str, tuple[str, ...]] = {}
         self._purpose_closure: dict[str, tuple[str, ...]] = {}
@@ -213,7 +223,7 @@ class CompiledPolicy:
                 continue
             prio, regime, purpose, category, when, eft, reason, basis = line.fields
             bad = len(problems)
-            if not prio.isdigit():
+            if not (prio.isascii() and prio.isdigit()):
                 problems.append(f"{where}: priority {prio!r} must be a whole number")
             if regime not in regimes and regime not in self._regime_closure:
                 problems.append(f"{where}: unknown regime {regime!r}")

@@ -1,0 +1,384 @@
+"""derive_facts: a subject's consent state -> the facts policy rules test (shipped settings)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from consentauthz.domain import (
+    CollectionMethod,
+    ConsentAction,
+    ConsentEvent,
+    SubjectProfile,
+    SubjectState,
+)
+from consentauthz.engine import FACTS, CompiledPolicy, Facts, derive_facts
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+EMAIL_MARKETING = "marketing.communications.email"
+EMAIL = "user.contact.email"
+
+GRANT = ConsentAction.GRANT
+WITHDRAW = ConsentAction.WITHDRAW
+OBJECT = ConsentAction.OBJECT
+OPT_OUT = ConsentAction.OPT_OUT_OF_SALE
+OPT_IN = ConsentAction.OPT_IN_TO_SALE
+LIMIT = ConsentAction.LIMIT_SENSITIVE
+AFFIRMATIVE = CollectionMethod.AFFIRMATIVE
+PARENTAL = CollectionMethod.PARENTAL
+PRE_TICKED = CollectionMethod.PRE_TICKED
+IMPLIED = CollectionMethod.IMPLIED
+
+_SALE_AND_LIMIT = (OPT_OUT, OPT_IN, LIMIT)
+
+#: derive(state, purpose=..., category=..., jurisdiction=..., context=..., now=...)
+Derive = Callable[..., Facts]
+
+
+def ev(
+    record_id: str,
+    action: ConsentAction = GRANT,
+    purpose: str | None = None,
+    categories: tuple[str, ...] = (),
+    method: CollectionMethod = AFFIRMATIVE,
+    explicit: bool = False,
+    days_ago: float = 10,
+    expires_at: datetime | None = None,
+) -> ConsentEvent:
+    if purpose is None:
+        purpose = "" if action in _SALE_AND_LIMIT else EMAIL_MARKETING
+    at = NOW - timedelta(days=days_ago)
+    return ConsentEvent(
+        record_id=record_id, sequence=0, action=action, purpose=purpose,
+        data_categories=categories, explicit=explicit,
+        method=method if action in (GRANT, OPT_IN) else CollectionMethod.UNSPECIFIED,
+        jurisdiction="", collected_at=at, expires_at=expires_at, source="web-form",
+        notice_version="v1", recorded_at=at)
+
+
+def state(*events: ConsentEvent, birth: date | None = None,
+          jurisdiction: str = "") -> SubjectState:
+    numbered = tuple(replace(e, sequence=i) for i, e in enumerate(events, start=1))
+    return SubjectState(profile=SubjectProfile(jurisdiction, birth), events=numbered,
+                        sequence=len(events), version=len(events))
+
+
+@pytest.fixture()
+def facts_for(shipped_policy: CompiledPolicy) -> Derive:
+    policy = shipped_policy.policy
+
+    def derive(st: SubjectState, purpose: str = EMAIL_MARKETING, category: str = EMAIL,
+               jurisdiction: str = "DE", context: Mapping[str, str] | None = None,
+               now: datetime = NOW) -> Facts:
+        facts = derive_facts(st, purpose, category, jurisdiction, now, context or {},
+                             policy.taxonomy, policy.settings)
+        assert facts.tokens <= set(FACTS), "only documented facts"
+        assert set(facts.records) <= facts.tokens
+        return facts
+
+    return derive
+
+
+def born(years: int, *, days: int = 30) -> date:
+    """A birth date making the subject `years` old at NOW (birthday `days` ago)."""
+    d = (NOW - timedelta(days=days)).date()
+    return d.replace(year=d.year - years)
+
+
+# -- GDPR consent channel ---------------------------------------------------------------
+
+
+def test_no_events_is_no_consent(facts_for: Derive) -> None:
+    facts = facts_for(state())
+    assert facts.tokens == {"no_consent"}
+    assert facts.records == {}
+
+
+def test_valid_grant_is_consent(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1")))
+    assert facts.tokens == {"consent"}
+    assert facts.records["consent"] == ("g1",)
+
+
+def test_parental_grant_is_consent(facts_for: Derive) -> None:
+    assert facts_for(state(ev("g1", method=PARENTAL))).tokens == {"consent"}
+
+
+def test_explicit_grant_adds_explicit_consent(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1", explicit=True)))
+    assert facts.tokens == {"consent", "explicit_consent"}
+    assert facts.records["explicit_consent"] == ("g1",)
+
+
+def test_grant_for_other_purpose_is_no_consent(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1", purpose="analytics")))
+    assert facts.tokens == {"no_consent"}
+
+
+def test_grant_for_parent_purpose_covers_child(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1", purpose="marketing")))
+    assert facts.tokens == {"consent"}
+    assert facts.records["consent"] == ("g1",)
+
+
+def test_grant_for_child_purpose_does_not_cover_parent(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1")), purpose="marketing.communications")
+    assert facts.tokens == {"no_consent"}
+
+
+def test_grant_restricted_to_a_category(facts_for: Derive) -> None:
+    st = state(ev("g1", categories=(EMAIL,)))
+    assert facts_for(st, category=EMAIL).tokens == {"consent"}
+    assert facts_for(st, category="user.contact.phone_number").tokens == {"no_consent"}
+    # A key covers its descendants, not its ancestors.
+    assert facts_for(st, category="user.contact").tokens == {"no_consent"}
+
+
+def test_grant_for_parent_category_covers_descendants(facts_for: Derive) -> None:
+    st = state(ev("g1", categories=("user.contact",)))
+    assert facts_for(st, category=EMAIL).tokens == {"consent"}
+    assert facts_for(st, category="user.contact.address.city").tokens == {"consent"}
+    assert facts_for(st, category="user.device.cookie_id").tokens == {"no_consent"}
+
+
+def test_grant_with_several_categories_covers_each(facts_for: Derive) -> None:
+    st = state(ev("g1", categories=(EMAIL, "user.contact.phone_number")))
+    assert facts_for(st, category="user.contact.phone_number").tokens == {"consent"}
+    assert facts_for(st, category="user.contact.url").tokens == {"no_consent"}
+
+
+def test_withdraw_after_grant(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1", days_ago=10), ev("w1", WITHDRAW, days_ago=5)))
+    assert facts.tokens == {"consent_withdrawn"}
+    assert facts.records["consent_withdrawn"] == ("w1",)
+
+
+def test_broader_withdraw_after_narrow_grant(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1"), ev("w1", WITHDRAW, purpose="marketing")))
+    assert facts.tokens == {"consent_withdrawn"}
+    assert facts.records["consent_withdrawn"] == ("w1",)
+
+
+def test_grant_after_withdraw(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1", days_ago=10), ev("w1", WITHDRAW, days_ago=5),
+                            ev("g2", days_ago=1)))
+    assert facts.tokens == {"consent"}
+    assert facts.records["consent"] == ("g2",)
+
+
+@pytest.mark.parametrize("method", [PRE_TICKED, IMPLIED])
+def test_invalid_grant_alone_is_consent_invalid(facts_for: Derive,
+                                                 method: CollectionMethod) -> None:
+    facts = facts_for(state(ev("pt", method=method, explicit=True)))
+    assert facts.tokens == {"consent_invalid"}
+    assert facts.records["consent_invalid"] == ("pt",)
+
+
+def test_pre_ticked_after_valid_grant_is_still_consent(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1", days_ago=10), ev("pt", method=PRE_TICKED, days_ago=1)))
+    assert facts.tokens == {"consent"}
+    assert facts.records["consent"] == ("g1",)
+
+
+def test_pre_ticked_after_withdraw_is_still_withdrawn(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("w1", WITHDRAW), ev("pt", method=PRE_TICKED, days_ago=1)))
+    assert facts.tokens == {"consent_withdrawn"}
+    assert facts.records["consent_withdrawn"] == ("w1",)
+
+
+def test_valid_grant_after_pre_ticked_is_consent(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("pt", method=PRE_TICKED, days_ago=10), ev("g1", days_ago=1)))
+    assert facts.tokens == {"consent"}
+    assert facts.records["consent"] == ("g1",)
+
+
+def test_expired_via_expires_at(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1", expires_at=NOW - timedelta(seconds=1))))
+    assert facts.tokens == {"consent_expired"}
+    assert facts.records["consent_expired"] == ("g1",)
+    # Expiry is exclusive of the instant itself: at expires_at the grant is gone.
+    assert facts_for(state(ev("g1", expires_at=NOW))).tokens == {"consent_expired"}
+    assert facts_for(state(ev("g1", expires_at=NOW + timedelta(seconds=1)))).tokens == {
+        "consent"}
+
+
+def test_expired_via_default_lifetime(facts_for: Derive,
+                                      shipped_policy: CompiledPolicy) -> None:
+    lifetime = shipped_policy.policy.settings.consent_lifetime
+    assert lifetime == timedelta(days=730)
+    assert facts_for(state(ev("g1", days_ago=731))).tokens == {"consent_expired"}
+    assert facts_for(state(ev("g1", days_ago=730))).tokens == {"consent_expired"}
+    assert facts_for(state(ev("g1", days_ago=729))).tokens == {"consent"}
+
+
+def test_explicit_expires_at_overrides_default_lifetime(facts_for: Derive) -> None:
+    st = state(ev("g1", days_ago=1000, expires_at=NOW + timedelta(days=1)))
+    assert facts_for(st).tokens == {"consent"}
+
+
+def test_expired_explicit_grant_is_not_explicit_consent(facts_for: Derive) -> None:
+    st = state(ev("g1", explicit=True, expires_at=NOW - timedelta(days=1)))
+    assert facts_for(st).tokens == {"consent_expired"}
+
+
+def test_objection(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1", days_ago=10), ev("o1", OBJECT, days_ago=1)))
+    assert facts.tokens == {"objected"}
+    assert facts.records["objected"] == ("o1",)
+
+
+def test_objection_for_other_purpose_does_not_apply(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1", days_ago=10), ev("o1", OBJECT, purpose="analytics")))
+    assert facts.tokens == {"consent"}
+
+
+# -- children (GDPR Art. 8) -------------------------------------------------------------
+
+
+def test_child_below_consent_age_without_parental_grant(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1"), birth=born(14)), jurisdiction="DE")
+    assert "child_without_parental_consent" in facts.tokens
+    assert "consent" not in facts.tokens
+    assert facts.records["child_without_parental_consent"] == ("g1",)
+
+
+def test_child_with_parental_grant_is_consent(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1", method=PARENTAL), birth=born(14)), jurisdiction="DE")
+    assert "consent" in facts.tokens
+    assert "child_without_parental_consent" not in facts.tokens
+    assert facts.records["consent"] == ("g1",)
+
+
+def test_consent_age_depends_on_jurisdiction(facts_for: Derive) -> None:
+    st = state(ev("g1"), birth=born(14))
+    assert "consent" in facts_for(st, jurisdiction="AT").tokens           # AT: 14
+    assert "child_without_parental_consent" in facts_for(st, jurisdiction="FR").tokens  # 15
+    # Unmapped or missing jurisdiction: the conservative default, 16.
+    assert "child_without_parental_consent" in facts_for(st, jurisdiction="").tokens
+    assert "child_without_parental_consent" in facts_for(st, jurisdiction="JP").tokens
+
+
+def test_consent_age_in_great_britain_is_13(facts_for: Derive) -> None:
+    assert "consent" in facts_for(state(ev("g1"), birth=born(13)), jurisdiction="GB").tokens
+    assert "child_without_parental_consent" in facts_for(
+        state(ev("g1"), birth=born(12)), jurisdiction="GB").tokens
+
+
+def test_age_turns_on_the_birthday(facts_for: Derive) -> None:
+    today = born(16, days=0)
+    tomorrow = born(16, days=-1)
+    assert "consent" in facts_for(state(ev("g1"), birth=today)).tokens
+    assert "child_without_parental_consent" in facts_for(
+        state(ev("g1"), birth=tomorrow)).tokens
+
+
+def test_child_rule_does_not_hide_withdrawal(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("g1"), ev("w1", WITHDRAW, days_ago=1), birth=born(10)))
+    assert "consent_withdrawn" in facts.tokens
+    assert "child_without_parental_consent" not in facts.tokens
+
+
+# -- request context --------------------------------------------------------------------
+
+
+def test_gpc_signal(facts_for: Derive) -> None:
+    assert "gpc" in facts_for(state(), context={"gpc": "1"}).tokens
+    assert "gpc" not in facts_for(state(), context={"gpc": "0"}).tokens
+    assert "gpc" not in facts_for(state()).tokens
+
+
+# -- CCPA sale and share ----------------------------------------------------------------
+
+
+def test_opt_out_of_sale(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("oo", OPT_OUT)), purpose="sales", jurisdiction="US-CA")
+    assert "sale_opted_out" in facts.tokens
+    assert "sale_opted_in" not in facts.tokens
+    assert facts.records["sale_opted_out"] == ("oo",)
+    # The sale channel is separate from consent.
+    assert "no_consent" in facts.tokens
+
+
+def test_later_opt_in_wins(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("oo", OPT_OUT, days_ago=10), ev("oi", OPT_IN, days_ago=1)),
+                      purpose="sales", jurisdiction="US-CA")
+    assert "sale_opted_in" in facts.tokens
+    assert "sale_opted_out" not in facts.tokens
+    assert facts.records["sale_opted_in"] == ("oi",)
+
+
+def test_later_opt_out_wins(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("oi", OPT_IN, days_ago=10), ev("oo", OPT_OUT, days_ago=1)),
+                      purpose="sales", jurisdiction="US-CA")
+    assert "sale_opted_out" in facts.tokens
+    assert facts.records["sale_opted_out"] == ("oo",)
+
+
+def test_pre_ticked_opt_in_does_not_undo_opt_out(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("oo", OPT_OUT, days_ago=10),
+                            ev("oi", OPT_IN, method=PRE_TICKED, days_ago=1)),
+                      purpose="sales", jurisdiction="US-CA")
+    assert "sale_opted_out" in facts.tokens
+    assert "sale_opted_in" not in facts.tokens
+    assert facts.records["sale_opted_out"] == ("oo",)
+
+
+def test_under_13_needs_parental_opt_in(facts_for: Derive) -> None:
+    kid = born(12)
+    none = facts_for(state(birth=kid), purpose="sales", jurisdiction="US-CA")
+    assert "sale_parental_authorisation_required" in none.tokens
+    assert "sale_minor_opt_in_required" not in none.tokens
+    own = facts_for(state(ev("oi", OPT_IN), birth=kid), purpose="sales", jurisdiction="US-CA")
+    assert "sale_parental_authorisation_required" in own.tokens
+    assert own.records["sale_parental_authorisation_required"] == ("oi",)
+    parent = facts_for(state(ev("oi", OPT_IN, method=PARENTAL), birth=kid),
+                       purpose="sales", jurisdiction="US-CA")
+    assert "sale_parental_authorisation_required" not in parent.tokens
+    assert "sale_opted_in" in parent.tokens
+    assert parent.records["sale_opted_in"] == ("oi",)
+
+
+def test_13_to_15_needs_own_opt_in(facts_for: Derive) -> None:
+    teen = born(14)
+    none = facts_for(state(birth=teen), purpose="sales", jurisdiction="US-CA")
+    assert "sale_minor_opt_in_required" in none.tokens
+    assert "sale_parental_authorisation_required" not in none.tokens
+    own = facts_for(state(ev("oi", OPT_IN), birth=teen), purpose="sales",
+                    jurisdiction="US-CA")
+    assert "sale_minor_opt_in_required" not in own.tokens
+    assert own.records["sale_opted_in"] == ("oi",)
+    ticked = facts_for(state(ev("oi", OPT_IN, method=PRE_TICKED), birth=teen),
+                       purpose="sales", jurisdiction="US-CA")
+    assert "sale_minor_opt_in_required" in ticked.tokens
+    out = facts_for(state(ev("oi", OPT_IN, days_ago=5), ev("oo", OPT_OUT, days_ago=1),
+                          birth=teen), purpose="sales", jurisdiction="US-CA")
+    assert {"sale_minor_opt_in_required", "sale_opted_out"} <= out.tokens
+
+
+def test_ccpa_age_boundaries(facts_for: Derive) -> None:
+    at13 = facts_for(state(birth=born(13)), purpose="sales", jurisdiction="US-CA").tokens
+    assert "sale_minor_opt_in_required" in at13
+    assert "sale_parental_authorisation_required" not in at13
+    at16 = facts_for(state(birth=born(16)), purpose="sales", jurisdiction="US-CA").tokens
+    assert not at16 & {"sale_minor_opt_in_required", "sale_parental_authorisation_required"}
+    unknown_age = facts_for(state(), purpose="sales", jurisdiction="US-CA").tokens
+    assert not unknown_age & {"sale_minor_opt_in_required",
+                              "sale_parental_authorisation_required"}
+
+
+def test_limit_sensitive(facts_for: Derive) -> None:
+    facts = facts_for(state(ev("ls", LIMIT)), purpose="analytics",
+                      category="user.location.precise", jurisdiction="US-CA")
+    assert "sensitive_limited" in facts.tokens
+    assert facts.records["sensitive_limited"] == ("ls",)
+    assert "sensitive_limited" not in facts_for(state(), purpose="analytics",
+                                                category="user.location.precise").tokens
+
+
+def test_limit_sensitive_for_other_category_does_not_apply(facts_for: Derive) -> None:
+    st = state(ev("ls", LIMIT, categories=("user.financial",)))
+    assert "sensitive_limited" in facts_for(st, category="user.financial.bank_account").tokens
+    assert "sensitive_limited" not in facts_for(st, category="user.location.precise").tokens
