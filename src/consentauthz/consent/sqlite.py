@@ -15,6 +15,7 @@ from typing import Any
 from ..chain import GENESIS, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import ConsentAuthzError, Unavailable
+from ..sqlite_files import open_database
 from .codec import event_from_dict, event_to_dict, profile_to_dict, state_from_json, state_to_json
 from .ledger import AppendResult, Idempotency, entry_payload, idempotency_conflict
 from .projection import apply_event, apply_profile
@@ -49,16 +50,10 @@ class SqliteLedger:
     """Thread-safe; one connection serialised by a lock (writes are serial in SQLite anyway)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(str(path), isolation_level=None,
-                                         check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
             # The ledger is the system of record: a write returns only once it is on disk.
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA busy_timeout=5000")
-            self._conn.executescript(_SCHEMA)
+            self._conn = open_database(path, _SCHEMA, fsync=True)
         except sqlite3.Error as exc:
             raise Unavailable(f"consent ledger cannot be opened: {exc}") from exc
 

@@ -19,6 +19,7 @@ from typing import Any
 from ..chain import GENESIS
 from ..domain import DecisionQuery, DecisionRecord
 from ..errors import Unavailable
+from ..sqlite_files import open_database
 from .log import chain
 from .record import record_from_dict, record_to_dict
 
@@ -49,15 +50,9 @@ BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 
 class SqliteDecisionLog:
     def __init__(self, path: Path, fsync: bool = False) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(str(path), isolation_level=None,
-                                         check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-            self._conn.execute("PRAGMA busy_timeout=5000")
-            self._conn.executescript(_SCHEMA)
+            self._conn = open_database(path, _SCHEMA, fsync=fsync)
             row = self._conn.execute(
                 "SELECT seq, entry_hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
         except sqlite3.Error as exc:

@@ -1,0 +1,19 @@
+"""How the embedded stores open their SQLite files (shared settings, one place)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+
+def open_database(path: Path, schema: str, *, fsync: bool) -> sqlite3.Connection:
+    """WAL, explicit transactions, usable from the server's worker threads (callers hold a
+    lock). `fsync=True` syncs every commit (synchronous=FULL); otherwise a commit survives
+    a process crash but not a power loss (synchronous=NORMAL)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.executescript(schema)
+    return conn
