@@ -1,4 +1,5 @@
-"""`consentauthz serve | check | consent | audit`: the server and its gRPC client commands."""
+"""`consentauthz serve | check | explain | consent | audit | policy`: the server, its gRPC
+client commands and the policy authors' tools."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -219,6 +221,28 @@ def cmd_audit_query(client: Client, ns: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_dir(ns: argparse.Namespace) -> Path:
+    return Path(ns.dir) if ns.dir else cfg.shipped_policies()
+
+
+def cmd_policy_test(ns: argparse.Namespace) -> int:
+    from .app import compile_policy
+    from .authoring import load_suites, print_report, run_suites, write_junit
+
+    directory = _policy_dir(ns)
+    run = run_suites(compile_policy(directory), load_suites(directory))
+    print_report(run, sys.stdout, verbose=ns.verbose, coverage=ns.coverage)
+    if ns.junit:
+        write_junit(run, Path(ns.junit))
+    if not run.results:
+        print(f"no test suites (*_test.yaml) under {directory}", file=sys.stderr)
+        return 1
+    if ns.fail_under is not None and run.coverage < ns.fail_under:
+        print(f"rule coverage {run.coverage:.1f}% is below {ns.fail_under}%", file=sys.stderr)
+        return 1
+    return 0 if run.failed == 0 else 1
+
+
 def cmd_serve(ns: argparse.Namespace) -> int:
     from .app import App
     from .telemetry import setup_tracing
@@ -312,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--subject", required=True)
     _common_client(hist)
     hist.set_defaults(client=cmd_history)
+
+    policy = sub.add_parser("policy", help="policy authoring: test, lint, matrix, diff")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    ptest = psub.add_parser("test", help="run the policy's *_test.yaml suites")
+    ptest.add_argument("dir", nargs="?", help="policy directory (default: the shipped one)")
+    ptest.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
+    ptest.add_argument("--coverage", action="store_true", help="list rules no case exercised")
+    ptest.add_argument("--fail-under", type=float, metavar="PCT",
+                       help="fail when rule coverage is below PCT")
+    ptest.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    ptest.set_defaults(run=cmd_policy_test)
 
     audit = sub.add_parser("audit", help="read the decision log")
     asub = audit.add_subparsers(dest="audit_command", required=True)
