@@ -24,8 +24,9 @@ def print_report(run: RunResult, out: TextIO, *, verbose: bool = False,
         for problem in result.problems:
             print(f"        {problem}", file=out)
         if not result.passed and result.decision is not None:
-            rule = result.decision.matched_rule
-            print(f"        matched {rule if rule else '(no rule: deny by default)'}", file=out)
+            matched = result.decision.matched_rule
+            print(f"        matched {matched if matched else '(no rule: deny by default)'}",
+                  file=out)
             for line in result.decision.explanation:
                 print(f"        | {line}", file=out)
     if coverage:
