@@ -14,9 +14,11 @@ from .config import ServeConfig
 from .consent import ConsentService, LocalCache, SqliteLedger
 from .decisionlog import SqliteDecisionLog
 from .engine import CompiledPolicy
-from .errors import ConfigError
+from .errors import ConfigError, PolicyError
 from .policy import PolicyStore, load_policy_set
+from .policy.watch import PolicyWatcher
 from .pseudonym import Pseudonymizer
+from .reload import PolicyHolder, PolicyReloader
 from .server import GrpcServer
 
 log = logging.getLogger("consentauthz")
@@ -46,21 +48,26 @@ def load_key(config: ServeConfig) -> bytes:
         raise ConfigError(f"pseudonymisation key file {path} must hold hex") from None
 
 
-class PolicyHolder:
-    """The active policy. Swapping is one reference assignment: no request sees half."""
-
-    def __init__(self, compiled: CompiledPolicy) -> None:
-        self._current = compiled
-
-    def __call__(self) -> CompiledPolicy:
-        return self._current
-
-    def swap(self, compiled: CompiledPolicy) -> None:
-        self._current = compiled
-
-
 def compile_policy(directory: Path) -> CompiledPolicy:
     return CompiledPolicy(load_policy_set(directory))
+
+
+def authoring_gate(directory: Path, candidate: CompiledPolicy) -> list[str]:
+    """A candidate goes live only without lint errors and with every policy test passing
+    (the same checks `policy lint` and `policy test` run for authors and CI)."""
+    from .authoring import load_suites, run_suites
+    from .authoring.lint import lint
+
+    problems = [str(f) for f in lint(directory) if f.severity == "error"]
+    try:
+        run = run_suites(candidate, load_suites(directory))
+    except PolicyError as exc:
+        return problems + list(exc.problems)
+    problems += [f"{r.case.file}:{r.case.line}: test failed: {r.case.name}: "
+                 + "; ".join(r.problems) for r in run.results if not r.passed]
+    if not run.results:
+        problems.append("no policy test cases: a policy ships with its tests")
+    return problems
 
 
 class App:
@@ -68,10 +75,17 @@ class App:
         self.config = config
         data = config.data_dir
         data.mkdir(parents=True, exist_ok=True)
-        self.policy = PolicyHolder(compile_policy(config.policy_dir))
+        policy_dir = config.policy_dir
+        self.policy = PolicyHolder(compile_policy(policy_dir), policy_dir, utc_now())
         # Keep every version that ever decided, so its decisions can be replayed.
         self.policy_store = PolicyStore(data / "policies")
         self.policy_store.save(self.policy().policy)
+        self.reloader = PolicyReloader(policy_dir, self.policy, self.policy_store,
+                                       authoring_gate, utc_now)
+        self.watcher = (PolicyWatcher(policy_dir, self.reloader.reload,
+                                      interval=config.watch_interval,
+                                      debounce=config.watch_debounce)
+                        if config.watch_policies else None)
         pseudonymize = Pseudonymizer(load_key(config))
         self.ledger = SqliteLedger(data / "ledger.db")
         self.decision_log = SqliteDecisionLog(data / "decisions.db",
@@ -82,8 +96,8 @@ class App:
         self.checker = Checker(self.consent, self.policy, self.decision_log, pseudonymize,
                                utc_now)
         self.audit = AuditReader(self.decision_log, pseudonymize)
-        self.server = GrpcServer(self.checker, self.consent, self.audit, config.listen,
-                                 config.workers)
+        self.server = GrpcServer(self.checker, self.consent, self.audit,
+                                 lambda: self.policy.status, config.listen, config.workers)
 
     @property
     def port(self) -> int:
@@ -98,10 +112,16 @@ class App:
         log.warning("no callers configured: every call is from 'anonymous' and may do "
                     "everything")
         self.server.start()
+        if self.watcher is not None:
+            self.watcher.start()
+            self.policy.set_watching(True)
         log.info("consentauthz serving on port %d, policy %s", self.port,
                  self.policy().version[:12])
 
     def stop(self, grace: float | None = 5.0) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.policy.set_watching(False)
         self.server.stop(grace)
         self.decision_log.close()
         self.consent.close()

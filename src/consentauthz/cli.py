@@ -27,6 +27,8 @@ from .v1 import (
     consent_pb2_grpc,
     decision_pb2,
     decision_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
 )
 
 _ACTIONS = {
@@ -52,6 +54,7 @@ class Client:
         self.decisions = decision_pb2_grpc.DecisionServiceStub(self.channel)
         self.consent = consent_pb2_grpc.ConsentServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self.policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
 
 
 def _ts(text: str | None) -> timestamp_pb2.Timestamp | None:
@@ -243,6 +246,35 @@ def cmd_policy_test(ns: argparse.Namespace) -> int:
     return 0 if run.failed == 0 else 1
 
 
+def cmd_policy_lint(ns: argparse.Namespace) -> int:
+    from .authoring.lint import has_errors, lint
+
+    findings = lint(_policy_dir(ns))
+    for finding in findings:
+        print(finding)
+    errors = sum(f.severity == "error" for f in findings)
+    print(f"{errors} error(s), {len(findings) - errors} warning(s)")
+    return 1 if has_errors(findings) else 0
+
+
+def cmd_policy_status(client: Client, ns: argparse.Namespace) -> int:
+    resp = client.policy.GetStatus(policy_pb2.GetPolicyStatusRequest())
+    if ns.json:
+        print(_to_json(resp))
+        return 0
+    print(f"policy {resp.policy_version} ({resp.rule_count} rules) live since "
+          f"{resp.loaded_at.ToDatetime(tzinfo=UTC).isoformat()}")
+    print(f"  source {resp.source}; watching: {'yes' if resp.watching else 'no'}; reloads "
+          f"accepted {resp.reloads_accepted}, refused {resp.reloads_rejected}")
+    if resp.HasField("last_reload"):
+        r = resp.last_reload
+        print(f"  last attempt {r.time.ToDatetime(tzinfo=UTC).isoformat()}: "
+              f"{'accepted' if r.accepted else 'REFUSED'} {r.policy_version[:12]}")
+        for problem in r.problems:
+            print(f"    {problem}")
+    return 0
+
+
 def cmd_serve(ns: argparse.Namespace) -> int:
     from .app import App
     from .telemetry import setup_tracing
@@ -287,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fsync the decision log on every commit (survives power loss)")
     serve.add_argument("--pseudonym-key-file",
                        help="hex HMAC key for subject pseudonyms (default DATA_DIR/keys/)")
+    serve.add_argument("--no-watch", action="store_true",
+                       help="do not hot-reload the policy directory when it changes")
     serve.set_defaults(run=cmd_serve)
 
     check = sub.add_parser("check", help="may this purpose use this data of this subject?")
@@ -347,6 +381,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fail when rule coverage is below PCT")
     ptest.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
     ptest.set_defaults(run=cmd_policy_test)
+
+    plint = psub.add_parser("lint", help="find dead, shadowed and untested rules")
+    plint.add_argument("dir", nargs="?", help="policy directory (default: the shipped one)")
+    plint.set_defaults(run=cmd_policy_lint)
+    pstatus = psub.add_parser("status", help="the policy version a running server uses")
+    _common_client(pstatus)
+    pstatus.set_defaults(client=cmd_policy_status)
+
+    explain = sub.add_parser("explain", help="check, and say in plain language why")
+    for arg in ("--subject", "--purpose", "--category"):
+        explain.add_argument(arg, required=True)
+    explain.add_argument("--jurisdiction")
+    explain.add_argument("--gpc", action="store_true")
+    explain.add_argument("--token")
+    _common_client(explain)
+    explain.set_defaults(client=cmd_check, explain=True)
 
     audit = sub.add_parser("audit", help="read the decision log")
     asub = audit.add_subparsers(dest="audit_command", required=True)

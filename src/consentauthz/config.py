@@ -38,6 +38,9 @@ class ServeConfig:
     pseudonym_key: bytes | None = None
     pseudonym_key_file: Path | None = None
     otlp: bool = False
+    watch_policies: bool = True
+    watch_interval: float = 0.5
+    watch_debounce: float = 1.0
 
     @property
     def policy_dir(self) -> Path:
@@ -86,6 +89,7 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         pseudonym_key=key,
         pseudonym_key_file=Path(key_file) if key_file else None,
         otlp=otlp and env.get("OTEL_TRACES_EXPORTER", "otlp") != "none",
+        watch_policies=not ns.no_watch,
     )
 
 

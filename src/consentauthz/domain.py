@@ -257,3 +257,25 @@ class CheckOutcome:
 
     decision: Decision
     record: DecisionRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReload:
+    """One attempt to put a new policy version live."""
+
+    time: datetime
+    accepted: bool
+    policy_version: str
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStatus:
+    policy_version: str
+    loaded_at: datetime
+    source: str
+    rule_count: int
+    last_reload: PolicyReload | None = None
+    reloads_accepted: int = 0
+    reloads_rejected: int = 0
+    watching: bool = False

@@ -6,7 +6,7 @@ attribute ever carries a raw subject id: only the keyed pseudonym.
 
 from __future__ import annotations
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -56,3 +56,7 @@ def current_ids() -> tuple[str, str]:
     if not ctx.is_valid:
         return "", ""
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def meter() -> metrics.Meter:
+    return metrics.get_meter(INSTRUMENTATION)

@@ -6,7 +6,7 @@ existing parents (policies/taxonomy.yaml).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version as _dist_version
 from types import MappingProxyType
@@ -37,6 +37,9 @@ class Hierarchy:
 
     def __len__(self) -> int:
         return len(self.parents)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.parents)
 
     def keys(self) -> Iterable[str]:
         return self.parents.keys()

@@ -16,10 +16,11 @@ from ..domain import (
     DecisionQuery,
     DecisionRecord,
     Effect,
+    PolicyStatus,
     SubjectUpsert,
 )
 from ..errors import InvalidArgument
-from ..v1 import audit_pb2, consent_pb2, decision_pb2
+from ..v1 import audit_pb2, consent_pb2, decision_pb2, policy_pb2
 from ..validation import parse_birth_date, parse_token
 
 _ACTIONS = {
@@ -130,3 +131,16 @@ def decision_query(msg: audit_pb2.QueryDecisionsRequest) -> DecisionQuery:
                          decision=effect, reason=msg.reason,
                          start=from_timestamp(msg, "start_time"),
                          end=from_timestamp(msg, "end_time"))
+
+
+def policy_status(s: PolicyStatus) -> policy_pb2.PolicyStatus:
+    out = policy_pb2.PolicyStatus(
+        policy_version=s.policy_version, loaded_at=timestamp(s.loaded_at), source=s.source,
+        rule_count=s.rule_count, reloads_accepted=s.reloads_accepted,
+        reloads_rejected=s.reloads_rejected, watching=s.watching)
+    if s.last_reload is not None:
+        out.last_reload.CopyFrom(policy_pb2.PolicyReload(
+            time=timestamp(s.last_reload.time), accepted=s.last_reload.accepted,
+            policy_version=s.last_reload.policy_version,
+            problems=list(s.last_reload.problems)))
+    return out

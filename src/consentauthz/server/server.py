@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -11,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from ..auditing import AuditReader
 from ..checker import Checker
 from ..consent import ConsentService
+from ..domain import PolicyStatus
 from ..v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -18,13 +20,16 @@ from ..v1 import (
     consent_pb2_grpc,
     decision_pb2,
     decision_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
 )
-from .servicers import AuditServicer, ConsentServicer, DecisionServicer
+from .servicers import AuditServicer, ConsentServicer, DecisionServicer, PolicyServicer
 
 SERVICE_NAMES = (
     decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
     consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
 )
 #: Large enough for a full batch of maximal requests, small enough to bound memory.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -32,7 +37,7 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 class GrpcServer:
     def __init__(self, checker: Checker, consent: ConsentService, audit: AuditReader,
-                 listen: str, workers: int) -> None:
+                 policy_status: Callable[[], PolicyStatus], listen: str, workers: int) -> None:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -43,6 +48,8 @@ class GrpcServer:
         consent_pb2_grpc.add_ConsentServiceServicer_to_server(
             ConsentServicer(consent), self._server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), self._server)
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(
+            PolicyServicer(policy_status), self._server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,7 +13,7 @@ from opentelemetry import propagate
 from ..auditing import AuditReader
 from ..checker import Checker
 from ..consent import ConsentService
-from ..domain import CheckRequest
+from ..domain import CheckRequest, PolicyStatus
 from ..errors import InvalidArgument
 from ..telemetry import ATTR_CALLER, tracer
 from ..v1 import (
@@ -23,6 +23,8 @@ from ..v1 import (
     consent_pb2_grpc,
     decision_pb2,
     decision_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
 )
 from ..validation import validate_batch_size
 from . import convert
@@ -137,3 +139,13 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             return audit_pb2.QueryDecisionsResponse(
                 decisions=[convert.decision_record(r) for r in found],
                 next_page_token=next_token)
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, status: Callable[[], PolicyStatus]) -> None:
+        self._status = status
+
+    def GetStatus(self, request: policy_pb2.GetPolicyStatusRequest,
+                  context: grpc.ServicerContext) -> Any:
+        with rpc(context, "GetStatus"):
+            return convert.policy_status(self._status())
