@@ -40,7 +40,7 @@ def _split(problem: str) -> Finding:
 
 def _is_iso(code: str) -> bool:
     if "-" in code:
-        return pycountry.subdivisions.get(code=code) is not None
+        return pycountry.subdivisions.get(code=code) is not None  # type: ignore[no-untyped-call]
     return pycountry.countries.get(alpha_2=code) is not None
 
 
