@@ -246,6 +246,36 @@ def cmd_policy_test(ns: argparse.Namespace) -> int:
     return 0 if run.failed == 0 else 1
 
 
+def cmd_policy_diff(ns: argparse.Namespace) -> int:
+    from .app import compile_policy
+    from .authoring.diff import diff, format_report, report_json
+    from .consent import SqliteLedger
+    from .decisionlog import SqliteDecisionLog
+    from .domain import DecisionQuery
+
+    data = Path(ns.data_dir or cfg.DEFAULT_DATA_DIR)
+    candidate = compile_policy(Path(ns.candidate))
+    log = SqliteDecisionLog(data / "decisions.db", read_only=True)
+    ledger = SqliteLedger(data / "ledger.db", read_only=True)
+    try:
+        report = diff(log, ledger, candidate,
+                      DecisionQuery(purpose=ns.purpose or "", start=_dt(ns.since),
+                                    end=_dt(ns.until)),
+                      limit=ns.limit, sample=ns.sample)
+    finally:
+        log.close()
+        ledger.close()
+    print(json.dumps(report_json(report), indent=2) if ns.json else format_report(report))
+    return 0
+
+
+def _dt(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def cmd_policy_lint(ns: argparse.Namespace) -> int:
     from .authoring.lint import has_errors, lint
 
@@ -382,6 +412,18 @@ def build_parser() -> argparse.ArgumentParser:
     ptest.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
     ptest.set_defaults(run=cmd_policy_test)
 
+    pdiff = psub.add_parser("diff", help="which logged decisions a candidate policy flips")
+    pdiff.add_argument("--candidate", required=True, metavar="DIR", help="candidate policy")
+    pdiff.add_argument("--data-dir", help=f"server data dir, or a copy (default "
+                       f"./{cfg.DEFAULT_DATA_DIR})")
+    pdiff.add_argument("--purpose", help="only decisions for this purpose")
+    pdiff.add_argument("--since", help="ISO 8601 time")
+    pdiff.add_argument("--until", help="ISO 8601 time")
+    pdiff.add_argument("--limit", type=int, help="newest N decisions at most")
+    pdiff.add_argument("--sample", type=float, metavar="FRACTION",
+                       help="replay a random fraction (0-1) of the decisions")
+    pdiff.add_argument("--json", action="store_true")
+    pdiff.set_defaults(run=cmd_policy_diff)
     plint = psub.add_parser("lint", help="find dead, shadowed and untested rules")
     plint.add_argument("dir", nargs="?", help="policy directory (default: the shipped one)")
     plint.set_defaults(run=cmd_policy_lint)

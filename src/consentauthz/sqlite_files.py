@@ -6,10 +6,19 @@ import sqlite3
 from pathlib import Path
 
 
-def open_database(path: Path, schema: str, *, fsync: bool) -> sqlite3.Connection:
+def open_database(path: Path, schema: str, *, fsync: bool,
+                  read_only: bool = False) -> sqlite3.Connection:
     """WAL, explicit transactions, usable from the server's worker threads (callers hold a
     lock). `fsync=True` syncs every commit (synchronous=FULL); otherwise a commit survives
-    a process crash but not a power loss (synchronous=NORMAL)."""
+    a process crash but not a power loss (synchronous=NORMAL). `read_only` opens an
+    existing file (an auditor's copy, or a live server's data dir) without changing it."""
+    if read_only:
+        if not path.is_file():
+            raise sqlite3.OperationalError(f"{path} does not exist")
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")

@@ -8,6 +8,7 @@ embedded default, and an in-memory twin for tests.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 from ..chain import GENESIS, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import InvalidArgument
-from .codec import event_to_dict, profile_to_dict
+from .codec import event_from_dict, event_to_dict, profile_from_dict, profile_to_dict
 from .projection import apply_event, apply_profile
 
 
@@ -48,6 +49,10 @@ class Ledger(Protocol):
 
     def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]: ...
 
+    def state_at(self, subject: str, sequence: int) -> SubjectState:
+        """The subject's state exactly as it was at ledger position `sequence` (replay)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -56,6 +61,17 @@ def entry_payload(seq: int, subject: str, kind: str, record_id: str, recorded_at
     """What a ledger entry's hash covers."""
     return {"seq": seq, "subject": subject, "kind": kind, "record_id": record_id,
             "recorded_at": recorded_at, "body": body}
+
+
+def replay(entries: Iterable[tuple[int, str, dict[str, Any]]], sequence: int) -> SubjectState:
+    """Fold (seq, kind, body) ledger entries, oldest first, into the projected state."""
+    state = SubjectState()
+    for seq, kind, body in entries:
+        if kind == "consent":
+            state = apply_event(state, event_from_dict(body))
+        else:
+            state = apply_profile(state, profile_from_dict(body), seq)
+    return replace(state, sequence=sequence)
 
 
 def idempotency_conflict() -> InvalidArgument:
@@ -125,6 +141,14 @@ class MemoryLedger:
             found = [item for s, kind, item, _ in self._entries
                      if s == subject and kind == "consent" and item.sequence > after_sequence]
             return found[:limit]
+
+    def state_at(self, subject: str, sequence: int) -> SubjectState:
+        with self._lock:
+            entries = [(seq, kind, event_to_dict(item) if kind == "consent"
+                        else profile_to_dict(item))
+                       for seq, (s, kind, item, _) in enumerate(self._entries[:sequence], 1)
+                       if s == subject]
+        return replay(entries, sequence)
 
     def close(self) -> None:
         pass

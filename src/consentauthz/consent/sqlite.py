@@ -17,7 +17,7 @@ from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import ConsentAuthzError, Unavailable
 from ..sqlite_files import open_database
 from .codec import event_from_dict, event_to_dict, profile_to_dict, state_from_json, state_to_json
-from .ledger import AppendResult, Idempotency, entry_payload, idempotency_conflict
+from .ledger import AppendResult, Idempotency, entry_payload, idempotency_conflict, replay
 from .projection import apply_event, apply_profile
 
 _SCHEMA = """
@@ -49,11 +49,11 @@ BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
 class SqliteLedger:
     """Thread-safe; one connection serialised by a lock (writes are serial in SQLite anyway)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self._lock = threading.Lock()
         try:
             # The ledger is the system of record: a write returns only once it is on disk.
-            self._conn = open_database(path, _SCHEMA, fsync=True)
+            self._conn = open_database(path, _SCHEMA, fsync=True, read_only=read_only)
         except sqlite3.Error as exc:
             raise Unavailable(f"consent ledger cannot be opened: {exc}") from exc
 
@@ -146,6 +146,13 @@ class SqliteLedger:
     def head(self) -> int:
         with self._tx(immediate=False) as conn:
             return self._last(conn)[0]
+
+    def state_at(self, subject: str, sequence: int) -> SubjectState:
+        with self._tx(immediate=False) as conn:
+            rows = conn.execute(
+                "SELECT seq, kind, body FROM ledger WHERE subject = ? AND seq <= ? ORDER BY seq",
+                (subject, sequence)).fetchall()
+        return replay(((int(seq), kind, json.loads(body)) for seq, kind, body in rows), sequence)
 
     def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]:
         with self._tx(immediate=False) as conn:

@@ -49,10 +49,10 @@ BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 
 
 class SqliteDecisionLog:
-    def __init__(self, path: Path, fsync: bool = False) -> None:
+    def __init__(self, path: Path, fsync: bool = False, read_only: bool = False) -> None:
         self._lock = threading.Lock()
         try:
-            self._conn = open_database(path, _SCHEMA, fsync=fsync)
+            self._conn = open_database(path, _SCHEMA, fsync=fsync, read_only=read_only)
             row = self._conn.execute(
                 "SELECT seq, entry_hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
         except sqlite3.Error as exc:
