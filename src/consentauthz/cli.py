@@ -276,6 +276,20 @@ def _dt(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def cmd_policy_matrix(ns: argparse.Namespace) -> int:
+    from .app import compile_policy
+    from .authoring.matrix import build_matrix, render_html, render_markdown
+
+    matrix = build_matrix(compile_policy(_policy_dir(ns)))
+    text = render_html(matrix) if ns.format == "html" else render_markdown(matrix)
+    if ns.output:
+        Path(ns.output).write_text(text, encoding="utf-8")
+        print(f"wrote {ns.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_policy_lint(ns: argparse.Namespace) -> int:
     from .authoring.lint import has_errors, lint
 
@@ -424,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replay a random fraction (0-1) of the decisions")
     pdiff.add_argument("--json", action="store_true")
     pdiff.set_defaults(run=cmd_policy_diff)
+    pmatrix = psub.add_parser("matrix", help="purposes x data categories x regimes -> the "
+                              "legal basis required")
+    pmatrix.add_argument("dir", nargs="?", help="policy directory (default: the shipped one)")
+    pmatrix.add_argument("--format", choices=["md", "html"], default="md")
+    pmatrix.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    pmatrix.set_defaults(run=cmd_policy_matrix)
     plint = psub.add_parser("lint", help="find dead, shadowed and untested rules")
     plint.add_argument("dir", nargs="?", help="policy directory (default: the shipped one)")
     plint.set_defaults(run=cmd_policy_lint)
