@@ -270,9 +270,16 @@ def test_consent_age_in_great_britain_is_13(facts_for: Derive) -> None:
 def test_age_turns_on_the_birthday(facts_for: Derive) -> None:
     today = born(16, days=0)
     tomorrow = born(16, days=-1)
-    assert "consent" in facts_for(state(ev("g1"), birth=today)).tokens
+    assert "consent" in facts_for(state(ev("g1", days_ago=0), birth=today)).tokens
     assert "child_without_parental_consent" in facts_for(
-        state(ev("g1"), birth=tomorrow)).tokens
+        state(ev("g1", days_ago=0), birth=tomorrow)).tokens
+
+
+def test_a_childs_own_consent_does_not_become_valid_on_a_birthday(facts_for: Derive) -> None:
+    # Given ten days before the 16th birthday, checked on it: still the child's own consent.
+    facts = facts_for(state(ev("g1", days_ago=10), birth=born(16, days=0)))
+    assert "child_without_parental_consent" in facts.tokens
+    assert "consent" not in facts.tokens
 
 
 def test_child_rule_does_not_hide_withdrawal(facts_for: Derive) -> None:

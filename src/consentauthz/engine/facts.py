@@ -130,14 +130,18 @@ def derive_facts(
         else:
             expiry = consent.expires_at or consent.collected_at + settings.consent_lifetime
             child_age = settings.consent_age(jurisdiction)
+            # Validity is judged when consent was given: a child's own consent does not
+            # become valid on a birthday.
+            age_then = age_on(birth, consent.collected_at.date()) if birth else None
             if now >= expiry:
                 add("consent_expired", consent)
                 notes.append(f"record {consent.record_id} expired at {expiry.isoformat()}")
-            elif (age is not None and age < child_age
+            elif (age_then is not None and age_then < child_age
                   and consent.method is not CollectionMethod.PARENTAL):
                 add("child_without_parental_consent", consent)
-                notes.append(f"subject is {age}, below the digital consent age {child_age}; "
-                             "the grant was not given or authorised by a parent")
+                notes.append(f"subject was {age_then} when the grant was given, below the "
+                             f"digital consent age {child_age}; it was not given or "
+                             "authorised by a parent")
             else:
                 add("consent", consent)
                 if consent.explicit:
@@ -147,13 +151,23 @@ def derive_facts(
         add("gpc")
         notes.append("the request carried a Global Privacy Control signal")
     opted_in = sale is not None and sale.action is ConsentAction.OPT_IN_TO_SALE
+    child_opt_in: ConsentEvent | None = None
+    if (opted_in and sale is not None and birth is not None
+            and sale.method is not CollectionMethod.PARENTAL
+            and age_on(birth, sale.collected_at.date())
+            < settings.ccpa_parental_authorisation_age):
+        # A child's own opt-in was never valid (§1798.120(c)); it stays invalid later.
+        notes.append(f"{_describe(sale)} was given by a child under "
+                     f"{settings.ccpa_parental_authorisation_age} without a parent")
+        child_opt_in, sale, opted_in = sale, None, False
     if sale is not None:
         add("sale_opted_in" if opted_in else "sale_opted_out", sale)
         notes.append(f"latest sale/share choice: {_describe(sale)}")
     if age is not None:
         if age < settings.ccpa_parental_authorisation_age:
             if not (opted_in and sale is not None and sale.method is CollectionMethod.PARENTAL):
-                add("sale_parental_authorisation_required", sale if opted_in else None)
+                add("sale_parental_authorisation_required",
+                    child_opt_in or (sale if opted_in else None))
                 notes.append(f"subject is {age}: sale/share needs a parent's opt-in")
         elif age < settings.ccpa_minor_opt_in_age and not opted_in:
             add("sale_minor_opt_in_required")
