@@ -8,13 +8,22 @@ from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from consentauthz.app import App, compile_policy
 from consentauthz.config import ServeConfig
 from consentauthz.engine import CompiledPolicy
-from consentauthz.telemetry import setup_tracing
+from consentauthz.telemetry import setup_metrics, setup_tracing
 from consentauthz.v1 import (
     audit_pb2_grpc,
     consent_pb2_grpc,
@@ -28,6 +37,13 @@ POLICIES = ROOT / "policies"
 # from this exporter.
 SPANS = InMemorySpanExporter()
 setup_tracing("consentauthz-tests", otlp=False, extra_processors=(SimpleSpanProcessor(SPANS),))
+# Likewise one meter provider: the Prometheus reader (scraped by tests that start a
+# metrics endpoint) and an in-memory reader with delta temporality, so each collection
+# holds only what happened since the previous one.
+METRICS = InMemoryMetricReader(preferred_temporality=dict.fromkeys(
+    (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter,
+     ObservableGauge), AggregationTemporality.DELTA))
+setup_metrics("consentauthz-tests", prometheus=True, otlp=False, extra_readers=(METRICS,))
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +55,12 @@ def shipped_policy() -> CompiledPolicy:
 def spans() -> Iterator[InMemorySpanExporter]:
     SPANS.clear()
     yield SPANS
+
+
+@pytest.fixture()
+def metric_reader() -> Iterator[InMemoryMetricReader]:
+    METRICS.get_metrics_data()  # drop what earlier tests recorded
+    yield METRICS
 
 
 @dataclass

@@ -8,18 +8,20 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .auditing import AuditReader
+from .auditing import Auditor
 from .checker import Checker
 from .config import ServeConfig
 from .consent import ConsentService, LocalCache, SqliteLedger
 from .decisionlog import SqliteDecisionLog
 from .engine import CompiledPolicy
 from .errors import ConfigError, PolicyError
+from .metrics import Metrics
 from .policy import PolicyStore, load_policy_set
 from .policy.watch import PolicyWatcher
 from .pseudonym import Pseudonymizer
 from .reload import PolicyHolder, PolicyReloader
 from .server import GrpcServer
+from .telemetry import MetricsEndpoint, meter
 
 log = logging.getLogger("consentauthz")
 
@@ -71,8 +73,11 @@ def authoring_gate(directory: Path, candidate: CompiledPolicy) -> list[str]:
 
 
 class App:
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics(meter())
+        address = config.metrics_address
+        self.metrics_endpoint = MetricsEndpoint(*address) if address else None
         data = config.data_dir
         data.mkdir(parents=True, exist_ok=True)
         policy_dir = config.policy_dir
@@ -81,7 +86,7 @@ class App:
         self.policy_store = PolicyStore(data / "policies")
         self.policy_store.save(self.policy().policy)
         self.reloader = PolicyReloader(policy_dir, self.policy, self.policy_store,
-                                       authoring_gate, utc_now)
+                                       authoring_gate, utc_now, self.metrics)
         self.watcher = (PolicyWatcher(policy_dir, self.reloader.reload,
                                       interval=config.watch_interval,
                                       debounce=config.watch_debounce)
@@ -92,16 +97,21 @@ class App:
                                               fsync=config.decision_log_fsync)
         self.consent = ConsentService(
             self.ledger, LocalCache(config.cache_entries), pseudonymize,
-            lambda: self.policy().policy.taxonomy, utc_now)
+            lambda: self.policy().policy.taxonomy, utc_now, self.metrics)
         self.checker = Checker(self.consent, self.policy, self.decision_log, pseudonymize,
-                               utc_now)
-        self.audit = AuditReader(self.decision_log, pseudonymize)
+                               utc_now, self.metrics)
+        self.audit = Auditor(self.decision_log, self.ledger, self.policy_store, pseudonymize,
+                             utc_now)
         self.server = GrpcServer(self.checker, self.consent, self.audit,
                                  lambda: self.policy.status, config.listen, config.workers)
 
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_endpoint.port if self.metrics_endpoint else None
 
     def start(self) -> None:
         if self.config.loopback:
@@ -111,6 +121,9 @@ class App:
                         self.config.listen)
         log.warning("no callers configured: every call is from 'anonymous' and may do "
                     "everything")
+        # Before the gRPC server: a port clash fails the start before any call is served.
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.start()
         self.server.start()
         if self.watcher is not None:
             self.watcher.start()
@@ -125,6 +138,8 @@ class App:
         self.server.stop(grace)
         self.decision_log.close()
         self.consent.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
 
     def wait(self) -> None:
         self.server.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 GENESIS = "0" * 64
@@ -24,3 +25,18 @@ def link(prev_hash: str, payload: Any) -> str:
     digest.update(b"\n")
     digest.update(canonical_json(payload).encode("utf-8"))
     return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """The result of checking one hash chain from its first entry to its head."""
+
+    name: str
+    ok: bool
+    entries: int
+    head_sequence: int
+    head_hash: str
+    #: the first entry that does not verify, and why
+    broken_sequence: int | None = None
+    broken_id: str = ""
+    problem: str = ""

@@ -5,6 +5,7 @@ No decision leaves this module unless its decision-log entry was accepted first.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -13,6 +14,7 @@ from .decisionlog import DecisionLog
 from .domain import CheckOutcome, CheckRequest, DecisionRecord, new_id
 from .engine import CompiledPolicy
 from .errors import InvalidArgument
+from .metrics import NO_METRICS, Metrics, Rpc
 from .pseudonym import Pseudonymizer
 from .telemetry import (
     ATTR_BATCH_SIZE,
@@ -41,12 +43,13 @@ BatchItem = CheckOutcome | InvalidArgument
 class Checker:
     def __init__(self, consent: ConsentService, policy: Callable[[], CompiledPolicy],
                  log: DecisionLog, pseudonymize: Pseudonymizer,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], metrics: Metrics = NO_METRICS) -> None:
         self._consent = consent
         self._policy = policy
         self._log = log
         self._pseudonymize = pseudonymize
         self._clock = clock
+        self._metrics = metrics
 
     def check(self, request: CheckRequest, caller: str) -> CheckOutcome:
         result = self._run([request], caller, prefix=False)[0]
@@ -64,6 +67,7 @@ class Checker:
     def _run(self, requests: Sequence[CheckRequest | InvalidArgument], caller: str,
              prefix: bool) -> list[BatchItem]:
         compiled = self._policy()  # one policy version for the whole batch
+        rpc: Rpc = "BatchCheck" if prefix else "Check"
         taxonomy = compiled.policy.taxonomy
         results: list[BatchItem | None] = [None] * len(requests)
         pending: list[tuple[int, CheckOutcome]] = []
@@ -76,18 +80,21 @@ class Checker:
             except InvalidArgument as exc:
                 results[i] = exc
                 continue
-            pending.append((i, self._decide(request, caller, compiled)))
+            pending.append((i, self._decide(request, caller, compiled, rpc)))
         if pending:
             with tracer().start_as_current_span("decisionlog.Append") as span:
                 span.set_attribute(ATTR_BATCH_SIZE, len(pending))
                 logged = self._log.append([outcome.record for _, outcome in pending])
             for (i, outcome), record in zip(pending, logged, strict=True):
                 results[i] = CheckOutcome(outcome.decision, record)
+                # Counted only now: a decision whose log entry was refused is never answered.
+                self._metrics.decision(outcome.decision, record.purpose)
         assert all(r is not None for r in results)
         return [r for r in results if r is not None]
 
     def _decide(self, request: CheckRequest, caller: str,
-                compiled: CompiledPolicy) -> CheckOutcome:
+                compiled: CompiledPolicy, rpc: Rpc) -> CheckOutcome:
+        started = time.perf_counter()
         subject = self._pseudonymize(request.subject_id)
         with tracer().start_as_current_span("engine.Check") as span:
             state = self._consent.state_of(subject, request.consistency_token)
@@ -122,4 +129,5 @@ class Checker:
             consent_record_ids=decision.consent_record_ids,
             consistency_token=state.sequence, trace_id=trace_id, span_id=span_id,
             context=dict(request.context))
+        self._metrics.check_duration(time.perf_counter() - started, rpc)
         return CheckOutcome(decision, record)

@@ -18,11 +18,10 @@ from google.protobuf import json_format, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from . import cli_audit
 from . import config as cfg
 from .errors import ConsentAuthzError
 from .v1 import (
-    audit_pb2,
-    audit_pb2_grpc,
     consent_pb2,
     consent_pb2_grpc,
     decision_pb2,
@@ -45,7 +44,6 @@ _METHODS = {
     "implied": consent_pb2.COLLECTION_METHOD_IMPLIED,
     "parental": consent_pb2.COLLECTION_METHOD_PARENTAL,
 }
-_DECISIONS = {"allow": decision_pb2.DECISION_ALLOW, "deny": decision_pb2.DECISION_DENY}
 
 
 class Client:
@@ -53,7 +51,6 @@ class Client:
         self.channel = grpc.insecure_channel(target)
         self.decisions = decision_pb2_grpc.DecisionServiceStub(self.channel)
         self.consent = consent_pb2_grpc.ConsentServiceStub(self.channel)
-        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
 
 
@@ -102,20 +99,6 @@ def _print_record(r: consent_pb2.ConsentRecord) -> None:
           f"{method.lower()}{' explicit' if r.explicit else ''} "
           f"collected {r.collected_at.ToDatetime(tzinfo=UTC).isoformat()} expires {expires} "
           f"notice {r.notice_version or '-'} source {r.source or '-'} id {r.record_id}")
-
-
-def _print_decision(r: audit_pb2.DecisionRecord) -> None:
-    print(f"{r.decision_id}  {r.time.ToDatetime(tzinfo=UTC).isoformat()}  "
-          f"{_name(decision_pb2.Decision, r.decision, 'DECISION_')} {r.reason}")
-    rows = [("caller", r.caller), ("subject (pseudonym)", r.subject_pseudonym),
-            ("purpose", r.purpose), ("data category", r.data_category),
-            ("jurisdiction", f"{r.jurisdiction or '(none)'} -> {r.regime}"),
-            ("legal basis", r.legal_basis or "-"), ("rule", r.matched_rule or "-"),
-            ("consent records", ", ".join(r.consent_record_ids) or "-"),
-            ("policy version", r.policy_version), ("consistency token", r.consistency_token),
-            ("trace id", r.trace_id or "-"), ("entry hash", r.entry_hash)]
-    for label, value in rows:
-        print(f"  {label:<20} {value}")
 
 
 def cmd_check(client: Client, ns: argparse.Namespace) -> int:
@@ -196,31 +179,6 @@ def cmd_history(client: Client, ns: argparse.Namespace) -> int:
         print("no consent events")
     for e in events:
         _print_record(e)
-    return 0
-
-
-def cmd_audit_show(client: Client, ns: argparse.Namespace) -> int:
-    resp = client.audit.GetDecision(audit_pb2.GetDecisionRequest(decision_id=ns.decision_id))
-    print(_to_json(resp)) if ns.json else _print_decision(resp)
-    return 0
-
-
-def cmd_audit_query(client: Client, ns: argparse.Namespace) -> int:
-    req = audit_pb2.QueryDecisionsRequest(
-        subject_id=ns.subject or "", purpose=ns.purpose or "", data_category=ns.category or "",
-        decision=(_DECISIONS[ns.decision] if ns.decision
-                  else decision_pb2.DECISION_UNSPECIFIED), reason=ns.reason or "",
-        start_time=_ts(ns.since), end_time=_ts(ns.until), page_size=ns.limit)
-    resp = client.audit.QueryDecisions(req)
-    if ns.json:
-        print(_to_json(resp))
-        return 0
-    if not resp.decisions:
-        print("no decisions")
-    for r in resp.decisions:
-        print(f"{r.time.ToDatetime(tzinfo=UTC).isoformat()}  {r.decision_id}  "
-              f"{_name(decision_pb2.Decision, r.decision, 'DECISION_'):<5} {r.reason:<26} "
-              f"{r.purpose} / {r.data_category}  {r.jurisdiction or '-'}->{r.regime}")
     return 0
 
 
@@ -321,16 +279,21 @@ def cmd_policy_status(client: Client, ns: argparse.Namespace) -> int:
 
 def cmd_serve(ns: argparse.Namespace) -> int:
     from .app import App
-    from .telemetry import setup_tracing
+    from .telemetry import setup_metrics, setup_tracing
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     config = cfg.serve_config(ns)
     setup_tracing("consentauthz", config.otlp)
+    setup_metrics("consentauthz", prometheus=config.metrics_listen is not None,
+                  otlp=config.otlp_metrics)
     app = App(config)
     app.start()
     print(f"consentauthz listening on {config.listen.rsplit(':', 1)[0]}:{app.port} "
           f"(data dir {config.data_dir}, policy {app.policy().version[:12]})", flush=True)
+    if config.metrics_listen:
+        print(f"metrics on http://{config.metrics_listen.rsplit(':', 1)[0]}:"
+              f"{app.metrics_port}/metrics", flush=True)
 
     def stop(signum: int, frame: object) -> None:
         app.server.health.enter_graceful_shutdown()
@@ -365,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hex HMAC key for subject pseudonyms (default DATA_DIR/keys/)")
     serve.add_argument("--no-watch", action="store_true",
                        help="do not hot-reload the policy directory when it changes")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help=f"serve Prometheus metrics on http://HOST:PORT/metrics (default "
+                       f"off, or ${cfg.ENV_PREFIX}METRICS_LISTEN)")
     serve.set_defaults(run=cmd_serve)
 
     check = sub.add_parser("check", help="may this purpose use this data of this subject?")
@@ -460,23 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_client(explain)
     explain.set_defaults(client=cmd_check, explain=True)
 
-    audit = sub.add_parser("audit", help="read the decision log")
-    asub = audit.add_subparsers(dest="audit_command", required=True)
-    a_show = asub.add_parser("show", help="one decision, whole")
-    a_show.add_argument("decision_id")
-    _common_client(a_show)
-    a_show.set_defaults(client=cmd_audit_show)
-    query = asub.add_parser("query", help="find decisions (newest first)")
-    query.add_argument("--subject")
-    query.add_argument("--purpose")
-    query.add_argument("--category")
-    query.add_argument("--decision", choices=list(_DECISIONS))
-    query.add_argument("--reason")
-    query.add_argument("--since", help="ISO 8601 time")
-    query.add_argument("--until", help="ISO 8601 time")
-    query.add_argument("--limit", type=int, default=50)
-    _common_client(query)
-    query.set_defaults(client=cmd_audit_query)
+    cli_audit.register(sub)
     return parser
 
 

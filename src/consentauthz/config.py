@@ -38,6 +38,9 @@ class ServeConfig:
     pseudonym_key: bytes | None = None
     pseudonym_key_file: Path | None = None
     otlp: bool = False
+    #: HOST:PORT of the Prometheus scrape endpoint; None serves none.
+    metrics_listen: str | None = None
+    otlp_metrics: bool = False
     watch_policies: bool = True
     watch_interval: float = 0.5
     watch_debounce: float = 1.0
@@ -51,6 +54,11 @@ class ServeConfig:
         return self.pseudonym_key_file or self.data_dir / "keys" / "pseudonym.key"
 
     @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return host_port(self.metrics_listen, "metrics listen address") \
+            if self.metrics_listen else None
+
+    @property
     def loopback(self) -> bool:
         host = self.listen.rsplit(":", 1)[0].strip("[]")
         if host == "localhost":
@@ -59,6 +67,15 @@ class ServeConfig:
             return ipaddress.ip_address(host).is_loopback
         except ValueError:
             return False
+
+
+def host_port(text: str, what: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 in brackets) -> (host, port); port 0 picks a free one."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
+    return host, int(port)
 
 
 def _env(env: Mapping[str, str], name: str) -> str | None:
@@ -77,6 +94,11 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
     key_file = ns.pseudonym_key_file or _env(env, "PSEUDONYM_KEY_FILE")
     otlp = any(env.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT",
                                     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    otlp_metrics = any(env.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT",
+                                            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
+    metrics_listen = ns.metrics_listen or _env(env, "METRICS_LISTEN")
+    if metrics_listen:
+        host_port(metrics_listen, "--metrics-listen")
     if ns.workers < 1 or ns.cache_entries < 1:
         raise ConfigError("--workers and --cache-entries must be positive")
     return ServeConfig(
@@ -89,6 +111,8 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         pseudonym_key=key,
         pseudonym_key_file=Path(key_file) if key_file else None,
         otlp=otlp and env.get("OTEL_TRACES_EXPORTER", "otlp") != "none",
+        metrics_listen=metrics_listen,
+        otlp_metrics=otlp_metrics and env.get("OTEL_METRICS_EXPORTER", "otlp") != "none",
         watch_policies=not ns.no_watch,
     )
 

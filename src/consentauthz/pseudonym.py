@@ -4,22 +4,68 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 
 class Pseudonymizer:
-    """HMAC-SHA256 under a secret key. The key never leaves this object."""
+    """HMAC-SHA256 under a secret key ring. Keys never leave this object.
 
-    __slots__ = ("_key", "_prefix")
+    The newest key pseudonymises new subjects; older keys stay in the ring so that a
+    subject first seen under an older key is still found (`all`), which is how a lookup by
+    raw subject id keeps working across key rotations.
+    """
 
-    def __init__(self, key: bytes, key_id: str = "k1") -> None:
-        if len(key) < 32:
-            raise ValueError("pseudonymisation key must be at least 32 bytes")
-        self._key = key
-        self._prefix = key_id + ":"
+    __slots__ = ("_keys",)
+
+    def __init__(self, key: bytes, key_id: str = "k1",
+                 previous: Sequence[tuple[str, bytes]] = ()) -> None:
+        ring = [*previous, (key_id, key)]
+        for kid, k in ring:
+            if len(k) < 32:
+                raise ValueError("pseudonymisation key must be at least 32 bytes")
+            if not kid or ":" in kid:
+                raise ValueError("a key id is a short name without ':'")
+        if len({kid for kid, _ in ring}) != len(ring):
+            raise ValueError("key ids must be unique")
+        self._keys = tuple(reversed(ring))  # current first
+
+    @staticmethod
+    def _one(key_id: str, key: bytes, value: str) -> str:
+        digest = hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+        return f"{key_id}:{digest[:40]}"
 
     def __call__(self, value: str) -> str:
-        digest = hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
-        return self._prefix + digest[:40]
+        key_id, key = self._keys[0]
+        return self._one(key_id, key, value)
 
-    def __repr__(self) -> str:  # never print the key
-        return f"Pseudonymizer(key_id={self._prefix[:-1]!r})"
+    def all(self, value: str) -> tuple[str, ...]:
+        """The value's pseudonym under every key of the ring, current key first."""
+        return tuple(self._one(kid, k, value) for kid, k in self._keys)
+
+    @property
+    def key_id(self) -> str:
+        return self._keys[0][0]
+
+    def __repr__(self) -> str:  # never print a key
+        return f"Pseudonymizer(key_ids={[kid for kid, _ in self._keys]!r})"
+
+
+def parse_key_ring(text: str) -> Pseudonymizer:
+    """A key file: one key per line, oldest first, the last is current. A line is
+    `<key id>:<hex>` or just `<hex>` (key id k1). Blank lines and # comments are skipped."""
+    keys: list[tuple[str, bytes]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key_id, sep, hexkey = line.partition(":")
+        if not sep:
+            key_id, hexkey = "k1", line
+        try:
+            keys.append((key_id.strip(), bytes.fromhex(hexkey.strip())))
+        except ValueError:
+            raise ValueError("a pseudonymisation key is hex") from None
+    if not keys:
+        raise ValueError("the key file holds no key")
+    *previous, (current_id, current) = keys
+    return Pseudonymizer(current, current_id, previous)

@@ -13,8 +13,8 @@ from pathlib import Path
 from .domain import PolicyReload, PolicyStatus
 from .engine import CompiledPolicy
 from .errors import PolicyError
+from .metrics import NO_METRICS, Metrics
 from .policy import PolicyStore, load_policy_set
-from .telemetry import meter
 
 log = logging.getLogger("consentauthz.policy")
 
@@ -53,15 +53,14 @@ class PolicyHolder:
 
 class PolicyReloader:
     def __init__(self, directory: Path, holder: PolicyHolder, store: PolicyStore, gate: Gate,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], metrics: Metrics = NO_METRICS) -> None:
         self._directory = directory
         self._holder = holder
         self._store = store
         self._gate = gate
         self._clock = clock
         self._lock = threading.Lock()
-        self._counter = meter().create_counter(
-            "consentauthz.policy.reloads", description="policy reload attempts by result")
+        self._metrics = metrics
 
     def reload(self) -> PolicyReload | None:
         """Try the directory's current content. None when it is the version already live."""
@@ -79,14 +78,14 @@ class PolicyReloader:
             self._store.save(candidate.policy)
             attempt = PolicyReload(now, True, candidate.version)
             self._holder.swap(candidate, now, attempt)
-            self._counter.add(1, {"result": "accepted"})
+            self._metrics.policy_reload(accepted=True)
             log.info("policy %s is live (%d rules)", candidate.version[:12],
                      len(candidate.rules))
             return attempt
 
     def _reject(self, attempt: PolicyReload) -> PolicyReload:
         self._holder.reject(attempt)
-        self._counter.add(1, {"result": "rejected"})
+        self._metrics.policy_reload(accepted=False)
         log.error("policy %s refused; %s keeps serving:\n  %s",
                   attempt.policy_version[:12] or "(unloadable)",
                   self._holder().version[:12], "\n  ".join(attempt.problems))

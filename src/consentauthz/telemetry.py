@@ -1,4 +1,5 @@
-"""OpenTelemetry: tracer setup, span and attribute names.
+"""OpenTelemetry: tracer and meter provider setup, the Prometheus scrape endpoint, span
+and attribute names. (Metric instruments and their attributes live in metrics.py.)
 
 Span names are `<component>.<Operation>`; attributes live under `consentauthz.*`. No
 attribute ever carries a raw subject id: only the keyed pseudonym.
@@ -6,7 +7,12 @@ attribute ever carries a raw subject id: only the keyed pseudonym.
 
 from __future__ import annotations
 
+import threading
+from wsgiref.simple_server import WSGIServer
+
 from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -39,7 +45,7 @@ def setup_tracing(service_name: str, otlp: bool,
                   extra_processors: tuple[SpanProcessor, ...] = ()) -> TracerProvider:
     """Install an SDK tracer provider so spans (and the trace ids in the decision log) are
     real. OTLP export is switched on by the standard OTEL_EXPORTER_OTLP_* variables."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = TracerProvider(resource=_resource(service_name))
     if otlp:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -48,6 +54,61 @@ def setup_tracing(service_name: str, otlp: bool,
         provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     return provider
+
+
+def _resource(service_name: str) -> Resource:
+    return Resource.create({"service.name": service_name})
+
+
+def setup_metrics(service_name: str, *, prometheus: bool, otlp: bool,
+                  extra_readers: tuple[MetricReader, ...] = ()) -> MeterProvider:
+    """Install the process's one SDK meter provider. `prometheus` adds a reader that
+    answers scrapes of prometheus_client's default registry (see MetricsEndpoint); `otlp`
+    pushes periodically to the endpoint in the standard OTEL_EXPORTER_OTLP_* variables."""
+    readers: list[MetricReader] = []
+    if prometheus:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        # One scope (ours): its otel_scope_* labels would only add noise to every series.
+        readers.append(PrometheusMetricReader(scope_info_enabled=False))
+    if otlp:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    readers.extend(extra_readers)
+    provider = MeterProvider(metric_readers=readers, resource=_resource(service_name))
+    metrics.set_meter_provider(provider)
+    return provider
+
+
+class MetricsEndpoint:
+    """Prometheus' scrape endpoint: `GET /metrics` over prometheus_client's default
+    registry, where setup_metrics(prometheus=True) put the OpenTelemetry reader."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host = host
+        self._requested_port = port
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when 0 was asked for)."""
+        return self._server.server_port if self._server else self._requested_port
+
+    def start(self) -> None:
+        from prometheus_client import start_http_server
+
+        self._server, self._thread = start_http_server(self._requested_port, self._host)
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._server = self._thread = None
 
 
 def current_ids() -> tuple[str, str]:

@@ -16,7 +16,9 @@ from consentauthz.chain import GENESIS
 from consentauthz.decisionlog import (
     DecisionLog,
     MemoryDecisionLog,
+    QueuedDecisionLog,
     SqliteDecisionLog,
+    VerifiableLog,
     entry_hash,
     record_from_dict,
     record_to_dict,
@@ -58,14 +60,32 @@ def record(
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def make_log(kind: str, tmp_path: Path) -> DecisionLog:
+    if kind == "memory":
+        return MemoryDecisionLog()
+    if kind == "sqlite":
+        return SqliteDecisionLog(tmp_path / "d.db")
+    if kind == "segmented":  # every commit seals its segment: every read spans segments
+        return SqliteDecisionLog(tmp_path, max_segment_bytes=1)
+    if kind == "queued":
+        return QueuedDecisionLog(MemoryDecisionLog(), max_queue=8, max_batch=3)
+    assert kind == "queued-sqlite"
+    return QueuedDecisionLog(SqliteDecisionLog(tmp_path / "d.db"))
+
+
+@pytest.fixture(params=["memory", "sqlite", "segmented", "queued", "queued-sqlite"])
 def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DecisionLog]:
-    dlog: DecisionLog = (MemoryDecisionLog() if request.param == "memory"
-                         else SqliteDecisionLog(tmp_path / "d.db"))
+    dlog = make_log(request.param, tmp_path)
     try:
         yield dlog
     finally:
         dlog.close()
+
+
+def verifiable(log: DecisionLog) -> VerifiableLog:
+    sink = log.sink if isinstance(log, QueuedDecisionLog) else log
+    assert isinstance(sink, MemoryDecisionLog | SqliteDecisionLog)
+    return sink
 
 
 def assert_chain(records: list[DecisionRecord], start_seq: int = 1,
@@ -109,6 +129,21 @@ def test_entry_hash_covers_content_and_sequence(log: DecisionLog) -> None:
     assert entry_hash(r.prev_hash, replace(blank, reason=Reason.NO_CONSENT)) != r.entry_hash
     assert entry_hash(r.prev_hash, replace(blank, sequence=2)) != r.entry_hash
     assert entry_hash("1" * 64, blank) != r.entry_hash
+
+
+def test_appended_chain_verifies_up_to_the_checkpoint(log: DecisionLog) -> None:
+    empty = verifiable(log).verify()
+    assert (empty.ok, empty.checked, empty.head_sequence, empty.head_hash) == (
+        True, 0, 0, GENESIS)
+    stored = log.append([record("d1"), record("d2", 1)]) + log.append([record("d3", 2)])
+    result = verifiable(log).verify()
+    assert result.ok and result.broken is None
+    assert (result.checked, result.head_sequence, result.head_hash) == (
+        3, 3, stored[-1].entry_hash)
+    head = verifiable(log).checkpoint()
+    assert (head.sequence, head.entry_hash, head.count, head.time) == (
+        3, stored[-1].entry_hash, 3, stored[-1].time)
+    assert verifiable(log).verify(checkpoints=[head]).ok
 
 
 def test_get_by_id(log: DecisionLog) -> None:

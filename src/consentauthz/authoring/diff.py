@@ -17,7 +17,8 @@ from datetime import datetime
 
 from ..consent import Ledger
 from ..decisionlog import DecisionLog
-from ..domain import CheckRequest, Decision, DecisionQuery, DecisionRecord, SubjectState
+from ..decisionlog.record import request_of
+from ..domain import Decision, DecisionQuery, DecisionRecord, SubjectState
 from ..engine import CompiledPolicy
 from ..errors import InvalidArgument
 from ..validation import validate_check
@@ -81,12 +82,6 @@ def _records(log: DecisionLog, query: DecisionQuery, limit: int | None) -> Itera
         before = page[-1].sequence
 
 
-def replay_request(record: DecisionRecord) -> CheckRequest:
-    return CheckRequest(subject_id="replay", purpose=record.purpose,
-                        data_category=record.data_category, jurisdiction=record.jurisdiction,
-                        context=dict(record.context))
-
-
 def diff(log: DecisionLog, ledger: Ledger, candidate: CompiledPolicy,
          query: DecisionQuery | None = None, *, limit: int | None = None,
          sample: float | None = None, seed: int = 0) -> DiffReport:
@@ -102,7 +97,7 @@ def diff(log: DecisionLog, ledger: Ledger, candidate: CompiledPolicy,
         report.versions_seen[record.policy_version] += 1
         report.first = min(report.first or record.time, record.time)
         report.last = max(report.last or record.time, record.time)
-        request = replay_request(record)
+        request = request_of(record)
         try:
             validate_check(request, taxonomy)
         except InvalidArgument:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from ..chain import GENESIS, link
+from ..chain import GENESIS, ChainReport, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import InvalidArgument
 from .codec import event_from_dict, event_to_dict, profile_from_dict, profile_to_dict
@@ -51,6 +51,10 @@ class Ledger(Protocol):
 
     def state_at(self, subject: str, sequence: int) -> SubjectState:
         """The subject's state exactly as it was at ledger position `sequence` (replay)."""
+        ...
+
+    def verify(self) -> ChainReport:
+        """Recompute the hash chain; report the first entry that does not verify."""
         ...
 
     def close(self) -> None: ...
@@ -141,6 +145,21 @@ class MemoryLedger:
             found = [item for s, kind, item, _ in self._entries
                      if s == subject and kind == "consent" and item.sequence > after_sequence]
             return found[:limit]
+
+    def verify(self) -> ChainReport:
+        with self._lock:
+            entries = list(self._entries)
+        prev = GENESIS
+        for seq, (subject, kind, item, stored) in enumerate(entries, start=1):
+            body = event_to_dict(item) if kind == "consent" else profile_to_dict(item)
+            record_id = item.record_id if kind == "consent" else ""
+            recorded = item.recorded_at.isoformat() if kind == "consent" else ""
+            if kind == "consent" and link(prev, entry_payload(
+                    seq, subject, kind, record_id, recorded, body)) != stored:
+                return ChainReport("consent ledger", False, len(entries), seq - 1, prev, seq,
+                                   record_id, "content does not match its hash")
+            prev = stored
+        return ChainReport("consent ledger", True, len(entries), len(entries), prev)
 
     def state_at(self, subject: str, sequence: int) -> SubjectState:
         with self._lock:

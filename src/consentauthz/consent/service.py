@@ -19,6 +19,7 @@ from ..domain import (
     new_id,
 )
 from ..errors import Unavailable
+from ..metrics import NO_METRICS, Metrics
 from ..policy import Taxonomy
 from ..pseudonym import Pseudonymizer
 from ..telemetry import ATTR_CACHE_TIER, tracer
@@ -35,12 +36,14 @@ from .ledger import Idempotency, Ledger
 
 class ConsentService:
     def __init__(self, ledger: Ledger, cache: LocalCache, pseudonymize: Pseudonymizer,
-                 taxonomy: Callable[[], Taxonomy], clock: Callable[[], datetime]) -> None:
+                 taxonomy: Callable[[], Taxonomy], clock: Callable[[], datetime],
+                 metrics: Metrics = NO_METRICS) -> None:
         self._ledger = ledger
         self._cache = cache
         self._pseudonymize = pseudonymize
         self._taxonomy = taxonomy
         self._clock = clock
+        self._metrics = metrics
         self._write_lock = threading.Lock()
         #: Every ledger write up to here is reflected in the cache.
         self._watermark = ledger.head()
@@ -61,8 +64,10 @@ class ConsentService:
             cached = self._cache.get(subject)
             if cached is not None and watermark >= min_sequence:
                 span.set_attribute(ATTR_CACHE_TIER, "local")
+                self._metrics.cache_lookup("local")
                 return replace(cached, sequence=watermark)
             span.set_attribute(ATTR_CACHE_TIER, "ledger")
+            self._metrics.cache_lookup("ledger")
             state = self._ledger.load(subject)
             self._cache.put(subject, state)
             return state

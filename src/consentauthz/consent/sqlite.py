@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..chain import GENESIS, link
+from ..chain import GENESIS, ChainReport, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import ConsentAuthzError, Unavailable
 from ..sqlite_files import open_database
@@ -160,6 +160,49 @@ class SqliteLedger:
                 "SELECT body FROM ledger WHERE subject = ? AND kind = 'consent' AND seq > ? "
                 "ORDER BY seq LIMIT ?", (subject, after_sequence, limit)).fetchall()
         return [event_from_dict(json.loads(r[0])) for r in rows]
+
+    def verify(self) -> ChainReport:
+        """Recompute the chain, and check the projection still matches the records: the
+        projection is what decisions read, so a tampered projection is tampering too."""
+        with self._tx(immediate=False) as conn:
+            rows = conn.execute(
+                "SELECT seq, record_id, subject, kind, body, recorded_at, prev_hash, entry_hash "
+                "FROM ledger ORDER BY seq").fetchall()
+            projections = dict(conn.execute("SELECT subject, state FROM subject_state"))
+        prev, expected_seq = GENESIS, 1
+        per_subject: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+
+        def broken(seq: int, record_id: str, problem: str) -> ChainReport:
+            return ChainReport("consent ledger", False, len(rows), expected_seq - 1, prev,
+                               seq, record_id, problem)
+
+        for seq, record_id, subject, kind, body, recorded_at, prev_hash, stored_hash in rows:
+            if seq != expected_seq:
+                return broken(seq, record_id, f"sequence gap: expected {expected_seq}")
+            if prev_hash != prev:
+                return broken(seq, record_id, "prev_hash does not link to the entry before")
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                return broken(seq, record_id, "unreadable record")
+            if link(prev, entry_payload(seq, subject, kind, record_id, recorded_at,
+                                        parsed)) != stored_hash:
+                return broken(seq, record_id, "content does not match its hash")
+            per_subject.setdefault(subject, []).append((seq, kind, parsed))
+            prev, expected_seq = stored_hash, seq + 1
+        head = expected_seq - 1
+        for subject, stored in projections.items():
+            entries = per_subject.get(subject, [])
+            rebuilt = replay(entries, head)
+            try:
+                current = state_from_json(stored, head)
+            except (ValueError, KeyError):
+                current = None
+            if current != rebuilt:
+                last = entries[-1][0] if entries else 0
+                return ChainReport("consent ledger", False, len(rows), head, prev, last, "",
+                                   "the projection of a subject differs from its records")
+        return ChainReport("consent ledger", True, len(rows), head, prev)
 
     def close(self) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ without its entry (the checker calls append before replying).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -13,7 +14,8 @@ from typing import Protocol
 
 from ..chain import GENESIS
 from ..domain import DecisionQuery, DecisionRecord
-from .record import entry_hash
+from .record import entry_hash, record_to_dict
+from .verify import INDEXED, Checkpoint, StoredEntry, VerifyResult, verify_entries
 
 
 class DecisionLog(Protocol):
@@ -24,6 +26,15 @@ class DecisionLog(Protocol):
     def query(self, query: DecisionQuery) -> list[DecisionRecord]: ...
 
     def close(self) -> None: ...
+
+
+class VerifiableLog(DecisionLog, Protocol):
+    """A log that stores its own chain (the SQLite log and the in-memory twin; not a
+    queue in front of one)."""
+
+    def checkpoint(self) -> Checkpoint: ...
+
+    def verify(self, checkpoints: Sequence[Checkpoint] = ()) -> VerifyResult: ...
 
 
 def chain(records: Sequence[DecisionRecord], last_seq: int,
@@ -73,5 +84,24 @@ class MemoryDecisionLog:
             found = [r for r in reversed(self._records) if matches(r, query)]
         return found[:query.limit]
 
+    def checkpoint(self) -> Checkpoint:
+        with self._lock:
+            if not self._records:
+                return Checkpoint(0, GENESIS, 0, None)
+            head = self._records[-1]
+            return Checkpoint(head.sequence, head.entry_hash, len(self._records), head.time)
+
+    def verify(self, checkpoints: Sequence[Checkpoint] = ()) -> VerifyResult:
+        """The same checks as on disk, over each record's JSON form."""
+        with self._lock:
+            records = list(self._records)
+        return verify_entries((_stored(r) for r in records), checkpoints=checkpoints)
+
     def close(self) -> None:
         pass
+
+
+def _stored(r: DecisionRecord) -> StoredEntry:
+    d = record_to_dict(r)
+    return StoredEntry(r.sequence, json.dumps(d, sort_keys=True),
+                       {name: d[name] for name in INDEXED})

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..chain import link
-from ..domain import DecisionRecord, Effect, Reason
+from ..domain import CheckRequest, DecisionRecord, Effect, Reason
 
 FORMAT_VERSION = 1
 
@@ -77,3 +77,12 @@ def hashed_content(r: DecisionRecord) -> dict[str, Any]:
 
 def entry_hash(prev_hash: str, r: DecisionRecord) -> str:
     return link(prev_hash, hashed_content(r))
+
+
+def request_of(r: DecisionRecord, *, explain: bool = False) -> CheckRequest:
+    """The request a logged decision answered, as it can be asked again (replay, diff).
+
+    The logged jurisdiction is the one the decision was made under (after defaulting), so
+    asking with it reproduces the same regime whatever the profile says."""
+    return CheckRequest(subject_id="replay", purpose=r.purpose, data_category=r.data_category,
+                        jurisdiction=r.jurisdiction, context=dict(r.context), explain=explain)

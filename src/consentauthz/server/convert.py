@@ -6,6 +6,9 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
+from ..auditing import Replay, Story, SubjectReport
+from ..auditing.report import PurposeUse
+from ..chain import ChainReport
 from ..domain import (
     CheckRequest,
     CollectionMethod,
@@ -144,3 +147,63 @@ def policy_status(s: PolicyStatus) -> policy_pb2.PolicyStatus:
             policy_version=s.last_reload.policy_version,
             problems=list(s.last_reload.problems)))
     return out
+
+
+def chain_report(r: ChainReport) -> audit_pb2.ChainReport:
+    return audit_pb2.ChainReport(
+        name=r.name, ok=r.ok, entries=r.entries, head_sequence=r.head_sequence,
+        head_hash=r.head_hash, broken_sequence=r.broken_sequence or 0, broken_id=r.broken_id,
+        problem=r.problem)
+
+
+def replay_response(r: Replay) -> audit_pb2.ReplayDecisionResponse:
+    replayed = check_response(r.decision, r.record)
+    replayed.matched_rule = str(r.decision.matched_rule) if r.decision.matched_rule else ""
+    return audit_pb2.ReplayDecisionResponse(
+        record=decision_record(r.record), confirmed=r.confirmed,
+        differences=list(r.differences), replayed=replayed)
+
+
+def decision_story(s: Story) -> audit_pb2.DecisionStory:
+    return audit_pb2.DecisionStory(
+        record=decision_record(s.record),
+        consent_records=[consent_record(e) for e in s.consent_records],
+        other_records=[consent_record(e) for e in s.other_records],
+        explanation=list(s.replay.decision.explanation),
+        replay_confirmed=s.replay.confirmed, replay_differences=list(s.replay.differences))
+
+
+def subject_report(r: SubjectReport) -> audit_pb2.SubjectReport:
+    return audit_pb2.SubjectReport(
+        generated_at=timestamp(r.generated_at), decisions=r.decisions,
+        uses=[audit_pb2.PurposeUse(
+            purpose=u.purpose, allowed=u.allowed, denied=u.denied,
+            first_use=timestamp(u.first), last_use=timestamp(u.last),
+            callers=sorted(u.callers), data_categories=sorted(u.data_categories),
+            legal_bases=sorted(u.legal_bases)) for u in r.uses],
+        consent_records=[consent_record(e) for e in r.consent_records])
+
+
+def subject_report_from(msg: audit_pb2.SubjectReport) -> SubjectReport:
+    """Back to the domain, so the CLI renders a server's report with the same HTML code."""
+    def ts(field_owner: object, name: str) -> datetime | None:
+        return from_timestamp(field_owner, name)
+
+    uses = tuple(PurposeUse(
+        purpose=u.purpose, allowed=u.allowed, denied=u.denied, first=ts(u, "first_use"),
+        last=ts(u, "last_use"), callers=set(u.callers), data_categories=set(u.data_categories),
+        legal_bases=set(u.legal_bases)) for u in msg.uses)
+    events = tuple(consent_event_from(c) for c in msg.consent_records)
+    generated = ts(msg, "generated_at") or datetime.now(UTC)
+    return SubjectReport(generated, msg.decisions, uses, events)
+
+
+def consent_event_from(c: consent_pb2.ConsentRecord) -> ConsentEvent:
+    collected = from_timestamp(c, "collected_at") or datetime.fromtimestamp(0, UTC)
+    return ConsentEvent(
+        record_id=c.record_id, sequence=int(c.consistency_token or 0),
+        action=_ACTIONS[c.action], purpose=c.purpose, data_categories=tuple(c.data_categories),
+        explicit=c.explicit, method=_METHODS[c.method], jurisdiction=c.jurisdiction,
+        collected_at=collected, expires_at=from_timestamp(c, "expires_at"), source=c.source,
+        notice_version=c.notice_version,
+        recorded_at=from_timestamp(c, "recorded_at") or collected, evidence=dict(c.evidence))

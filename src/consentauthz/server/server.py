@@ -9,7 +9,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..auditing import AuditReader
+from ..auditing import Auditor
 from ..checker import Checker
 from ..consent import ConsentService
 from ..domain import PolicyStatus
@@ -36,7 +36,7 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 class GrpcServer:
-    def __init__(self, checker: Checker, consent: ConsentService, audit: AuditReader,
+    def __init__(self, checker: Checker, consent: ConsentService, audit: Auditor,
                  policy_status: Callable[[], PolicyStatus], listen: str, workers: int) -> None:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),

@@ -10,7 +10,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
-from ..auditing import AuditReader
+from ..auditing import Auditor
 from ..checker import Checker
 from ..consent import ConsentService
 from ..domain import CheckRequest, PolicyStatus
@@ -122,8 +122,29 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, reader: AuditReader) -> None:
+    def __init__(self, reader: Auditor) -> None:
         self._reader = reader
+
+    def VerifyChains(self, request: audit_pb2.VerifyChainsRequest,
+                     context: grpc.ServicerContext) -> Any:
+        with rpc(context, "VerifyChains"):
+            return audit_pb2.VerifyChainsResponse(
+                chains=[convert.chain_report(r) for r in self._reader.verify()])
+
+    def ReplayDecision(self, request: audit_pb2.ReplayDecisionRequest,
+                       context: grpc.ServicerContext) -> Any:
+        with rpc(context, "ReplayDecision"):
+            return convert.replay_response(self._reader.replay(request.decision_id))
+
+    def ExplainDecision(self, request: audit_pb2.ExplainDecisionRequest,
+                        context: grpc.ServicerContext) -> Any:
+        with rpc(context, "ExplainDecision"):
+            return convert.decision_story(self._reader.story(request.decision_id))
+
+    def GetSubjectReport(self, request: audit_pb2.GetSubjectReportRequest,
+                         context: grpc.ServicerContext) -> Any:
+        with rpc(context, "GetSubjectReport"):
+            return convert.subject_report(self._reader.subject_report(request.subject_id))
 
     def GetDecision(self, request: audit_pb2.GetDecisionRequest,
                     context: grpc.ServicerContext) -> Any:

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from consentauthz.v1 import consent_pb2 as consentauthz_dot_v1_dot_consent__pb2
 from consentauthz.v1 import decision_pb2 as consentauthz_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63onsentauthz/v1/audit.proto\x12\x0f\x63onsentauthz.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1e\x63onsentauthz/v1/decision.proto\"\xca\x04\n\x0e\x44\x65\x63isionRecord\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x19\n\x11subject_pseudonym\x18\x04 \x01(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x15\n\rdata_category\x18\x06 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x07 \x01(\t\x12\x0e\n\x06regime\x18\x08 \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\t \x01(\x0e\x32\x19.consentauthz.v1.Decision\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x13\n\x0blegal_basis\x18\x0b \x01(\t\x12\x14\n\x0cmatched_rule\x18\x0c \x01(\t\x12\x16\n\x0epolicy_version\x18\r \x01(\t\x12\x1a\n\x12\x63onsent_record_ids\x18\x0e \x03(\t\x12\x19\n\x11\x63onsistency_token\x18\x0f \x01(\t\x12\x10\n\x08trace_id\x18\x10 \x01(\t\x12\x0f\n\x07span_id\x18\x11 \x01(\t\x12=\n\x07\x63ontext\x18\x12 \x03(\x0b\x32,.consentauthz.v1.DecisionRecord.ContextEntry\x12\x11\n\tprev_hash\x18\x13 \x01(\t\x12\x12\n\nentry_hash\x18\x14 \x01(\t\x12\x10\n\x08sequence\x18\x15 \x01(\x03\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\x12GetDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"\x95\x02\n\x15QueryDecisionsRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x19.consentauthz.v1.Decision\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x15\n\rdata_category\x18\t \x01(\t\"e\n\x16QueryDecisionsResponse\x12\x32\n\tdecisions\x18\x01 \x03(\x0b\x32\x1f.consentauthz.v1.DecisionRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc6\x01\n\x0c\x41uditService\x12S\n\x0bGetDecision\x12#.consentauthz.v1.GetDecisionRequest\x1a\x1f.consentauthz.v1.DecisionRecord\x12\x61\n\x0eQueryDecisions\x12&.consentauthz.v1.QueryDecisionsRequest\x1a\'.consentauthz.v1.QueryDecisionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63onsentauthz/v1/audit.proto\x12\x0f\x63onsentauthz.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1d\x63onsentauthz/v1/consent.proto\x1a\x1e\x63onsentauthz/v1/decision.proto\"\xca\x04\n\x0e\x44\x65\x63isionRecord\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x19\n\x11subject_pseudonym\x18\x04 \x01(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x15\n\rdata_category\x18\x06 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x07 \x01(\t\x12\x0e\n\x06regime\x18\x08 \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\t \x01(\x0e\x32\x19.consentauthz.v1.Decision\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x13\n\x0blegal_basis\x18\x0b \x01(\t\x12\x14\n\x0cmatched_rule\x18\x0c \x01(\t\x12\x16\n\x0epolicy_version\x18\r \x01(\t\x12\x1a\n\x12\x63onsent_record_ids\x18\x0e \x03(\t\x12\x19\n\x11\x63onsistency_token\x18\x0f \x01(\t\x12\x10\n\x08trace_id\x18\x10 \x01(\t\x12\x0f\n\x07span_id\x18\x11 \x01(\t\x12=\n\x07\x63ontext\x18\x12 \x03(\x0b\x32,.consentauthz.v1.DecisionRecord.ContextEntry\x12\x11\n\tprev_hash\x18\x13 \x01(\t\x12\x12\n\nentry_hash\x18\x14 \x01(\t\x12\x10\n\x08sequence\x18\x15 \x01(\x03\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\x12GetDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"\x95\x02\n\x15QueryDecisionsRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x19.consentauthz.v1.Decision\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x15\n\rdata_category\x18\t \x01(\t\"e\n\x16QueryDecisionsResponse\x12\x32\n\tdecisions\x18\x01 \x03(\x0b\x32\x1f.consentauthz.v1.DecisionRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x15\n\x13VerifyChainsRequest\"\x9f\x01\n\x0b\x43hainReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\x03\x12\x15\n\rhead_sequence\x18\x04 \x01(\x03\x12\x11\n\thead_hash\x18\x05 \x01(\t\x12\x17\n\x0f\x62roken_sequence\x18\x06 \x01(\x03\x12\x11\n\tbroken_id\x18\x07 \x01(\t\x12\x0f\n\x07problem\x18\x08 \x01(\t\"D\n\x14VerifyChainsResponse\x12,\n\x06\x63hains\x18\x01 \x03(\x0b\x32\x1c.consentauthz.v1.ChainReport\",\n\x15ReplayDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"\xa3\x01\n\x16ReplayDecisionResponse\x12/\n\x06record\x18\x01 \x01(\x0b\x32\x1f.consentauthz.v1.DecisionRecord\x12\x11\n\tconfirmed\x18\x02 \x01(\x08\x12\x13\n\x0b\x64ifferences\x18\x03 \x03(\t\x12\x30\n\x08replayed\x18\x04 \x01(\x0b\x32\x1e.consentauthz.v1.CheckResponse\"-\n\x16\x45xplainDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"\xfb\x01\n\rDecisionStory\x12/\n\x06record\x18\x01 \x01(\x0b\x32\x1f.consentauthz.v1.DecisionRecord\x12\x37\n\x0f\x63onsent_records\x18\x02 \x03(\x0b\x32\x1e.consentauthz.v1.ConsentRecord\x12\x35\n\rother_records\x18\x03 \x03(\x0b\x32\x1e.consentauthz.v1.ConsentRecord\x12\x13\n\x0b\x65xplanation\x18\x04 \x03(\t\x12\x18\n\x10replay_confirmed\x18\x05 \x01(\x08\x12\x1a\n\x12replay_differences\x18\x06 \x03(\t\"-\n\x17GetSubjectReportRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"\xda\x01\n\nPurposeUse\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\x03\x12\x0e\n\x06\x64\x65nied\x18\x03 \x01(\x03\x12-\n\tfirst_use\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08last_use\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63\x61llers\x18\x06 \x03(\t\x12\x17\n\x0f\x64\x61ta_categories\x18\x07 \x03(\t\x12\x13\n\x0blegal_bases\x18\x08 \x03(\t\"\xb8\x01\n\rSubjectReport\x12\x30\n\x0cgenerated_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdecisions\x18\x02 \x01(\x03\x12)\n\x04uses\x18\x03 \x03(\x0b\x32\x1b.consentauthz.v1.PurposeUse\x12\x37\n\x0f\x63onsent_records\x18\x04 \x03(\x0b\x32\x1e.consentauthz.v1.ConsentRecord2\xc0\x04\n\x0c\x41uditService\x12S\n\x0bGetDecision\x12#.consentauthz.v1.GetDecisionRequest\x1a\x1f.consentauthz.v1.DecisionRecord\x12\x61\n\x0eQueryDecisions\x12&.consentauthz.v1.QueryDecisionsRequest\x1a\'.consentauthz.v1.QueryDecisionsResponse\x12[\n\x0cVerifyChains\x12$.consentauthz.v1.VerifyChainsRequest\x1a%.consentauthz.v1.VerifyChainsResponse\x12\x61\n\x0eReplayDecision\x12&.consentauthz.v1.ReplayDecisionRequest\x1a\'.consentauthz.v1.ReplayDecisionResponse\x12Z\n\x0f\x45xplainDecision\x12\'.consentauthz.v1.ExplainDecisionRequest\x1a\x1e.consentauthz.v1.DecisionStory\x12\\\n\x10GetSubjectReport\x12(.consentauthz.v1.GetSubjectReportRequest\x1a\x1e.consentauthz.v1.SubjectReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +36,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DECISIONRECORD_CONTEXTENTRY']._loaded_options = None
   _globals['_DECISIONRECORD_CONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_DECISIONRECORD']._serialized_start=114
-  _globals['_DECISIONRECORD']._serialized_end=700
-  _globals['_DECISIONRECORD_CONTEXTENTRY']._serialized_start=654
-  _globals['_DECISIONRECORD_CONTEXTENTRY']._serialized_end=700
-  _globals['_GETDECISIONREQUEST']._serialized_start=702
-  _globals['_GETDECISIONREQUEST']._serialized_end=743
-  _globals['_QUERYDECISIONSREQUEST']._serialized_start=746
-  _globals['_QUERYDECISIONSREQUEST']._serialized_end=1023
-  _globals['_QUERYDECISIONSRESPONSE']._serialized_start=1025
-  _globals['_QUERYDECISIONSRESPONSE']._serialized_end=1126
-  _globals['_AUDITSERVICE']._serialized_start=1129
-  _globals['_AUDITSERVICE']._serialized_end=1327
+  _globals['_DECISIONRECORD']._serialized_start=145
+  _globals['_DECISIONRECORD']._serialized_end=731
+  _globals['_DECISIONRECORD_CONTEXTENTRY']._serialized_start=685
+  _globals['_DECISIONRECORD_CONTEXTENTRY']._serialized_end=731
+  _globals['_GETDECISIONREQUEST']._serialized_start=733
+  _globals['_GETDECISIONREQUEST']._serialized_end=774
+  _globals['_QUERYDECISIONSREQUEST']._serialized_start=777
+  _globals['_QUERYDECISIONSREQUEST']._serialized_end=1054
+  _globals['_QUERYDECISIONSRESPONSE']._serialized_start=1056
+  _globals['_QUERYDECISIONSRESPONSE']._serialized_end=1157
+  _globals['_VERIFYCHAINSREQUEST']._serialized_start=1159
+  _globals['_VERIFYCHAINSREQUEST']._serialized_end=1180
+  _globals['_CHAINREPORT']._serialized_start=1183
+  _globals['_CHAINREPORT']._serialized_end=1342
+  _globals['_VERIFYCHAINSRESPONSE']._serialized_start=1344
+  _globals['_VERIFYCHAINSRESPONSE']._serialized_end=1412
+  _globals['_REPLAYDECISIONREQUEST']._serialized_start=1414
+  _globals['_REPLAYDECISIONREQUEST']._serialized_end=1458
+  _globals['_REPLAYDECISIONRESPONSE']._serialized_start=1461
+  _globals['_REPLAYDECISIONRESPONSE']._serialized_end=1624
+  _globals['_EXPLAINDECISIONREQUEST']._serialized_start=1626
+  _globals['_EXPLAINDECISIONREQUEST']._serialized_end=1671
+  _globals['_DECISIONSTORY']._serialized_start=1674
+  _globals['_DECISIONSTORY']._serialized_end=1925
+  _globals['_GETSUBJECTREPORTREQUEST']._serialized_start=1927
+  _globals['_GETSUBJECTREPORTREQUEST']._serialized_end=1972
+  _globals['_PURPOSEUSE']._serialized_start=1975
+  _globals['_PURPOSEUSE']._serialized_end=2193
+  _globals['_SUBJECTREPORT']._serialized_start=2196
+  _globals['_SUBJECTREPORT']._serialized_end=2380
+  _globals['_AUDITSERVICE']._serialized_start=2383
+  _globals['_AUDITSERVICE']._serialized_end=2959
 # @@protoc_insertion_point(module_scope)

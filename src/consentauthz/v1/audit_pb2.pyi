@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from consentauthz.v1 import consent_pb2 as _consent_pb2
 from consentauthz.v1 import decision_pb2 as _decision_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -98,3 +99,111 @@ class QueryDecisionsResponse(_message.Message):
     decisions: _containers.RepeatedCompositeFieldContainer[DecisionRecord]
     next_page_token: str
     def __init__(self, decisions: _Optional[_Iterable[_Union[DecisionRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class VerifyChainsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ChainReport(_message.Message):
+    __slots__ = ("name", "ok", "entries", "head_sequence", "head_hash", "broken_sequence", "broken_id", "problem")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ok: bool
+    entries: int
+    head_sequence: int
+    head_hash: str
+    broken_sequence: int
+    broken_id: str
+    problem: str
+    def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., entries: _Optional[int] = ..., head_sequence: _Optional[int] = ..., head_hash: _Optional[str] = ..., broken_sequence: _Optional[int] = ..., broken_id: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class VerifyChainsResponse(_message.Message):
+    __slots__ = ("chains",)
+    CHAINS_FIELD_NUMBER: _ClassVar[int]
+    chains: _containers.RepeatedCompositeFieldContainer[ChainReport]
+    def __init__(self, chains: _Optional[_Iterable[_Union[ChainReport, _Mapping]]] = ...) -> None: ...
+
+class ReplayDecisionRequest(_message.Message):
+    __slots__ = ("decision_id",)
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    def __init__(self, decision_id: _Optional[str] = ...) -> None: ...
+
+class ReplayDecisionResponse(_message.Message):
+    __slots__ = ("record", "confirmed", "differences", "replayed")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    record: DecisionRecord
+    confirmed: bool
+    differences: _containers.RepeatedScalarFieldContainer[str]
+    replayed: _decision_pb2.CheckResponse
+    def __init__(self, record: _Optional[_Union[DecisionRecord, _Mapping]] = ..., confirmed: _Optional[bool] = ..., differences: _Optional[_Iterable[str]] = ..., replayed: _Optional[_Union[_decision_pb2.CheckResponse, _Mapping]] = ...) -> None: ...
+
+class ExplainDecisionRequest(_message.Message):
+    __slots__ = ("decision_id",)
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    def __init__(self, decision_id: _Optional[str] = ...) -> None: ...
+
+class DecisionStory(_message.Message):
+    __slots__ = ("record", "consent_records", "other_records", "explanation", "replay_confirmed", "replay_differences")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    OTHER_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
+    record: DecisionRecord
+    consent_records: _containers.RepeatedCompositeFieldContainer[_consent_pb2.ConsentRecord]
+    other_records: _containers.RepeatedCompositeFieldContainer[_consent_pb2.ConsentRecord]
+    explanation: _containers.RepeatedScalarFieldContainer[str]
+    replay_confirmed: bool
+    replay_differences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, record: _Optional[_Union[DecisionRecord, _Mapping]] = ..., consent_records: _Optional[_Iterable[_Union[_consent_pb2.ConsentRecord, _Mapping]]] = ..., other_records: _Optional[_Iterable[_Union[_consent_pb2.ConsentRecord, _Mapping]]] = ..., explanation: _Optional[_Iterable[str]] = ..., replay_confirmed: _Optional[bool] = ..., replay_differences: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetSubjectReportRequest(_message.Message):
+    __slots__ = ("subject_id",)
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    def __init__(self, subject_id: _Optional[str] = ...) -> None: ...
+
+class PurposeUse(_message.Message):
+    __slots__ = ("purpose", "allowed", "denied", "first_use", "last_use", "callers", "data_categories", "legal_bases")
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    DENIED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_USE_FIELD_NUMBER: _ClassVar[int]
+    LAST_USE_FIELD_NUMBER: _ClassVar[int]
+    CALLERS_FIELD_NUMBER: _ClassVar[int]
+    DATA_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASES_FIELD_NUMBER: _ClassVar[int]
+    purpose: str
+    allowed: int
+    denied: int
+    first_use: _timestamp_pb2.Timestamp
+    last_use: _timestamp_pb2.Timestamp
+    callers: _containers.RepeatedScalarFieldContainer[str]
+    data_categories: _containers.RepeatedScalarFieldContainer[str]
+    legal_bases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, purpose: _Optional[str] = ..., allowed: _Optional[int] = ..., denied: _Optional[int] = ..., first_use: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_use: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., callers: _Optional[_Iterable[str]] = ..., data_categories: _Optional[_Iterable[str]] = ..., legal_bases: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SubjectReport(_message.Message):
+    __slots__ = ("generated_at", "decisions", "uses", "consent_records")
+    GENERATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    generated_at: _timestamp_pb2.Timestamp
+    decisions: int
+    uses: _containers.RepeatedCompositeFieldContainer[PurposeUse]
+    consent_records: _containers.RepeatedCompositeFieldContainer[_consent_pb2.ConsentRecord]
+    def __init__(self, generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decisions: _Optional[int] = ..., uses: _Optional[_Iterable[_Union[PurposeUse, _Mapping]]] = ..., consent_records: _Optional[_Iterable[_Union[_consent_pb2.ConsentRecord, _Mapping]]] = ...) -> None: ...

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AuditServiceStub:
-    """AuditService reads the decision log.
+    """AuditService reads, verifies and replays the decision log. Every RPC here is also
+    available offline on a copy of a data dir: `consentauthz audit ... --data-dir DIR`.
     """
 
     def __init__(self, channel):
@@ -45,10 +46,31 @@ class AuditServiceStub:
                 request_serializer=consentauthz_dot_v1_dot_audit__pb2.QueryDecisionsRequest.SerializeToString,
                 response_deserializer=consentauthz_dot_v1_dot_audit__pb2.QueryDecisionsResponse.FromString,
                 _registered_method=True)
+        self.VerifyChains = channel.unary_unary(
+                '/consentauthz.v1.AuditService/VerifyChains',
+                request_serializer=consentauthz_dot_v1_dot_audit__pb2.VerifyChainsRequest.SerializeToString,
+                response_deserializer=consentauthz_dot_v1_dot_audit__pb2.VerifyChainsResponse.FromString,
+                _registered_method=True)
+        self.ReplayDecision = channel.unary_unary(
+                '/consentauthz.v1.AuditService/ReplayDecision',
+                request_serializer=consentauthz_dot_v1_dot_audit__pb2.ReplayDecisionRequest.SerializeToString,
+                response_deserializer=consentauthz_dot_v1_dot_audit__pb2.ReplayDecisionResponse.FromString,
+                _registered_method=True)
+        self.ExplainDecision = channel.unary_unary(
+                '/consentauthz.v1.AuditService/ExplainDecision',
+                request_serializer=consentauthz_dot_v1_dot_audit__pb2.ExplainDecisionRequest.SerializeToString,
+                response_deserializer=consentauthz_dot_v1_dot_audit__pb2.DecisionStory.FromString,
+                _registered_method=True)
+        self.GetSubjectReport = channel.unary_unary(
+                '/consentauthz.v1.AuditService/GetSubjectReport',
+                request_serializer=consentauthz_dot_v1_dot_audit__pb2.GetSubjectReportRequest.SerializeToString,
+                response_deserializer=consentauthz_dot_v1_dot_audit__pb2.SubjectReport.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
-    """AuditService reads the decision log.
+    """AuditService reads, verifies and replays the decision log. Every RPC here is also
+    available offline on a copy of a data dir: `consentauthz audit ... --data-dir DIR`.
     """
 
     def GetDecision(self, request, context):
@@ -59,6 +81,34 @@ class AuditServiceServicer:
 
     def QueryDecisions(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyChains(self, request, context):
+        """Recompute the hash chains of the decision log and the consent ledger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDecision(self, request, context):
+        """Re-evaluate a decision with the policy version and consent state it used.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainDecision(self, request, context):
+        """The whole story: request, rule, consent records with evidence and validity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubjectReport(self, request, context):
+        """GDPR Art. 15: which purposes, callers and data categories used the subject's data.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -76,6 +126,26 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     request_deserializer=consentauthz_dot_v1_dot_audit__pb2.QueryDecisionsRequest.FromString,
                     response_serializer=consentauthz_dot_v1_dot_audit__pb2.QueryDecisionsResponse.SerializeToString,
             ),
+            'VerifyChains': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyChains,
+                    request_deserializer=consentauthz_dot_v1_dot_audit__pb2.VerifyChainsRequest.FromString,
+                    response_serializer=consentauthz_dot_v1_dot_audit__pb2.VerifyChainsResponse.SerializeToString,
+            ),
+            'ReplayDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDecision,
+                    request_deserializer=consentauthz_dot_v1_dot_audit__pb2.ReplayDecisionRequest.FromString,
+                    response_serializer=consentauthz_dot_v1_dot_audit__pb2.ReplayDecisionResponse.SerializeToString,
+            ),
+            'ExplainDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainDecision,
+                    request_deserializer=consentauthz_dot_v1_dot_audit__pb2.ExplainDecisionRequest.FromString,
+                    response_serializer=consentauthz_dot_v1_dot_audit__pb2.DecisionStory.SerializeToString,
+            ),
+            'GetSubjectReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubjectReport,
+                    request_deserializer=consentauthz_dot_v1_dot_audit__pb2.GetSubjectReportRequest.FromString,
+                    response_serializer=consentauthz_dot_v1_dot_audit__pb2.SubjectReport.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'consentauthz.v1.AuditService', rpc_method_handlers)
@@ -85,7 +155,8 @@ def add_AuditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
-    """AuditService reads the decision log.
+    """AuditService reads, verifies and replays the decision log. Every RPC here is also
+    available offline on a copy of a data dir: `consentauthz audit ... --data-dir DIR`.
     """
 
     @staticmethod
@@ -132,6 +203,114 @@ class AuditService:
             '/consentauthz.v1.AuditService/QueryDecisions',
             consentauthz_dot_v1_dot_audit__pb2.QueryDecisionsRequest.SerializeToString,
             consentauthz_dot_v1_dot_audit__pb2.QueryDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyChains(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consentauthz.v1.AuditService/VerifyChains',
+            consentauthz_dot_v1_dot_audit__pb2.VerifyChainsRequest.SerializeToString,
+            consentauthz_dot_v1_dot_audit__pb2.VerifyChainsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consentauthz.v1.AuditService/ReplayDecision',
+            consentauthz_dot_v1_dot_audit__pb2.ReplayDecisionRequest.SerializeToString,
+            consentauthz_dot_v1_dot_audit__pb2.ReplayDecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consentauthz.v1.AuditService/ExplainDecision',
+            consentauthz_dot_v1_dot_audit__pb2.ExplainDecisionRequest.SerializeToString,
+            consentauthz_dot_v1_dot_audit__pb2.DecisionStory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubjectReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consentauthz.v1.AuditService/GetSubjectReport',
+            consentauthz_dot_v1_dot_audit__pb2.GetSubjectReportRequest.SerializeToString,
+            consentauthz_dot_v1_dot_audit__pb2.SubjectReport.FromString,
             options,
             channel_credentials,
             insecure,

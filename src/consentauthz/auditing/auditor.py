@@ -1,0 +1,68 @@
+"""The auditors' use cases over a decision log, a consent ledger and the kept policy
+versions: the same object serves `AuditService` and the offline `audit --data-dir` CLI."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from ..chain import ChainReport
+from ..consent import Ledger
+from ..decisionlog import DecisionLog
+from ..domain import ConsentEvent, DecisionQuery, DecisionRecord
+from ..policy import PolicyStore
+from ..pseudonym import Pseudonymizer
+from ..validation import check_subject_only
+from .reader import AuditReader
+from .replay import Replay, Replayer
+from .report import SubjectReport, build_report
+from .story import Story, tell
+
+_PAGE = 1000
+
+
+class Auditor(AuditReader):
+    def __init__(self, log: DecisionLog, ledger: Ledger, store: PolicyStore,
+                 pseudonymize: Pseudonymizer, clock: Callable[[], datetime]) -> None:
+        super().__init__(log, pseudonymize)
+        self._ledger = ledger
+        self._replayer = Replayer(ledger, store)
+        self._clock = clock
+
+    def replay(self, decision_id: str) -> Replay:
+        return self._replayer.replay(self.get(decision_id))
+
+    def story(self, decision_id: str) -> Story:
+        return tell(self.get(decision_id), self._ledger, self._replayer)
+
+    def verify(self) -> list[ChainReport]:
+        return [self._ledger.verify()]
+
+    def _all_decisions(self, subject: str) -> Iterator[DecisionRecord]:
+        before = 0
+        while True:
+            page = self._log.query(DecisionQuery(subject=subject, limit=_PAGE,
+                                                 before_sequence=before))
+            yield from page
+            if len(page) < _PAGE:
+                return
+            before = page[-1].sequence
+
+    def subject_report(self, subject_id: str) -> SubjectReport:
+        check_subject_only(subject_id)
+        pseudonyms = self._pseudonymize.all(subject_id)
+        decisions = heapq.merge(*(self._all_decisions(p) for p in pseudonyms),
+                                key=lambda r: -r.sequence)
+        history: list[ConsentEvent] = []
+        for p in pseudonyms:
+            after = 0
+            while True:
+                page = self._ledger.history(p, after, _PAGE)
+                history.extend(page)
+                if len(page) < _PAGE:
+                    break
+                after = page[-1].sequence
+        history.sort(key=lambda e: e.sequence)
+        return build_report(decisions, history, self._clock())
+
