@@ -18,7 +18,7 @@ from .errors import ConfigError, PolicyError
 from .metrics import Metrics
 from .policy import PolicyStore, load_policy_set
 from .policy.watch import PolicyWatcher
-from .pseudonym import Pseudonymizer
+from .pseudonym import Pseudonymizer, parse_key_ring
 from .reload import PolicyHolder, PolicyReloader
 from .server import GrpcServer
 from .telemetry import MetricsEndpoint, meter
@@ -30,9 +30,10 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def load_key(config: ServeConfig) -> bytes:
+def load_key(config: ServeConfig) -> Pseudonymizer:
+    """The pseudonymisation key ring (docs/auditing.md: one key per line, last is current)."""
     if config.pseudonym_key is not None:
-        return config.pseudonym_key
+        return Pseudonymizer(config.pseudonym_key)
     path = config.key_file
     if not path.exists():
         if config.pseudonym_key_file is not None:
@@ -45,9 +46,9 @@ def load_key(config: ServeConfig) -> bytes:
             f.write(secrets.token_hex(32) + "\n")
         log.warning("generated a new pseudonymisation key in %s; back it up", path)
     try:
-        return bytes.fromhex(path.read_text().strip())
-    except ValueError:
-        raise ConfigError(f"pseudonymisation key file {path} must hold hex") from None
+        return parse_key_ring(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"pseudonymisation key file {path}: {exc}") from None
 
 
 def compile_policy(directory: Path) -> CompiledPolicy:
@@ -91,14 +92,14 @@ class App:
                                       interval=config.watch_interval,
                                       debounce=config.watch_debounce)
                         if config.watch_policies else None)
-        pseudonymize = Pseudonymizer(load_key(config))
+        pseudonymize = load_key(config)
         self.ledger = SqliteLedger(data / "ledger.db")
         self.decision_log = SqliteDecisionLog(data / "decisions.db",
                                               fsync=config.decision_log_fsync)
         self.consent = ConsentService(
             self.ledger, LocalCache(config.cache_entries), pseudonymize,
             lambda: self.policy().policy.taxonomy, utc_now, self.metrics)
-        self.checker = Checker(self.consent, self.policy, self.decision_log, pseudonymize,
+        self.checker = Checker(self.consent, self.policy, self.decision_log,
                                utc_now, self.metrics)
         self.audit = Auditor(self.decision_log, self.ledger, self.policy_store, pseudonymize,
                              utc_now)

@@ -15,7 +15,6 @@ from .domain import CheckOutcome, CheckRequest, DecisionRecord, new_id
 from .engine import CompiledPolicy
 from .errors import InvalidArgument
 from .metrics import NO_METRICS, Metrics, Rpc
-from .pseudonym import Pseudonymizer
 from .telemetry import (
     ATTR_BATCH_SIZE,
     ATTR_CALLER,
@@ -42,12 +41,11 @@ BatchItem = CheckOutcome | InvalidArgument
 
 class Checker:
     def __init__(self, consent: ConsentService, policy: Callable[[], CompiledPolicy],
-                 log: DecisionLog, pseudonymize: Pseudonymizer,
+                 log: DecisionLog,
                  clock: Callable[[], datetime], metrics: Metrics = NO_METRICS) -> None:
         self._consent = consent
         self._policy = policy
         self._log = log
-        self._pseudonymize = pseudonymize
         self._clock = clock
         self._metrics = metrics
 
@@ -95,7 +93,7 @@ class Checker:
     def _decide(self, request: CheckRequest, caller: str,
                 compiled: CompiledPolicy, rpc: Rpc) -> CheckOutcome:
         started = time.perf_counter()
-        subject = self._pseudonymize(request.subject_id)
+        subject = self._consent.subject_key(request.subject_id)
         with tracer().start_as_current_span("engine.Check") as span:
             state = self._consent.state_of(subject, request.consistency_token)
             now = self._clock()

@@ -46,7 +46,7 @@ def build(policy: CompiledPolicy, ledger: MemoryLedger | None = None,
     consent = ConsentService(ledger or MemoryLedger(), LocalCache(100), pseudonymize,
                              lambda: policy.policy.taxonomy, lambda: NOW)
     log = log or MemoryDecisionLog()
-    return Checker(consent, lambda: policy, log, pseudonymize, lambda: NOW), consent, log
+    return Checker(consent, lambda: policy, log, lambda: NOW), consent, log
 
 
 def grant(consent: ConsentService, subject: str) -> None:

@@ -44,7 +44,7 @@ def world(policy: CompiledPolicy, ledger: MemoryLedger | SqliteLedger):
     consent = ConsentService(ledger, LocalCache(10), pseudonymize,
                              lambda: policy.policy.taxonomy, clock)
     log = MemoryDecisionLog()
-    return Checker(consent, lambda: policy, log, pseudonymize, clock), consent, log
+    return Checker(consent, lambda: policy, log, clock), consent, log
 
 
 def grant(consent: ConsentService, subject: str, purpose: str = EMAIL) -> None:

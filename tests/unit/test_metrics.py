@@ -60,7 +60,7 @@ def build(policy: CompiledPolicy, metrics: Metrics,
     pseudonymize = Pseudonymizer(b"x" * 32)
     consent = ConsentService(MemoryLedger(), LocalCache(100), pseudonymize,
                              lambda: policy.policy.taxonomy, lambda: NOW, metrics)
-    checker = Checker(consent, lambda: policy, log or MemoryDecisionLog(), pseudonymize,
+    checker = Checker(consent, lambda: policy, log or MemoryDecisionLog(),
                       lambda: NOW, metrics)
     return checker, consent
 
@@ -136,7 +136,7 @@ def test_no_metrics_is_the_default(shipped_policy: CompiledPolicy) -> None:
     pseudonymize = Pseudonymizer(b"x" * 32)
     consent = ConsentService(MemoryLedger(), LocalCache(10), pseudonymize,
                              lambda: shipped_policy.policy.taxonomy, lambda: NOW)
-    checker = Checker(consent, lambda: shipped_policy, MemoryDecisionLog(), pseudonymize,
+    checker = Checker(consent, lambda: shipped_policy, MemoryDecisionLog(),
                       lambda: NOW)
     assert checker.check(request("alice"), caller="crm").decision.reason.value == "NO_CONSENT"
 

@@ -40,9 +40,12 @@ class AuditReader:
         v.raise_if_any()
         size = check_page_size(page_size)
         before = parse_token(page_token, "page_token")
-        q = replace(query, subject=self._pseudonymize(subject_id) if subject_id else "",
-                    limit=size + 1, before_sequence=before)
-        found = self._log.query(q)
+        # A subject may have been seen under any key of the ring (rotation): ask for each
+        # pseudonym and merge, newest first.
+        subjects = self._pseudonymize.all(subject_id) if subject_id else ("",)
+        pages = [self._log.query(replace(query, subject=s, limit=size + 1,
+                                         before_sequence=before)) for s in subjects]
+        found = sorted((r for page in pages for r in page), key=lambda r: -r.sequence)
         more = len(found) > size
         found = found[:size]
         return found, (str(found[-1].sequence) if more and found else "")

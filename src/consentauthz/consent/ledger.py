@@ -47,6 +47,10 @@ class Ledger(Protocol):
 
     def head(self) -> int: ...
 
+    def has_subject(self, subject: str) -> bool:
+        """Whether any record was ever written for this pseudonym."""
+        ...
+
     def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]: ...
 
     def state_at(self, subject: str, sequence: int) -> SubjectState:
@@ -139,6 +143,10 @@ class MemoryLedger:
     def head(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    def has_subject(self, subject: str) -> bool:
+        with self._lock:
+            return subject in self._states
 
     def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]:
         with self._lock:

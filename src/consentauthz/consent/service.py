@@ -33,6 +33,9 @@ from ..validation import (
 from .cache import LocalCache
 from .ledger import Idempotency, Ledger
 
+#: Bound on remembered key-ring resolutions (stable, so forgetting only costs a lookup).
+_MAX_RESOLVED = 100_000
+
 
 class ConsentService:
     def __init__(self, ledger: Ledger, cache: LocalCache, pseudonymize: Pseudonymizer,
@@ -45,8 +48,31 @@ class ConsentService:
         self._clock = clock
         self._metrics = metrics
         self._write_lock = threading.Lock()
+        #: current-key pseudonym -> the pseudonym the subject's records live under
+        self._resolved: dict[str, str] = {}
         #: Every ledger write up to here is reflected in the cache.
         self._watermark = ledger.head()
+
+    # -- subjects -----------------------------------------------------------------------
+
+    def subject_key(self, subject_id: str) -> str:
+        """The pseudonym a subject's records live under: the one it was first recorded with,
+        under whichever key of the ring was current then (so key rotation never splits a
+        subject's history); the current key's for a subject not yet in the ledger."""
+        candidates = self._pseudonymize.all(subject_id)
+        if len(candidates) == 1:
+            return candidates[0]
+        current = candidates[0]
+        found = self._resolved.get(current)
+        if found is not None:
+            return found
+        found = next((p for p in reversed(candidates[1:]) if self._ledger.has_subject(p)),
+                     current)
+        with self._write_lock:
+            if len(self._resolved) >= _MAX_RESOLVED:
+                self._resolved.clear()
+            self._resolved[current] = found
+        return found
 
     # -- reads ------------------------------------------------------------------------
 
@@ -74,14 +100,14 @@ class ConsentService:
 
     def get_state(self, subject_id: str, token: str = "") -> SubjectState:
         check_subject_only(subject_id)
-        return self.state_of(self._pseudonymize(subject_id), parse_token(token))
+        return self.state_of(self.subject_key(subject_id), parse_token(token))
 
     def history(self, subject_id: str, page_size: int,
                 page_token: str) -> tuple[list[ConsentEvent], str]:
         check_subject_only(subject_id)
         size = check_page_size(page_size)
         after = parse_token(page_token, "page_token")
-        events = self._ledger.history(self._pseudonymize(subject_id), after, size + 1)
+        events = self._ledger.history(self.subject_key(subject_id), after, size + 1)
         more = len(events) > size
         events = events[:size]
         return events, (str(events[-1].sequence) if more and events else "")
@@ -91,7 +117,7 @@ class ConsentService:
     def record(self, write: ConsentWrite) -> WriteResult:
         now = self._clock()
         validate_write(write, self._taxonomy(), now)
-        subject = self._pseudonymize(write.subject_id)
+        subject = self.subject_key(write.subject_id)
         idempotency = None
         if write.idempotency_key:
             idempotency = Idempotency(self._pseudonymize("idempotency:" + write.idempotency_key),
@@ -111,7 +137,7 @@ class ConsentService:
     def upsert_subject(self, upsert: SubjectUpsert) -> WriteResult:
         now = self._clock()
         validate_upsert(upsert, now.date())
-        subject = self._pseudonymize(upsert.subject_id)
+        subject = self.subject_key(upsert.subject_id)
         profile = SubjectProfile(jurisdiction=upsert.jurisdiction, birth_date=upsert.birth_date)
         with tracer().start_as_current_span("consent.UpsertSubject"), self._write_lock:
             result = self._ledger.append_profile(subject, profile, new_id(), now)

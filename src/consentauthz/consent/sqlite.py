@@ -143,6 +143,11 @@ class SqliteLedger:
         with self._tx(immediate=False) as conn:
             return self._state(conn, subject, self._last(conn)[0])
 
+    def has_subject(self, subject: str) -> bool:
+        with self._tx(immediate=False) as conn:
+            return conn.execute("SELECT 1 FROM subject_state WHERE subject = ?",
+                                (subject,)).fetchone() is not None
+
     def head(self) -> int:
         with self._tx(immediate=False) as conn:
             return self._last(conn)[0]
