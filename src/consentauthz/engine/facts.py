@@ -146,6 +146,10 @@ def derive_facts(
                 add("consent", consent)
                 if consent.explicit:
                     add("explicit_consent", consent)
+                else:
+                    notes.append(f"record {consent.record_id} is valid consent but not "
+                                 "explicit (special categories and automated decisions "
+                                 "need explicit consent)")
 
     if context.get("gpc") == "1":
         add("gpc")
