@@ -12,7 +12,7 @@ from .auditing import Auditor
 from .checker import Checker
 from .config import ServeConfig
 from .consent import ConsentService, LocalCache, SqliteLedger
-from .decisionlog import SqliteDecisionLog
+from .decisionlog import QueuedDecisionLog, RetentionJob, SqliteDecisionLog
 from .engine import CompiledPolicy
 from .errors import ConfigError, PolicyError
 from .metrics import Metrics
@@ -94,14 +94,24 @@ class App:
                         if config.watch_policies else None)
         pseudonymize = load_key(config)
         self.ledger = SqliteLedger(data / "ledger.db")
-        self.decision_log = SqliteDecisionLog(data / "decisions.db",
-                                              fsync=config.decision_log_fsync)
+        self.decision_store = SqliteDecisionLog(
+            data / "decisions.db", fsync=config.decision_log_fsync,
+            max_segment_bytes=config.decision_log_segment_bytes,
+            retention_days=config.decision_log_retention_days)
+        # One writer thread, group commit. Block mode: no answer before its entry is
+        # committed; a full queue slows callers down instead of losing entries.
+        self.decision_log = QueuedDecisionLog(self.decision_store,
+                                              mode=config.decision_log_mode)
+        self.metrics.observe_decision_log(queue_depth=self.decision_log.queue_depth,
+                                          dropped=self.decision_log.dropped)
+        self.retention = (RetentionJob(self.decision_store, utc_now)
+                          if config.decision_log_retention_days else None)
         self.consent = ConsentService(
             self.ledger, LocalCache(config.cache_entries), pseudonymize,
             lambda: self.policy().policy.taxonomy, utc_now, self.metrics)
         self.checker = Checker(self.consent, self.policy, self.decision_log,
                                utc_now, self.metrics)
-        self.audit = Auditor(self.decision_log, self.ledger, self.policy_store, pseudonymize,
+        self.audit = Auditor(self.decision_store, self.ledger, self.policy_store, pseudonymize,
                              utc_now)
         self.server = GrpcServer(self.checker, self.consent, self.audit,
                                  lambda: self.policy.status, config.listen, config.workers)
@@ -126,6 +136,8 @@ class App:
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.start()
         self.server.start()
+        if self.retention is not None:
+            self.retention.start()
         if self.watcher is not None:
             self.watcher.start()
             self.policy.set_watching(True)
@@ -137,7 +149,9 @@ class App:
             self.watcher.stop()
             self.policy.set_watching(False)
         self.server.stop(grace)
-        self.decision_log.close()
+        if self.retention is not None:
+            self.retention.stop()
+        self.decision_log.close()  # writes what is queued, then closes the store
         self.consent.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()

@@ -324,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-entries", type=int, default=100_000)
     serve.add_argument("--decision-log-fsync", action="store_true",
                        help="fsync the decision log on every commit (survives power loss)")
+    serve.add_argument("--decision-log-mode", choices=["block", "drop"], default="block",
+                       help="when the log writer cannot keep up: callers wait (block, the "
+                       "default) or entries are dropped and counted (drop)")
+    serve.add_argument("--decision-log-segment-mb", type=int,
+                       help="seal the active decision-log segment past this size")
+    serve.add_argument("--decision-log-retention-days", type=float,
+                       help="delete sealed segments whose newest entry is older than this")
     serve.add_argument("--pseudonym-key-file",
                        help="hex HMAC key for subject pseudonyms (default DATA_DIR/keys/)")
     serve.add_argument("--no-watch", action="store_true",

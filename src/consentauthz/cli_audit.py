@@ -61,8 +61,12 @@ class OfflineAudit:
             decisions=[self._convert.decision_record(r) for r in found], next_page_token=token)
 
     def VerifyChains(self, req: audit_pb2.VerifyChainsRequest) -> Any:
+        held = [self._convert.checkpoint_from(c) for c in req.checkpoints]
         return audit_pb2.VerifyChainsResponse(
-            chains=[self._convert.chain_report(r) for r in self.auditor.verify()])
+            chains=[self._convert.chain_report(r) for r in self.auditor.verify(held)])
+
+    def GetCheckpoint(self, req: audit_pb2.GetCheckpointRequest) -> Any:
+        return self._convert.checkpoint(self.auditor.checkpoint())
 
     def ReplayDecision(self, req: audit_pb2.ReplayDecisionRequest) -> Any:
         return self._convert.replay_response(self.auditor.replay(req.decision_id))
@@ -173,10 +177,43 @@ def cmd_replay(ns: argparse.Namespace) -> int:
     return 0 if resp.confirmed else 1
 
 
+def _held_checkpoints(paths: list[str] | None) -> list[audit_pb2.Checkpoint]:
+    """Checkpoint files as `audit checkpoint` writes them: one JSON object per line."""
+    from .decisionlog import Checkpoint
+    from .server.convert import checkpoint
+
+    held = []
+    for path in paths or []:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                held.append(checkpoint(Checkpoint.from_json(line)))
+    return held
+
+
+def cmd_checkpoint(ns: argparse.Namespace) -> int:
+    from .decisionlog import Checkpoint
+
+    port, close = _port(ns)
+    try:
+        msg = port.GetCheckpoint(audit_pb2.GetCheckpointRequest())
+    finally:
+        close()
+    when = msg.time.ToDatetime(tzinfo=UTC) if msg.HasField("time") else None
+    line = Checkpoint(msg.sequence, msg.entry_hash, msg.count, when).to_json()
+    if ns.append:
+        with Path(ns.append).open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        print(f"appended checkpoint #{msg.sequence} to {ns.append}")
+    else:
+        print(line)
+    return 0
+
+
 def cmd_verify(ns: argparse.Namespace) -> int:
     port, close = _port(ns)
     try:
-        resp = port.VerifyChains(audit_pb2.VerifyChainsRequest())
+        resp = port.VerifyChains(audit_pb2.VerifyChainsRequest(
+            checkpoints=_held_checkpoints(ns.checkpoint)))
     finally:
         close()
     if ns.json:
@@ -285,8 +322,16 @@ def register(sub: Any) -> None:
     audit = sub.add_parser("audit", help="verify, query, show, replay the decision log")
     asub = audit.add_subparsers(dest="audit_command", required=True)
     verify = asub.add_parser("verify", help="check the hash chains (exit 1 when broken)")
+    verify.add_argument("--checkpoint", action="append", metavar="FILE",
+                        help="checkpoints held by a third party (JSON lines); each must "
+                        "still be in the chain")
     _source(verify)
     verify.set_defaults(run=cmd_verify)
+    cp = asub.add_parser("checkpoint", help="the decision log's head, for a third party "
+                         "to hold (one JSON line)")
+    cp.add_argument("--append", metavar="FILE", help="append to this checkpoint file")
+    _source(cp)
+    cp.set_defaults(run=cmd_checkpoint)
     show = asub.add_parser("show", help="the whole story of one decision")
     show.add_argument("decision_id")
     _source(show)

@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .errors import ConfigError
 
@@ -34,6 +35,10 @@ class ServeConfig:
     workers: int = 16
     cache_entries: int = 100_000
     decision_log_fsync: bool = False
+    #: "block" (default: back-pressure, no loss) or "drop" (counted in a metric)
+    decision_log_mode: Literal["block", "drop"] = "block"
+    decision_log_segment_bytes: int | None = None
+    decision_log_retention_days: float | None = None
     #: Raw key bytes (from the environment); otherwise read from pseudonym_key_file.
     pseudonym_key: bytes | None = None
     pseudonym_key_file: Path | None = None
@@ -99,6 +104,14 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
     metrics_listen = ns.metrics_listen or _env(env, "METRICS_LISTEN")
     if metrics_listen:
         host_port(metrics_listen, "--metrics-listen")
+    segment_mb = getattr(ns, "decision_log_segment_mb", None)
+    retention = getattr(ns, "decision_log_retention_days", None)
+    if retention and not segment_mb:
+        raise ConfigError("--decision-log-retention-days needs --decision-log-segment-mb "
+                          "(only sealed segments are ever deleted)")
+    if (segment_mb is not None and segment_mb < 1) or (retention is not None and retention <= 0):
+        raise ConfigError("--decision-log-segment-mb and --decision-log-retention-days must "
+                          "be positive")
     if ns.workers < 1 or ns.cache_entries < 1:
         raise ConfigError("--workers and --cache-entries must be positive")
     return ServeConfig(
@@ -108,6 +121,9 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         workers=ns.workers,
         cache_entries=ns.cache_entries,
         decision_log_fsync=ns.decision_log_fsync,
+        decision_log_mode="drop" if getattr(ns, "decision_log_mode", "") == "drop" else "block",
+        decision_log_segment_bytes=segment_mb * 1_000_000 if segment_mb else None,
+        decision_log_retention_days=retention,
         pseudonym_key=key,
         pseudonym_key_file=Path(key_file) if key_file else None,
         otlp=otlp and env.get("OTEL_TRACES_EXPORTER", "otlp") != "none",

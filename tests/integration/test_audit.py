@@ -169,3 +169,36 @@ def test_subject_report(live: tuple[Running, Path], tmp_path: Path) -> None:
           target=target(s))
     text = page.read_text()
     assert text.startswith("<!doctype html>") and EMAIL in text and "<script" not in text
+
+
+def test_decision_log_tamper_and_held_checkpoints(live: tuple[Running, Path],
+                                                  tmp_path: Path) -> None:
+    s, _ = live
+    record(s, "ivy", "grant", EMAIL)
+    ids = [check(s, "ivy", EMAIL, "user.contact.email", "DE").decision_id for _ in range(5)]
+    held = tmp_path / "held.jsonl"
+    cp = audit("checkpoint", "--append", str(held), target=target(s))
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(held.read_text())["sequence"] == 5
+    ok = audit("verify", "--checkpoint", str(held), target=target(s))
+    assert ok.returncode == 0 and "decision log: ok, 5 entries" in ok.stdout, ok.stdout
+    s.app.stop(grace=None)
+
+    # Cutting the newest entries leaves a valid prefix: only the held checkpoint sees it.
+    cut = Path(shutil.copytree(s.data_dir, tmp_path / "cut"))
+    with sqlite3.connect(cut / "decisions.db") as conn:
+        conn.execute("DROP TRIGGER decisions_no_delete")
+        conn.execute("DELETE FROM decisions WHERE seq > 3")
+    assert audit("verify", data_dir=cut).returncode == 0
+    caught = audit("verify", "--checkpoint", str(held), data_dir=cut)
+    assert caught.returncode == 1 and "decision log: BROKEN" in caught.stdout, caught.stdout
+
+    # Changing one byte of one entry: verify names exactly that entry.
+    with sqlite3.connect(s.data_dir / "decisions.db") as conn:
+        conn.execute("DROP TRIGGER decisions_no_update")
+        body = conn.execute("SELECT record FROM decisions WHERE seq = 2").fetchone()[0]
+        conn.execute("UPDATE decisions SET record = ? WHERE seq = 2",
+                     (body.replace('"CONSENT_GIVEN"', '"CONSENT_GIVEM"'),))
+    broken = audit("verify", data_dir=s.data_dir)
+    assert broken.returncode == 1
+    assert f"decision log: BROKEN at entry #2 ({ids[1]})" in broken.stdout, broken.stdout

@@ -4,12 +4,12 @@ versions: the same object serves `AuditService` and the offline `audit --data-di
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
 from ..chain import ChainReport
 from ..consent import Ledger
-from ..decisionlog import DecisionLog
+from ..decisionlog import Checkpoint, VerifiableLog
 from ..domain import ConsentEvent, DecisionQuery, DecisionRecord
 from ..policy import PolicyStore
 from ..pseudonym import Pseudonymizer
@@ -23,9 +23,10 @@ _PAGE = 1000
 
 
 class Auditor(AuditReader):
-    def __init__(self, log: DecisionLog, ledger: Ledger, store: PolicyStore,
+    def __init__(self, log: VerifiableLog, ledger: Ledger, store: PolicyStore,
                  pseudonymize: Pseudonymizer, clock: Callable[[], datetime]) -> None:
         super().__init__(log, pseudonymize)
+        self._store = log
         self._ledger = ledger
         self._replayer = Replayer(ledger, store)
         self._clock = clock
@@ -36,8 +37,12 @@ class Auditor(AuditReader):
     def story(self, decision_id: str) -> Story:
         return tell(self.get(decision_id), self._ledger, self._replayer)
 
-    def verify(self) -> list[ChainReport]:
-        return [self._ledger.verify()]
+    def verify(self, checkpoints: Sequence[Checkpoint] = ()) -> list[ChainReport]:
+        return [self._store.verify(checkpoints).to_chain_report("decision log"),
+                self._ledger.verify()]
+
+    def checkpoint(self) -> Checkpoint:
+        return self._store.checkpoint()
 
     def _all_decisions(self, subject: str) -> Iterator[DecisionRecord]:
         before = 0

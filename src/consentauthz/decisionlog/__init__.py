@@ -2,7 +2,7 @@
 
 from .log import DecisionLog, MemoryDecisionLog, VerifiableLog
 from .record import FORMAT_VERSION, entry_hash, record_from_dict, record_to_dict
-from .retention import RetentionMark
+from .retention import RetentionJob, RetentionMark
 from .sqlite import SqliteDecisionLog
 from .verify import BrokenEntry, Checkpoint, Problem, VerifyResult
 from .writer import QueuedDecisionLog
@@ -15,6 +15,7 @@ __all__ = [
     "MemoryDecisionLog",
     "Problem",
     "QueuedDecisionLog",
+    "RetentionJob",
     "RetentionMark",
     "SqliteDecisionLog",
     "VerifiableLog",

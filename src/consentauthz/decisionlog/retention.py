@@ -14,15 +14,20 @@ sequence 1, each later run from where the previous one stopped.
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..chain import GENESIS
+from ..errors import ConsentAuthzError
 from .segments import sync_directory
+
+log = logging.getLogger("consentauthz.decisionlog")
 
 MANIFEST_FORMAT = 1
 
@@ -98,3 +103,46 @@ def save_marks(path: Path, marks: Sequence[RetentionMark]) -> None:
     os.replace(tmp, path)
     sync_directory(path.parent)
 
+
+class Retains(Protocol):
+    def apply_retention(self, now: datetime) -> RetentionMark | None: ...
+
+
+class RetentionJob:
+    """Applies a log's retention when started and then every `interval` seconds, on its
+    own thread: deleting old segments is housekeeping, never part of answering a call."""
+
+    def __init__(self, target: Retains, clock: Callable[[], datetime],
+                 interval: float = 3600.0) -> None:
+        self._target = target
+        self._clock = clock
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="decisionlog-retention",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def run_once(self) -> RetentionMark | None:
+        try:
+            mark = self._target.apply_retention(self._clock())
+        except ConsentAuthzError:
+            # The next run tries again; meanwhile the log only keeps more than it must.
+            log.warning("decision-log retention failed", exc_info=True)
+            return None
+        if mark is not None:
+            log.info("decision-log retention removed %d entries before sequence %d (%s)",
+                     mark.removed, mark.first_sequence, ", ".join(mark.segments))
+        return mark
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.run_once()
+            self._stop.wait(self._interval)

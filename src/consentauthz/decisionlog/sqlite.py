@@ -33,8 +33,8 @@ from typing import Any
 from ..domain import DecisionQuery, DecisionRecord
 from ..errors import Unavailable
 from ..sqlite_files import open_database
-from .log import chain
-from .record import record_from_dict, record_to_dict
+from .log import chain_entries
+from .record import record_from_dict
 from .retention import RetentionMark, anchor, inconsistency, load_marks, save_marks
 from .segments import Layout, Sealed, seal_file, sync_directory
 from .verify import BrokenEntry, Checkpoint, Problem, StoredEntry, VerifyResult, verify_entries
@@ -99,6 +99,7 @@ class SqliteDecisionLog:
         self._max_bytes = max_segment_bytes
         self._retention = timedelta(days=retention_days) if retention_days else None
         self._lock = threading.Lock()
+        self._retention_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._readers: dict[Path, sqlite3.Connection] = {}
         self._seal_after = 0.0
@@ -166,15 +167,14 @@ class SqliteDecisionLog:
 
     def append(self, records: Sequence[DecisionRecord]) -> list[DecisionRecord]:
         with self._lock:
-            out = chain(records, self._last_seq, self._last_hash)
-            if not out:
-                return out
-            rows = []
-            for r in out:
-                d = record_to_dict(r)
-                rows.append((r.sequence, r.decision_id, d["time"], r.subject, r.purpose,
-                             r.data_category, r.decision.value, r.reason.value, r.caller,
-                             json.dumps(d, sort_keys=True), r.prev_hash, r.entry_hash))
+            entries = chain_entries(records, self._last_seq, self._last_hash)
+            if not entries:
+                return []
+            out = [r for r, _ in entries]
+            rows = [(r.sequence, r.decision_id, d["time"], r.subject, r.purpose,
+                     r.data_category, d["decision"], d["reason"], r.caller,
+                     json.dumps(d, sort_keys=True), r.prev_hash, r.entry_hash)
+                    for r, d in entries]
             try:
                 conn = self._writer()
                 conn.execute("BEGIN IMMEDIATE")
@@ -328,38 +328,34 @@ class SqliteDecisionLog:
     def apply_retention(self, now: datetime) -> RetentionMark | None:
         """Delete the sealed segments whose newest entry is older than retention_days
         before `now` (oldest first, stopping at the first one still needed: the chain
-        may only lose its start). Returns the mark recorded, or None if nothing was due."""
+        may only lose its start). Returns the mark recorded, or None if nothing was due.
+
+        Sealed segments never change, so they are read without holding up appends; only
+        recording the mark and deleting the files takes the log's lock."""
         if self._retention is None:
             return None
         cutoff = _iso(now - self._retention)
-        with self._lock:
-            self._writer()
+        with self._retention_lock:  # one run at a time: the expired prefix stays put
+            with self._lock:
+                self._writer()
+                sealed = list(self._sealed)
+                last_hash = anchor(self._marks)[1]
             try:
-                return self._remove_expired(cutoff, now)
+                expired, count, digest, last_hash = _scan_expired(sealed, cutoff, last_hash)
+                if not expired:
+                    return None
+                with self._lock:
+                    return self._remove(expired, count, digest, last_hash, now)
             except (sqlite3.Error, OSError) as exc:
                 raise Unavailable(f"decision-log retention failed: {exc}") from exc
 
-    def _remove_expired(self, cutoff: str, now: datetime) -> RetentionMark | None:
-        expired: list[Sealed] = []
-        for s in self._sealed:
-            newest = self._reader(s).execute("SELECT max(time) FROM decisions").fetchone()[0]
-            if newest is not None and newest >= cutoff:
-                break
-            expired.append(s)
-        if not expired:
-            return None
-        digest = hashlib.sha256()
-        count, last_hash = 0, anchor(self._marks)[1]
-        for s in expired:
-            for (h,) in self._reader(s).execute(
-                    "SELECT entry_hash FROM decisions ORDER BY seq"):
-                digest.update(f"{h}\n".encode("ascii"))
-                count, last_hash = count + 1, str(h)
+    def _remove(self, expired: list[Sealed], count: int, digest: str, last_hash: str,
+                now: datetime) -> RetentionMark:
         first_kept = expired[-1].last + 1
         if self._prev_hash_of(first_kept, len(expired)) != last_hash:
             raise Unavailable("retention refused: the entries kept do not link to the "
                               "entries it would remove; run verify")
-        mark = RetentionMark(first_kept, last_hash, count, digest.hexdigest(), now,
+        mark = RetentionMark(first_kept, last_hash, count, digest, now,
                              tuple(s.path.name for s in expired))
         # The mark goes to disk before any segment goes: a crash in between leaves
         # segments the mark already covers, which the next open deletes.
@@ -436,3 +432,25 @@ class SqliteDecisionLog:
                 columns: dict[str, object] = dict(zip(_INDEXED, row[1:9], strict=True))
                 columns["prev_hash"], columns["entry_hash"] = row[10], row[11]
                 yield StoredEntry(int(row[0]), row[9], columns)
+
+
+def _scan_expired(sealed: Sequence[Sealed], cutoff: str, last_hash: str
+                  ) -> tuple[list[Sealed], int, str, str]:
+    """The oldest segments whose newest entry is before `cutoff`, with the count, digest
+    and last entry hash of what they hold (see RetentionMark)."""
+    expired: list[Sealed] = []
+    digest = hashlib.sha256()
+    count = 0
+    for s in sealed:
+        conn = open_database(s.path, "", fsync=False, read_only=True)
+        try:
+            newest = conn.execute("SELECT max(time) FROM decisions").fetchone()[0]
+            if newest is not None and newest >= cutoff:
+                break
+            for (h,) in conn.execute("SELECT entry_hash FROM decisions ORDER BY seq"):
+                digest.update(f"{h}\n".encode("ascii"))
+                count, last_hash = count + 1, str(h)
+        finally:
+            conn.close()
+        expired.append(s)
+    return expired, count, digest.hexdigest(), last_hash

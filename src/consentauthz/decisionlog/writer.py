@@ -118,8 +118,10 @@ class QueuedDecisionLog(Generic[L]):
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         with self._lock:
             while True:
-                if self._closed or self._stopped:
+                if self._closed:
                     raise Unavailable("decision log is closed")
+                if self._stopped:
+                    raise Unavailable("decision log writer stopped")
                 if self._depth == 0 or self._depth + size <= self._max_queue:
                     break
                 if self._mode == "drop":

@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 from ..auditing import Replay, Story, SubjectReport
 from ..auditing.report import PurposeUse
 from ..chain import ChainReport
+from ..decisionlog import Checkpoint
 from ..domain import (
     CheckRequest,
     CollectionMethod,
@@ -207,3 +208,14 @@ def consent_event_from(c: consent_pb2.ConsentRecord) -> ConsentEvent:
         collected_at=collected, expires_at=from_timestamp(c, "expires_at"), source=c.source,
         notice_version=c.notice_version,
         recorded_at=from_timestamp(c, "recorded_at") or collected, evidence=dict(c.evidence))
+
+
+def checkpoint(c: Checkpoint) -> audit_pb2.Checkpoint:
+    return audit_pb2.Checkpoint(sequence=c.sequence, entry_hash=c.entry_hash, count=c.count,
+                                time=timestamp(c.time))
+
+
+def checkpoint_from(msg: audit_pb2.Checkpoint, field: str = "checkpoints") -> Checkpoint:
+    if msg.sequence < 0 or len(msg.entry_hash) != 64:
+        raise InvalidArgument.single(field, "is not a decision-log checkpoint")
+    return Checkpoint(msg.sequence, msg.entry_hash, msg.count, from_timestamp(msg, "time"))

@@ -128,8 +128,14 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def VerifyChains(self, request: audit_pb2.VerifyChainsRequest,
                      context: grpc.ServicerContext) -> Any:
         with rpc(context, "VerifyChains"):
+            held = [convert.checkpoint_from(c) for c in request.checkpoints]
             return audit_pb2.VerifyChainsResponse(
-                chains=[convert.chain_report(r) for r in self._reader.verify()])
+                chains=[convert.chain_report(r) for r in self._reader.verify(held)])
+
+    def GetCheckpoint(self, request: audit_pb2.GetCheckpointRequest,
+                      context: grpc.ServicerContext) -> Any:
+        with rpc(context, "GetCheckpoint"):
+            return convert.checkpoint(self._reader.checkpoint())
 
     def ReplayDecision(self, request: audit_pb2.ReplayDecisionRequest,
                        context: grpc.ServicerContext) -> Any:

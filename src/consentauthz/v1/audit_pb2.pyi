@@ -101,8 +101,26 @@ class QueryDecisionsResponse(_message.Message):
     def __init__(self, decisions: _Optional[_Iterable[_Union[DecisionRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class VerifyChainsRequest(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ...) -> None: ...
+
+class GetCheckpointRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("sequence", "entry_hash", "count", "time")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    entry_hash: str
+    count: int
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, sequence: _Optional[int] = ..., entry_hash: _Optional[str] = ..., count: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ChainReport(_message.Message):
     __slots__ = ("name", "ok", "entries", "head_sequence", "head_hash", "broken_sequence", "broken_id", "problem")

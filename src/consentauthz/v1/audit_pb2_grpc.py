@@ -66,6 +66,11 @@ class AuditServiceStub:
                 request_serializer=consentauthz_dot_v1_dot_audit__pb2.GetSubjectReportRequest.SerializeToString,
                 response_deserializer=consentauthz_dot_v1_dot_audit__pb2.SubjectReport.FromString,
                 _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/consentauthz.v1.AuditService/GetCheckpoint',
+                request_serializer=consentauthz_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=consentauthz_dot_v1_dot_audit__pb2.Checkpoint.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -113,6 +118,13 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCheckpoint(self, request, context):
+        """The decision log's head, for a third party to hold and verify against later.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +157,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.GetSubjectReport,
                     request_deserializer=consentauthz_dot_v1_dot_audit__pb2.GetSubjectReportRequest.FromString,
                     response_serializer=consentauthz_dot_v1_dot_audit__pb2.SubjectReport.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=consentauthz_dot_v1_dot_audit__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=consentauthz_dot_v1_dot_audit__pb2.Checkpoint.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +328,33 @@ class AuditService:
             '/consentauthz.v1.AuditService/GetSubjectReport',
             consentauthz_dot_v1_dot_audit__pb2.GetSubjectReportRequest.SerializeToString,
             consentauthz_dot_v1_dot_audit__pb2.SubjectReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consentauthz.v1.AuditService/GetCheckpoint',
+            consentauthz_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+            consentauthz_dot_v1_dot_audit__pb2.Checkpoint.FromString,
             options,
             channel_credentials,
             insecure,
