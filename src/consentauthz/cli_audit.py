@@ -249,7 +249,7 @@ def cmd_query(ns: argparse.Namespace) -> int:
         subject_id=ns.subject or "", purpose=ns.purpose or "", data_category=ns.category or "",
         decision=(_DECISIONS[ns.decision] if ns.decision else
                   decision_pb2.DECISION_UNSPECIFIED), reason=ns.reason or "",
-        page_size=min(ns.limit, 1000))
+        caller=ns.caller or "", page_size=min(ns.limit, 1000))
     for field, text in (("start_time", ns.since), ("end_time", ns.until)):
         if text:
             value = datetime.fromisoformat(text)
@@ -259,8 +259,7 @@ def cmd_query(ns: argparse.Namespace) -> int:
     try:
         while len(found) < ns.limit:
             resp = port.QueryDecisions(req)
-            found.extend(r for r in resp.decisions
-                         if not ns.caller or r.caller == ns.caller)
+            found.extend(resp.decisions)
             if not resp.next_page_token:
                 break
             req.page_token = resp.next_page_token

@@ -244,6 +244,7 @@ class DecisionQuery:
     data_category: str = ""
     decision: Effect | None = None
     reason: str = ""
+    caller: str = ""
     start: datetime | None = None
     end: datetime | None = None
     limit: int = 100

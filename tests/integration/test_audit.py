@@ -147,6 +147,8 @@ def test_query_formats(live: tuple[Running, Path]) -> None:
     assert "NO_CONSENT" in lines[1]
     assert audit("query", "--caller", "nobody", target=target(s)).stdout.strip() == \
         "no decisions"
+    by_caller = audit("query", "--caller", "anonymous", "--format", "jsonl", target=target(s))
+    assert len(by_caller.stdout.splitlines()) == 4
 
 
 def test_subject_report(live: tuple[Running, Path], tmp_path: Path) -> None:

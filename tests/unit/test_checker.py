@@ -109,3 +109,19 @@ def test_consistency_token_ahead_of_ledger_is_unavailable(
     assert checker.check(request(consistency_token=1), caller="crm").record.consistency_token == 1
     with pytest.raises(Unavailable):
         checker.check(request(consistency_token=2), caller="crm")
+
+
+def test_trace_sampling_never_affects_the_log(shipped_policy: CompiledPolicy) -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    checker, _, log = build(shipped_policy)
+    trace_id = 0x0AF7651916CD43DD8448EB211C80319C
+    unsampled = SpanContext(trace_id=trace_id, span_id=0x00F067AA0BA902B7, is_remote=True,
+                            trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    with trace.use_span(NonRecordingSpan(unsampled)):
+        outcome = checker.check(request(), caller="crm")
+    assert log.get(outcome.record.decision_id) == outcome.record
+    assert outcome.record.trace_id == format(trace_id, "032x")
+    assert outcome.record.span_id and outcome.record.span_id != format(0x00F067AA0BA902B7,
+                                                                       "016x")

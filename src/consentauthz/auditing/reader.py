@@ -32,7 +32,7 @@ class AuditReader:
         if subject_id:
             check_subject_id(v, subject_id)
         for field, value in (("purpose", query.purpose), ("data_category", query.data_category),
-                             ("reason", query.reason)):
+                             ("reason", query.reason), ("caller", query.caller)):
             if len(value) > MAX_KEY:
                 v.add(field, f"is longer than {MAX_KEY} characters")
         if query.start and query.end and query.end <= query.start:

@@ -73,6 +73,7 @@ def matches(r: DecisionRecord, q: DecisionQuery) -> bool:
             and (not q.data_category or r.data_category == q.data_category)
             and (q.decision is None or r.decision is q.decision)
             and (not q.reason or r.reason.value == q.reason)
+            and (not q.caller or r.caller == q.caller)
             and (q.start is None or r.time >= q.start)
             and (q.end is None or r.time < q.end)
             and (not q.before_sequence or r.sequence < q.before_sequence))

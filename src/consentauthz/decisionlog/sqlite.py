@@ -212,7 +212,7 @@ class SqliteDecisionLog:
         args: list[Any] = []
         for column, value in (("subject", query.subject), ("purpose", query.purpose),
                               ("data_category", query.data_category),
-                              ("reason", query.reason)):
+                              ("reason", query.reason), ("caller", query.caller)):
             if value:
                 where.append(f"{column} = ?")
                 args.append(value)

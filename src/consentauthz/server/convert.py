@@ -132,7 +132,7 @@ def decision_query(msg: audit_pb2.QueryDecisionsRequest) -> DecisionQuery:
     if msg.decision and effect is None:
         raise InvalidArgument.single("decision", "is not a known decision")
     return DecisionQuery(purpose=msg.purpose, data_category=msg.data_category,
-                         decision=effect, reason=msg.reason,
+                         decision=effect, reason=msg.reason, caller=msg.caller,
                          start=from_timestamp(msg, "start_time"),
                          end=from_timestamp(msg, "end_time"))
 

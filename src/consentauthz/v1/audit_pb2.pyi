@@ -71,7 +71,7 @@ class GetDecisionRequest(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ...) -> None: ...
 
 class QueryDecisionsRequest(_message.Message):
-    __slots__ = ("subject_id", "purpose", "decision", "start_time", "end_time", "page_size", "page_token", "reason", "data_category")
+    __slots__ = ("subject_id", "purpose", "decision", "start_time", "end_time", "page_size", "page_token", "reason", "data_category", "caller")
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class QueryDecisionsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DATA_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     subject_id: str
     purpose: str
     decision: _decision_pb2.Decision
@@ -90,7 +91,8 @@ class QueryDecisionsRequest(_message.Message):
     page_token: str
     reason: str
     data_category: str
-    def __init__(self, subject_id: _Optional[str] = ..., purpose: _Optional[str] = ..., decision: _Optional[_Union[_decision_pb2.Decision, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., reason: _Optional[str] = ..., data_category: _Optional[str] = ...) -> None: ...
+    caller: str
+    def __init__(self, subject_id: _Optional[str] = ..., purpose: _Optional[str] = ..., decision: _Optional[_Union[_decision_pb2.Decision, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., reason: _Optional[str] = ..., data_category: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class QueryDecisionsResponse(_message.Message):
     __slots__ = ("decisions", "next_page_token")
