@@ -73,9 +73,11 @@ class Running:
     data_dir: Path
 
 
-def start_server(data_dir: Path, policies: Path = POLICIES, *, watch: bool = False) -> Running:
+def start_server(data_dir: Path, policies: Path = POLICIES, *, watch: bool = False,
+                 key_file: Path | None = None) -> Running:
     app = App(ServeConfig(listen="127.0.0.1:0", data_dir=data_dir, policies=policies,
-                          workers=8, pseudonym_key=b"k" * 32, watch_policies=watch,
+                          workers=8, pseudonym_key=None if key_file else b"k" * 32,
+                          pseudonym_key_file=key_file, watch_policies=watch,
                           watch_interval=0.05, watch_debounce=0.2))
     app.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")

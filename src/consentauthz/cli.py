@@ -239,12 +239,8 @@ def cmd_policy_matrix(ns: argparse.Namespace) -> int:
     from .authoring.matrix import build_matrix, render_html, render_markdown
 
     matrix = build_matrix(compile_policy(_policy_dir(ns)))
-    text = render_html(matrix) if ns.format == "html" else render_markdown(matrix)
-    if ns.output:
-        Path(ns.output).write_text(text, encoding="utf-8")
-        print(f"wrote {ns.output}")
-    else:
-        sys.stdout.write(text)
+    cli_audit.emit(render_html(matrix) if ns.format == "html" else render_markdown(matrix),
+                   ns.output)
     return 0
 
 

@@ -300,12 +300,17 @@ def cmd_report(ns: argparse.Namespace) -> int:
     report = subject_report_from(resp)
     text = (render_html(report) if ns.format == "html"
             else json.dumps(report_dict(report), indent=2) + "\n")
-    if ns.output:
-        Path(ns.output).write_text(text, encoding="utf-8")
-        print(f"wrote {ns.output}")
+    emit(text, ns.output)
+    return 0
+
+
+def emit(text: str, output: str | None) -> None:
+    """Write a rendered document to a file (and say so) or to stdout."""
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        print(f"wrote {output}")
     else:
         sys.stdout.write(text)
-    return 0
 
 
 def _source(p: argparse.ArgumentParser) -> None:

@@ -10,14 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 
-from consentauthz.app import App
-from consentauthz.config import ServeConfig
 from consentauthz.pseudonym import Pseudonymizer, parse_key_ring
-from consentauthz.v1 import audit_pb2, audit_pb2_grpc, consent_pb2_grpc, decision_pb2_grpc
-from tests.conftest import POLICIES, Running
+from consentauthz.v1 import audit_pb2
+from tests.conftest import Running, start_server
 from tests.scenario import check, decision_name, record
 
 EMAIL = "marketing.communications.email"
@@ -25,14 +22,7 @@ BIN = Path(sys.executable).parent / "consentauthz"
 
 
 def serve(data: Path, key_file: Path) -> Running:
-    app = App(ServeConfig(listen="127.0.0.1:0", data_dir=data, policies=POLICIES,
-                          pseudonym_key_file=key_file, watch_policies=False))
-    app.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
-    grpc.channel_ready_future(channel).result(timeout=10)
-    return Running(app, channel, decision_pb2_grpc.DecisionServiceStub(channel),
-                   consent_pb2_grpc.ConsentServiceStub(channel),
-                   audit_pb2_grpc.AuditServiceStub(channel), data)
+    return start_server(data, key_file=key_file)
 
 
 def stop(s: Running) -> None:
