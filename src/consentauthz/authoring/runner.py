@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from ..consent.projection import apply_event, apply_profile
-from ..domain import CheckRequest, ConsentEvent, Decision, SubjectProfile, SubjectState
+from ..domain import (
+    CheckRequest,
+    ConsentEvent,
+    Decision,
+    Effect,
+    SubjectProfile,
+    SubjectState,
+)
 from ..engine import CompiledPolicy, Rule
+from ..engine.reference import reference_enforcer, reference_request
 from ..errors import InvalidArgument
 from ..validation import Violations, check_category, check_purpose, validate_check
 from .suite import Case, Suite
@@ -105,14 +114,45 @@ def run_case(case: Case, compiled: CompiledPolicy) -> CaseResult:
     return CaseResult(case, decision, tuple(problems))
 
 
-def run_suites(compiled: CompiledPolicy, suites: list[Suite]) -> RunResult:
+def casbin_disagreement(case: Case, compiled: CompiledPolicy, decision: Decision,
+                        enforcer: Any) -> str:
+    """Empty when a plain casbin.Enforcer on the same pack picks the same rule."""
+    allowed, explain = enforcer.enforce_ex(*reference_request(
+        compiled, case.check_jurisdiction or case.jurisdiction, case.purpose,
+        case.data_category, frozenset(decision.facts)))
+    ours = list(_rule_fields(compiled, decision))
+    if list(explain) != ours or allowed != (decision.effect is Effect.ALLOW):
+        return (f"the engine's index and plain casbin disagree (engine {ours or 'no rule'}, "
+                f"casbin {list(explain) or 'no rule'}): report this as a bug")
+    return ""
+
+
+def _rule_fields(compiled: CompiledPolicy, decision: Decision) -> tuple[str, ...]:
+    rule = decision.matched_rule
+    if rule is None:
+        return ()
+    return next(r.fields for r in compiled.rules
+                if (r.source.file, r.source.line) == (rule.file, rule.line))
+
+
+def run_suites(compiled: CompiledPolicy, suites: list[Suite], *,
+               check_casbin: bool = True) -> RunResult:
+    """Run every case; with `check_casbin`, also confirm each decision against a plain
+    casbin.Enforcer on the same pack, so any pack the runner loads (shipped, candidate,
+    hot-reloaded) is held to the engine's equivalence with Casbin."""
     by_source = {(r.source.file, r.source.line): r.index for r in compiled.rules}
+    enforcer = reference_enforcer(compiled.policy) if check_casbin else None
     results = []
     covered: set[int] = set()
     regimes: set[str] = set()
     for suite in suites:
         for case in suite.cases:
             result = run_case(case, compiled)
+            if enforcer is not None and result.decision is not None:
+                disagreement = casbin_disagreement(case, compiled, result.decision, enforcer)
+                if disagreement:
+                    result = CaseResult(case, result.decision,
+                                        (*result.problems, disagreement))
             results.append(result)
             if result.decision is not None:
                 regimes.add(result.decision.regime)

@@ -24,10 +24,13 @@ def taxonomy_links(policy: PolicySet) -> list[str]:
 def reference_enforcer(policy: PolicySet, workdir: Path | None = None) -> Any:
     """Build casbin.Enforcer(model.conf, rules) with the taxonomy links added, in load order."""
     logging.getLogger("casbin").setLevel(logging.CRITICAL + 1)
-    directory = workdir or Path(tempfile.mkdtemp(prefix="consentauthz-ref-"))
-    model = directory / "model.conf"
+    if workdir is None:
+        # casbin reads both files while it is constructed; nothing is left behind.
+        with tempfile.TemporaryDirectory(prefix="consentauthz-ref-") as tmp:
+            return reference_enforcer(policy, Path(tmp))
+    model = workdir / "model.conf"
     model.write_text(policy.model_text)
-    csv = directory / "policy.csv"
+    csv = workdir / "policy.csv"
     body = [line.text for line in policy.rules] + [line.text for line in policy.groupings]
     csv.write_text("\n".join(body + taxonomy_links(policy)) + "\n")
     return casbin.Enforcer(str(model), str(csv))
