@@ -208,6 +208,10 @@ class Decision:
     consent_record_ids: tuple[str, ...] = ()
     facts: tuple[str, ...] = ()
     explanation: tuple[str, ...] = ()
+    #: The purpose and category whose evaluation decided (a broader request is decided by
+    #: the first key under it that is denied; otherwise these are the requested keys).
+    decided_purpose: str = ""
+    decided_category: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -287,16 +287,36 @@ def test_first_match_equals_casbin_on_the_shipped_pack(shipped: Pack, data: st.D
 
 
 def _reference_decision(pack: Pack, request: CheckRequest, state: SubjectState,
-                        now: datetime) -> tuple[Effect, Reason, str, list[str], frozenset[str]]:
+                        now: datetime) -> tuple[Effect, Reason, str, list[str], frozenset[str],
+                                                str]:
+    """Casbin decides each (jurisdiction, purpose, category); the API's contract on top:
+    a key covers its descendants (every combination under the requested keys must be
+    allowed) and a recorded jurisdiction of another regime is evaluated too. The first
+    denial decides, otherwise the requested keys' own answer."""
     policy = pack.compiled.policy
-    jurisdiction = request.jurisdiction or state.profile.jurisdiction
-    facts = derive_facts(state, request.purpose, request.data_category, jurisdiction, now,
-                         request.context, policy.taxonomy, policy.settings)
-    allowed, explain = _casbin(pack, jurisdiction, request.purpose, request.data_category,
-                               facts.tokens)
-    reason = Reason(explain[6]) if explain else Reason.NO_MATCHING_RULE
-    return (Effect.ALLOW if allowed else Effect.DENY, reason, explain[7] if allowed else "",
-            explain, facts.tokens)
+    compiled = pack.compiled
+    jurisdictions = [request.jurisdiction or state.profile.jurisdiction]
+    recorded = state.profile.jurisdiction
+    if (request.jurisdiction and recorded
+            and compiled.jurisdictions[compiled.jurisdiction_token(recorded)]
+            != compiled.jurisdictions[compiled.jurisdiction_token(request.jurisdiction)]):
+        jurisdictions.append(recorded)
+    own = None
+    for jurisdiction in jurisdictions:
+        for purpose in policy.taxonomy.purposes.subtree(request.purpose):
+            for category in policy.taxonomy.categories.subtree(request.data_category):
+                facts = derive_facts(state, purpose, category, jurisdiction, now,
+                                     request.context, policy.taxonomy, policy.settings)
+                allowed, explain = _casbin(pack, jurisdiction, purpose, category,
+                                           facts.tokens)
+                reason = Reason(explain[6]) if explain else Reason.NO_MATCHING_RULE
+                result = (Effect.ALLOW if allowed else Effect.DENY, reason,
+                          explain[7] if allowed else "", explain, facts.tokens, jurisdiction)
+                own = own or result
+                if not allowed:
+                    return result
+    assert own is not None
+    return own
 
 
 @_settings(600)
@@ -304,7 +324,8 @@ def _reference_decision(pack: Pack, request: CheckRequest, state: SubjectState,
 def test_decide_equals_casbin_end_to_end(shipped: Pack, data: st.DataObject) -> None:
     request, state = data.draw(shipped.states, label="request, state")
     decision = shipped.compiled.decide(request, state, NOW)
-    effect, reason, basis, explain, facts = _reference_decision(shipped, request, state, NOW)
+    effect, reason, basis, explain, facts, deciding = _reference_decision(shipped, request,
+                                                                          state, NOW)
     event(_outcome(explain))
     assert (decision.effect, decision.reason, decision.legal_basis) == (effect, reason, basis), (
         f"facts {sorted(facts)}; casbin matched {explain}; engine matched "
@@ -313,7 +334,7 @@ def test_decide_equals_casbin_end_to_end(shipped: Pack, data: st.DataObject) -> 
                if decision.matched_rule is not None else [])
     assert matched == explain
     assert decision.facts == tuple(sorted(facts))
-    token = shipped.compiled.jurisdiction_token(request.jurisdiction or state.profile.jurisdiction)
+    token = shipped.compiled.jurisdiction_token(deciding)
     assert decision.regime == shipped.compiled.jurisdictions[token]
     assert bool(decision.explanation) == request.explain
 

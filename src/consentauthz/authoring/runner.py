@@ -117,9 +117,11 @@ def run_case(case: Case, compiled: CompiledPolicy) -> CaseResult:
 def casbin_disagreement(case: Case, compiled: CompiledPolicy, decision: Decision,
                         enforcer: Any) -> str:
     """Empty when a plain casbin.Enforcer on the same pack picks the same rule."""
+    # Casbin is asked about the combination that decided (a broader request is decided
+    # by the first denied key under it).
     allowed, explain = enforcer.enforce_ex(*reference_request(
-        compiled, case.check_jurisdiction or case.jurisdiction, case.purpose,
-        case.data_category, frozenset(decision.facts)))
+        compiled, decision.jurisdiction, decision.decided_purpose or case.purpose,
+        decision.decided_category or case.data_category, frozenset(decision.facts)))
     ours = list(_rule_fields(compiled, decision))
     if list(explain) != ours or allowed != (decision.effect is Effect.ALLOW):
         return (f"the engine's index and plain casbin disagree (engine {ours or 'no rule'}, "

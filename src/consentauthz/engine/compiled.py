@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from casbin.model import Model
@@ -285,39 +285,85 @@ class CompiledPolicy:
         return None
 
     def decide(self, request: CheckRequest, state: SubjectState, now: datetime) -> Decision:
-        jurisdiction = request.jurisdiction or state.profile.jurisdiction
+        """Decide the request; a key covers its descendants, so the answer for a broader
+        purpose or category is ALLOW only if every purpose and category under it would be
+        allowed. When the caller's jurisdiction and the subject's recorded one lead to
+        different regimes, both are evaluated and the stricter answer wins (fail closed).
+        The first denial found decides; otherwise the requested keys' own answer does."""
+        tax = self.policy.taxonomy
+        jurisdictions = [request.jurisdiction or state.profile.jurisdiction]
+        recorded = state.profile.jurisdiction
+        if (request.jurisdiction and recorded and self.jurisdictions[self.jurisdiction_token(
+                recorded)] != self.jurisdictions[self.jurisdiction_token(request.jurisdiction)]):
+            jurisdictions.append(recorded)
+        purposes = tax.purposes.subtree(request.purpose)
+        categories = tax.categories.subtree(request.data_category)
+        combinations = len(jurisdictions) * len(purposes) * len(categories)
+        own: Decision | None = None
+        for jurisdiction in jurisdictions:
+            for purpose in purposes:
+                for category in categories:
+                    decision = self._decide_one(request, state, now, jurisdiction, purpose,
+                                                category)
+                    own = own or decision
+                    if decision.effect is Effect.DENY:
+                        return self._explained(request, state, now, decision, jurisdiction,
+                                               purpose, category, combinations)
+        assert own is not None
+        return self._explained(request, state, now, own, jurisdictions[0], request.purpose,
+                               request.data_category, combinations)
+
+    def _explained(self, request: CheckRequest, state: SubjectState, now: datetime,
+                   decision: Decision, jurisdiction: str, purpose: str, category: str,
+                   combinations: int) -> Decision:
+        if not request.explain:
+            return decision
+        lines = list(self._decide_one(request, state, now, jurisdiction, purpose, category,
+                                      explain=True).explanation)
+        if combinations > 1:
+            lines.insert(0, f"the request covers {combinations} combinations of jurisdiction, "
+                            f"purpose and data category (a key covers its descendants; a "
+                            f"recorded jurisdiction with another regime counts too); each "
+                            f"must be allowed. Deciding: {jurisdiction or '(none)'}, "
+                            f"{purpose}, {category}")
+        return replace(decision, explanation=tuple(lines))
+
+    def _decide_one(self, request: CheckRequest, state: SubjectState, now: datetime,
+                    jurisdiction: str, purpose: str, category: str,
+                    explain: bool = False) -> Decision:
         token = self.jurisdiction_token(jurisdiction)
         regime = self.jurisdictions[token]
-        facts = derive_facts(state, request.purpose, request.data_category,
-                             jurisdiction, now, request.context,
+        facts = derive_facts(state, purpose, category, jurisdiction, now, request.context,
                              self.policy.taxonomy, self.policy.settings)
-        rule = self.first_match(token, request.purpose, request.data_category, facts.tokens)
-        explanation = (self._explain(request, jurisdiction, token, regime, facts, rule)
-                       if request.explain else ())
+        rule = self.first_match(token, purpose, category, facts.tokens)
+        explanation = (self._explain(purpose, category, jurisdiction, token, regime, facts,
+                                     rule) if explain else ())
         if rule is None:
             return Decision(
                 effect=Effect.DENY, reason=Reason.NO_MATCHING_RULE, legal_basis="",
                 regime=regime, jurisdiction=jurisdiction, policy_version=self.version,
-                matched_rule=None, facts=tuple(sorted(facts.tokens)), explanation=explanation)
+                matched_rule=None, facts=tuple(sorted(facts.tokens)), explanation=explanation,
+                decided_purpose=purpose, decided_category=category)
         return Decision(
             effect=rule.effect, reason=rule.reason,
             legal_basis=rule.basis if rule.effect is Effect.ALLOW else "",
             regime=regime, jurisdiction=jurisdiction, policy_version=self.version,
             matched_rule=rule.source,
             consent_record_ids=facts.records.get(rule.when, ()),
-            facts=tuple(sorted(facts.tokens)), explanation=explanation)
+            facts=tuple(sorted(facts.tokens)), explanation=explanation,
+            decided_purpose=purpose, decided_category=category)
 
-    def _explain(self, request: CheckRequest, jurisdiction: str, token: str, regime: str,
+    def _explain(self, purpose: str, category: str, jurisdiction: str, token: str, regime: str,
                  facts: Facts, matched: Rule | None) -> tuple[str, ...]:
         lines = [
             f"jurisdiction {jurisdiction or '(none recorded)'}"
             + (" is not mapped by the policy: evaluated as UNKNOWN" if token != jurisdiction
                else "") + f" -> regime {regime}",
-            f"purpose {request.purpose}, data category {request.data_category}",
+            f"purpose {purpose}, data category {category}",
             *facts.notes,
             f"facts: {', '.join(sorted(facts.tokens)) or '(none)'}",
         ]
-        for rule in self.candidates(token, request.purpose, request.data_category):
+        for rule in self.candidates(token, purpose, category):
             if rule is matched:
                 lines.append(f"matched {rule.source} -> {rule.effect.value} {rule.reason.value}")
                 break

@@ -22,8 +22,17 @@ class Hierarchy:
     parents: Mapping[str, str | None]
     names: Mapping[str, str] = field(default_factory=dict)
     _lineage: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+    _subtree: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        below: dict[str, list[str]] = {key: [] for key in self.parents}
+        for key in sorted(self.parents):
+            parent = self.parents[key]
+            while parent is not None:
+                below[parent].append(key)
+                parent = self.parents.get(parent)
+        for key, descendants in below.items():
+            self._subtree[key] = (key, *descendants)
         for key in self.parents:
             chain = [key]
             parent = self.parents[key]
@@ -47,6 +56,10 @@ class Hierarchy:
     def lineage(self, key: str) -> tuple[str, ...]:
         """The key, its parent, its grandparent, ... up to the root."""
         return self._lineage[key]
+
+    def subtree(self, key: str) -> tuple[str, ...]:
+        """The key and every key below it (itself first)."""
+        return self._subtree.get(key, (key,))
 
     def covers(self, ancestor: str, key: str) -> bool:
         """True when `ancestor` is `key` or one of its ancestors."""
