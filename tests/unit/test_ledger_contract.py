@@ -290,8 +290,11 @@ def test_profile_upsert_shows_in_load(ledger: Ledger) -> None:
     assert state.profile == SubjectProfile("AT", date(2012, 3, 4))
     assert state.version == 2
     assert ids(state) == ["a1"]
+    # An upsert keeps the fields it does not carry: a new jurisdiction must not erase a
+    # recorded birth date (a known minor would become an adult).
     ledger.append_profile("alice", SubjectProfile("DE"), "p2", T0)
-    assert ledger.load("alice").profile == SubjectProfile("DE", None)
+    assert ledger.load("alice").profile == SubjectProfile("DE", date(2012, 3, 4))
+    assert ledger.state_at("alice", 3).profile == SubjectProfile("DE", date(2012, 3, 4))
     assert ledger.load("bob").profile == SubjectProfile()
 
 
@@ -391,3 +394,28 @@ def test_sqlite_hash_chain_detects_a_changed_body(tmp_path: Path) -> None:
     tampered = json.loads(body) | {"action": "WITHDRAW"}
     assert link(prev_hash, entry_payload(seq, subject, kind, record_id, recorded_at,
                                          tampered)) != entry_hash
+
+
+def test_idempotency_key_is_found_under_an_older_key(ledger: Ledger) -> None:
+    first = ledger.append_consent("alice", event("a1"), Idempotency("k1:idem", "h"))
+    # After a key rotation the same caller key pseudonymises differently; the ledger is
+    # given both and must still recognise the retry.
+    again = ledger.append_consent("alice", event("a2"), Idempotency("k2:idem", "h",
+                                                                    ("k1:idem",)))
+    assert (again.record_id, again.sequence, again.replayed) == (first.record_id, 1, True)
+    assert ledger.head() == 1
+
+
+def test_sqlite_projection_rows_cannot_be_deleted_and_their_loss_is_caught(
+        tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = SqliteLedger(path)
+    ledger.append_consent("alice", event("a1"))
+    ledger.close()
+    with sqlite3.connect(path) as conn, pytest.raises(sqlite3.DatabaseError):
+        conn.execute("DELETE FROM subject_state")
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TRIGGER subject_state_no_delete")
+        conn.execute("DELETE FROM subject_state")
+    report = SqliteLedger(path, read_only=True).verify()
+    assert not report.ok and "no projection" in report.problem

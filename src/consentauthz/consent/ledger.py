@@ -25,6 +25,12 @@ class Idempotency:
     #: Already pseudonymised: callers sometimes put personal data in their keys.
     key: str
     request_hash: str
+    #: The same key under the older keys of the pseudonymisation ring.
+    older_keys: tuple[str, ...] = ()
+
+    @property
+    def all_keys(self) -> tuple[str, ...]:
+        return (self.key, *self.older_keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +114,11 @@ class MemoryLedger:
     def append_consent(self, subject: str, event: ConsentEvent,
                        idempotency: Idempotency | None = None) -> AppendResult:
         with self._lock:
-            if idempotency is not None and idempotency.key in self._idempotency:
-                record_id, seq, request_hash = self._idempotency[idempotency.key]
+            seen = next((self._idempotency[k] for k in idempotency.all_keys
+                         if k in self._idempotency), None) if idempotency else None
+            if seen is not None:
+                record_id, seq, request_hash = seen
+                assert idempotency is not None
                 if request_hash != idempotency.request_hash:
                     raise idempotency_conflict()
                 return AppendResult(record_id, seq, self._current(subject), replayed=True)

@@ -47,4 +47,9 @@ def apply_event(state: SubjectState, ev: ConsentEvent) -> SubjectState:
 
 
 def apply_profile(state: SubjectState, profile: SubjectProfile, sequence: int) -> SubjectState:
-    return replace(state, profile=profile, version=sequence)
+    """An upsert sets the fields it carries and keeps the others: updating a jurisdiction
+    must not erase a recorded birth date (which would turn a known minor into an adult)."""
+    merged = SubjectProfile(
+        jurisdiction=profile.jurisdiction or state.profile.jurisdiction,
+        birth_date=profile.birth_date or state.profile.birth_date)
+    return replace(state, profile=merged, version=sequence)

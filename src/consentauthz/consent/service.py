@@ -95,7 +95,12 @@ class ConsentService:
             span.set_attribute(ATTR_CACHE_TIER, "ledger")
             self._metrics.cache_lookup("ledger")
             state = self._ledger.load(subject)
-            self._cache.put(subject, state)
+            with self._write_lock:
+                # Only cache what no write overtook while we read: otherwise a state from
+                # before a withdrawal could land in the cache (the newer entry may have been
+                # evicted meanwhile) and be served as current.
+                if state.sequence >= self._watermark:
+                    self._cache.put(subject, state)
             return state
 
     def get_state(self, subject_id: str, token: str = "") -> SubjectState:
@@ -120,8 +125,9 @@ class ConsentService:
         subject = self.subject_key(write.subject_id)
         idempotency = None
         if write.idempotency_key:
-            idempotency = Idempotency(self._pseudonymize("idempotency:" + write.idempotency_key),
-                                      self._request_hash(subject, write))
+            # Under every key of the ring: a retry after a key rotation is still a retry.
+            keys = self._pseudonymize.all("idempotency:" + write.idempotency_key)
+            idempotency = Idempotency(keys[0], self._request_hash(subject, write), keys[1:])
         event = ConsentEvent(
             record_id=new_id(), sequence=0, action=write.action, purpose=write.purpose,
             data_categories=tuple(write.data_categories), explicit=write.explicit,

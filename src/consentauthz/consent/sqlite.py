@@ -43,6 +43,8 @@ CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS subject_state_no_delete BEFORE DELETE ON subject_state
+BEGIN SELECT RAISE(ABORT, 'projections are only ever replaced, never deleted'); END;
 """
 
 
@@ -113,9 +115,11 @@ class SqliteLedger:
                        idempotency: Idempotency | None = None) -> AppendResult:
         with self._tx() as conn:
             if idempotency is not None:
-                row = conn.execute(
-                    "SELECT record_id, seq, request_hash FROM ledger "
-                    "WHERE idempotency_key = ?", (idempotency.key,)).fetchone()
+                keys = idempotency.all_keys
+                marks = ", ".join("?" * len(keys))  # only placeholders, never values
+                sql = ("SELECT record_id, seq, request_hash FROM ledger "  # noqa: S608
+                       f"WHERE idempotency_key IN ({marks}) ORDER BY seq LIMIT 1")
+                row = conn.execute(sql, keys).fetchone()
                 if row is not None:
                     if row[2] != idempotency.request_hash:
                         raise idempotency_conflict()
@@ -196,6 +200,11 @@ class SqliteLedger:
             per_subject.setdefault(subject, []).append((seq, kind, parsed))
             prev, expected_seq = stored_hash, seq + 1
         head = expected_seq - 1
+        missing = sorted(set(per_subject) - set(projections))
+        if missing:
+            last = per_subject[missing[0]][-1][0]
+            return ChainReport("consent ledger", False, len(rows), head, prev, last, "",
+                               "a subject with records has no projection (deleted?)")
         for subject, stored in projections.items():
             entries = per_subject.get(subject, [])
             rebuilt = replay(entries, head)
