@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -13,6 +14,7 @@ from .checker import Checker
 from .config import ServeConfig
 from .consent import ConsentService, LocalCache, SqliteLedger
 from .decisionlog import QueuedDecisionLog, RetentionJob, SqliteDecisionLog
+from .domain import PolicyReload
 from .engine import CompiledPolicy
 from .errors import ConfigError, PolicyError
 from .metrics import Metrics
@@ -55,6 +57,23 @@ def compile_policy(directory: Path) -> CompiledPolicy:
     return CompiledPolicy(load_policy_set(directory))
 
 
+_GATE_RESULTS: dict[str, list[str]] = {}
+
+
+def checked_gate(directory: Path, candidate: CompiledPolicy) -> list[str]:
+    """`authoring_gate`, remembered per content (policy version plus its test suites): the
+    answer depends on nothing else, and start-ups and reloads ask about the same content
+    again and again."""
+    digest = hashlib.sha256(candidate.version.encode())
+    for path in sorted(directory.rglob("*_test.yaml")):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    key = digest.hexdigest()
+    if key not in _GATE_RESULTS:
+        _GATE_RESULTS[key] = authoring_gate(directory, candidate)
+    return list(_GATE_RESULTS[key])
+
+
 def authoring_gate(directory: Path, candidate: CompiledPolicy) -> list[str]:
     """A candidate goes live only without lint errors and with every policy test passing
     (the same checks `policy lint` and `policy test` run for authors and CI)."""
@@ -82,12 +101,11 @@ class App:
         data = config.data_dir
         data.mkdir(parents=True, exist_ok=True)
         policy_dir = config.policy_dir
-        self.policy = PolicyHolder(compile_policy(policy_dir), policy_dir, utc_now())
         # Keep every version that ever decided, so its decisions can be replayed.
         self.policy_store = PolicyStore(data / "policies")
-        self.policy_store.save(self.policy().policy)
+        self.policy = self._initial_policy(policy_dir)
         self.reloader = PolicyReloader(policy_dir, self.policy, self.policy_store,
-                                       authoring_gate, utc_now, self.metrics)
+                                       checked_gate, utc_now, self.metrics)
         self.watcher = (PolicyWatcher(policy_dir, self.reloader.reload,
                                       interval=config.watch_interval,
                                       debounce=config.watch_debounce)
@@ -115,6 +133,32 @@ class App:
                              utc_now)
         self.server = GrpcServer(self.checker, self.consent, self.audit,
                                  lambda: self.policy.status, config.listen, config.workers)
+
+    def _initial_policy(self, policy_dir: Path) -> PolicyHolder:
+        """The policy directory goes live at start-up only through the same gate as a hot
+        reload; otherwise the version last live in this data dir keeps serving, and with
+        none, the server does not start (a restart must not bypass the policy tests)."""
+        now = utc_now()
+        try:
+            candidate = compile_policy(policy_dir)
+            problems = checked_gate(policy_dir, candidate)
+        except PolicyError as exc:
+            candidate, problems = None, list(exc.problems)
+        if candidate is not None and not problems:
+            self.policy_store.save(candidate.policy)
+            self.policy_store.set_live(candidate.version)
+            return PolicyHolder(candidate, policy_dir, now)
+        live = self.policy_store.live()
+        if live is None:
+            raise ConfigError(f"the policy in {policy_dir} does not pass its checks and no "
+                              "earlier version was live in this data dir:\n  "
+                              + "\n  ".join(problems))
+        log.error("the policy in %s does not pass its checks; serving the last live version "
+                  "%s:\n  %s", policy_dir, live[:12], "\n  ".join(problems))
+        holder = PolicyHolder(CompiledPolicy(self.policy_store.load(live)), policy_dir, now)
+        holder.reject(PolicyReload(now, False, candidate.version if candidate else "",
+                                   tuple(problems)))
+        return holder
 
     @property
     def port(self) -> int:

@@ -76,6 +76,7 @@ class PolicyReloader:
             if problems:
                 return self._reject(PolicyReload(now, False, candidate.version, problems))
             self._store.save(candidate.policy)
+            self._store.set_live(candidate.version)
             attempt = PolicyReload(now, True, candidate.version)
             self._holder.swap(candidate, now, attempt)
             self._metrics.policy_reload(accepted=True)

@@ -37,6 +37,8 @@ MAX_EVIDENCE_KEY = 64
 MAX_EVIDENCE_VALUE = 4096
 MAX_IDEMPOTENCY_KEY = 128
 MAX_TOKEN_DIGITS = 19
+#: Ledger positions are SQLite/PostgreSQL 64-bit integers.
+MAX_TOKEN = 2**63 - 1
 MAX_PAGE_SIZE = 1000
 #: Accepted clock skew for collected_at in the future.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -114,8 +116,9 @@ def validate_check(req: CheckRequest, taxonomy: Taxonomy, prefix: str = "") -> N
             if not _CONTEXT_KEY.match(key):
                 v.add("context", "keys are lower-case names")
             elif key not in KNOWN_CONTEXT:
-                v.add(f"context[{key}]", f"is not a known context key "
-                      f"(known: {', '.join(sorted(KNOWN_CONTEXT))})")
+                # The key is not echoed: it is caller text and could hold personal data.
+                v.add("context", f"has an unknown key (known: "
+                      f"{', '.join(sorted(KNOWN_CONTEXT))})")
             elif value not in KNOWN_CONTEXT[key]:
                 v.add(f"context[{key}]",
                       f"must be one of {', '.join(sorted(KNOWN_CONTEXT[key]))}")
@@ -189,7 +192,7 @@ def _check_evidence(v: Violations, evidence: Mapping[str, str]) -> None:
             v.add("evidence", f"keys are 1-{MAX_EVIDENCE_KEY} characters of A-Z a-z 0-9 _.:@/+-")
             return
         if len(value) > MAX_EVIDENCE_VALUE:
-            v.add(f"evidence[{key}]", f"is longer than {MAX_EVIDENCE_VALUE} characters")
+            v.add("evidence", f"has a value longer than {MAX_EVIDENCE_VALUE} characters")
 
 
 def validate_upsert(u: SubjectUpsert, today: date) -> None:
@@ -205,7 +208,8 @@ def parse_token(value: str, field: str = "consistency_token") -> int:
     """Consistency tokens are ledger positions written as decimal strings."""
     if not value:
         return 0
-    if len(value) > MAX_TOKEN_DIGITS or not value.isascii() or not value.isdigit():
+    if (len(value) > MAX_TOKEN_DIGITS or not value.isascii() or not value.isdigit()
+            or int(value) > MAX_TOKEN):
         raise InvalidArgument.single(field, "is not a consistency token from this service")
     return int(value)
 

@@ -123,3 +123,33 @@ def test_broken_edits_never_go_live_and_good_ones_do(live: tuple[Running, Path])
     # Both versions are kept for replay.
     assert set(PolicyStore(s.data_dir / "policies").versions()) == {
         first.policy_version, live_now.policy_version}
+
+
+def test_a_restart_does_not_bypass_the_gate(tmp_path: Path) -> None:
+    from consentauthz.errors import ConfigError
+
+    policies = Path(shutil.copytree(POLICIES, tmp_path / "policies"))
+    data = tmp_path / "data"
+    first = start_server(data, policies)
+    good = first.app.policy().version
+    first.channel.close()
+    first.app.stop(grace=None)
+    # An edit that loads but fails its own tests: deny-by-default turned into allow.
+    gdpr = policies / "gdpr.csv"
+    gdpr.write_text(gdpr.read_text().replace(
+        "p, 619, gdpr, gdpr_consent_required, *, always, deny, NO_CONSENT,",
+        "p, 619, gdpr, gdpr_consent_required, *, always, allow, NO_CONSENT, consent"))
+    again = start_server(data, policies)
+    try:
+        assert again.app.policy().version == good
+        now = status(again)
+        assert now.policy_version == good and not now.last_reload.accepted
+        assert any("test failed" in p for p in now.last_reload.problems)
+        assert check(again, "nobody", "marketing", "user.contact.email", "DE").reason == \
+            "NO_CONSENT"
+    finally:
+        again.channel.close()
+        again.app.stop(grace=None)
+    # A data dir where nothing was ever live: the server refuses to start.
+    with pytest.raises(ConfigError, match="does not pass its checks"):
+        start_server(tmp_path / "fresh", policies)

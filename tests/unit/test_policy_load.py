@@ -154,7 +154,7 @@ def test_negative_priority(pack: Path) -> None:
 
 
 def test_unknown_purpose(pack: Path) -> None:
-    line = edit(pack, "gdpr.csv", "p, 112, gdpr, finance,", "p, 501, gdpr, finanse,")
+    line = edit(pack, "gdpr.csv", "p, 113, gdpr, finance,", "p, 501, gdpr, finanse,")
     assert_problem(problems_of(pack), f"gdpr.csv:{line}:", "unknown purpose", "'finanse'")
 
 

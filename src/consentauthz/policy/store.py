@@ -45,6 +45,21 @@ class PolicyStore:
                                "a different fideslang release)"])
         return policy
 
+    def set_live(self, version: str) -> None:
+        """Remember which version went live last (atomically), for a restart that finds the
+        policy directory broken."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / ".LIVE.tmp"
+        tmp.write_text(version + "\n")
+        os.replace(tmp, self.root / "LIVE")
+
+    def live(self) -> str | None:
+        path = self.root / "LIVE"
+        if not path.is_file():
+            return None
+        version = path.read_text().strip()
+        return version if (self.root / version).is_dir() else None
+
     def versions(self) -> list[str]:
         if not self.root.is_dir():
             return []
