@@ -45,9 +45,10 @@ CLOCK_SKEW = timedelta(minutes=5)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
-_JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]*$")
-_CONTEXT_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+_JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?\Z")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]*\Z")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_CONTEXT_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,63}\Z")
 
 
 class Violations:
@@ -218,7 +219,8 @@ def parse_birth_date(value: str, field: str = "birth_date") -> date | None:
     if not value:
         return None
     try:
-        if len(value) != 10:
+        # Only YYYY-MM-DD: fromisoformat alone also takes ISO week dates and others.
+        if not _DATE.fullmatch(value):
             raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError:

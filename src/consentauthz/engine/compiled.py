@@ -47,8 +47,8 @@ m = g(r.jurisdiction, p.regime) && (p.purpose == "*" || g2(r.purpose, p.purpose)
 UNKNOWN_JURISDICTION = "UNKNOWN"
 #: pycasbin's role manager follows at most this many levels (max_hierarchy_level).
 _CASBIN_LEVELS = 10
-_JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
-_CLASS_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?\Z")
+_CLASS_NAME = re.compile(r"^[a-z][a-z0-9_]*\Z")
 
 
 @dataclass(frozen=True, slots=True)
