@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -29,6 +30,8 @@ from consentauthz.v1 import (
     consent_pb2_grpc,
     decision_pb2_grpc,
 )
+from tests.pg import fresh_database
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -74,11 +77,11 @@ class Running:
 
 
 def start_server(data_dir: Path, policies: Path = POLICIES, *, watch: bool = False,
-                 key_file: Path | None = None) -> Running:
+                 key_file: Path | None = None, **config: Any) -> Running:
     app = App(ServeConfig(listen="127.0.0.1:0", data_dir=data_dir, policies=policies,
                           workers=8, pseudonym_key=None if key_file else b"k" * 32,
                           pseudonym_key_file=key_file, watch_policies=watch,
-                          watch_interval=0.05, watch_debounce=0.2))
+                          watch_interval=0.05, watch_debounce=0.2, **config))
     app.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     grpc.channel_ready_future(channel).result(timeout=10)
@@ -95,3 +98,21 @@ def server(tmp_path: Path) -> Iterator[Running]:
     finally:
         running.channel.close()
         running.app.stop(grace=None)
+
+
+@pytest.fixture()
+def postgres_dsn() -> Iterator[str]:
+    """A fresh, empty database on the local PostgreSQL server, dropped afterwards."""
+    with fresh_database() as dsn:
+        yield dsn
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own on a free port (never the machine's 6379)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

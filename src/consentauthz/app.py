@@ -6,13 +6,25 @@ import hashlib
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .auditing import Auditor
 from .checker import Checker
 from .config import ServeConfig
-from .consent import ConsentService, LocalCache, SqliteLedger
+from .consent import (
+    ConsentService,
+    Freshness,
+    InvalidationListener,
+    Ledger,
+    LedgerPoller,
+    LocalCache,
+    PostgresLedger,
+    RedisStateCache,
+    SoleWriter,
+    SqliteLedger,
+)
 from .decisionlog import QueuedDecisionLog, RetentionJob, SqliteDecisionLog
 from .domain import PolicyReload
 from .engine import CompiledPolicy
@@ -22,7 +34,7 @@ from .policy import PolicyStore, load_policy_set
 from .policy.watch import PolicyWatcher
 from .pseudonym import Pseudonymizer, parse_key_ring
 from .reload import PolicyHolder, PolicyReloader
-from .server import GrpcServer
+from .server import COMPONENT_LEDGER, COMPONENT_REDIS, GrpcServer
 from .telemetry import MetricsEndpoint, meter
 
 log = logging.getLogger("consentauthz")
@@ -51,6 +63,13 @@ def load_key(config: ServeConfig) -> Pseudonymizer:
         return parse_key_ring(path.read_text())
     except ValueError as exc:
         raise ConfigError(f"pseudonymisation key file {path}: {exc}") from None
+
+
+def open_ledger(url: str | None, data_dir: Path, read_only: bool = False) -> Ledger:
+    """The PostgreSQL ledger at `url`, or the embedded SQLite one in the data dir."""
+    if url:
+        return PostgresLedger(url)
+    return SqliteLedger(data_dir / "ledger.db", read_only=read_only)
 
 
 def compile_policy(directory: Path) -> CompiledPolicy:
@@ -111,7 +130,7 @@ class App:
                                       debounce=config.watch_debounce)
                         if config.watch_policies else None)
         pseudonymize = load_key(config)
-        self.ledger = SqliteLedger(data / "ledger.db")
+        self.ledger = open_ledger(config.ledger_url, data)
         self.decision_store = SqliteDecisionLog(
             data / "decisions.db", fsync=config.decision_log_fsync,
             max_segment_bytes=config.decision_log_segment_bytes,
@@ -124,15 +143,41 @@ class App:
                                           dropped=self.decision_log.dropped)
         self.retention = (RetentionJob(self.decision_store, utc_now)
                           if config.decision_log_retention_days else None)
+        self.cache = LocalCache(config.cache_entries, watermark=self.ledger.head())
+        self.redis = (RedisStateCache(config.redis_url, utc_now, config.redis_prefix,
+                                      config.redis_timeout,
+                                      on_change=self._component(COMPONENT_REDIS))
+                      if config.redis_url else None)
+        # A shared ledger has writers elsewhere: bound staleness by polling it, and hear
+        # of writes at once through Redis when there is one.
+        self.freshness: Freshness = (
+            LedgerPoller(self.ledger, self.cache, config.max_staleness,
+                         on_change=self._component(COMPONENT_LEDGER))
+            if config.ledger_url else SoleWriter(self.cache))
+        self.invalidations = (InvalidationListener(config.redis_url, self.redis.channel,
+                                                   self.cache)
+                              if self.redis is not None and config.redis_url
+                              and config.ledger_url else None)
         self.consent = ConsentService(
-            self.ledger, LocalCache(config.cache_entries), pseudonymize,
-            lambda: self.policy().policy.taxonomy, utc_now, self.metrics)
+            self.ledger, self.cache, pseudonymize,
+            lambda: self.policy().policy.taxonomy, utc_now, self.metrics,
+            freshness=self.freshness, shared=self.redis)
         self.checker = Checker(self.consent, self.policy, self.decision_log,
                                utc_now, self.metrics)
         self.audit = Auditor(self.decision_store, self.ledger, self.policy_store, pseudonymize,
                              utc_now)
         self.server = GrpcServer(self.checker, self.consent, self.audit,
                                  lambda: self.policy.status, config.listen, config.workers)
+
+    def _component(self, name: str) -> Callable[[bool], None]:
+        def changed(serving: bool) -> None:
+            server = getattr(self, "server", None)
+            if server is not None:
+                server.set_component(name, serving)
+                if name == COMPONENT_LEDGER:
+                    # Without the ledger no state can be proven fresh: nothing is answered.
+                    server.set_component("", serving)
+        return changed
 
     def _initial_policy(self, policy_dir: Path) -> PolicyHolder:
         """The policy directory goes live at start-up only through the same gate as a hot
@@ -179,7 +224,16 @@ class App:
         # Before the gRPC server: a port clash fails the start before any call is served.
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.start()
+        if self.invalidations is not None:
+            self.invalidations.start()
+        self.freshness.start()
+        if self.redis is not None:
+            self.redis.start()
         self.server.start()
+        if self.redis is not None:
+            self.server.set_component(COMPONENT_REDIS, self.redis.ping())
+        if self.config.ledger_url:
+            self.server.set_component(COMPONENT_LEDGER, True)
         if self.retention is not None:
             self.retention.start()
         if self.watcher is not None:
@@ -196,6 +250,11 @@ class App:
         if self.retention is not None:
             self.retention.stop()
         self.decision_log.close()  # writes what is queued, then closes the store
+        self.freshness.stop()
+        if self.invalidations is not None:
+            self.invalidations.stop()
+        if self.redis is not None:
+            self.redis.close()
         self.consent.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()

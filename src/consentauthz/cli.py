@@ -205,16 +205,15 @@ def cmd_policy_test(ns: argparse.Namespace) -> int:
 
 
 def cmd_policy_diff(ns: argparse.Namespace) -> int:
-    from .app import compile_policy
+    from .app import compile_policy, open_ledger
     from .authoring.diff import diff, format_report, report_json
-    from .consent import SqliteLedger
     from .decisionlog import SqliteDecisionLog
     from .domain import DecisionQuery
 
     data = Path(ns.data_dir or cfg.DEFAULT_DATA_DIR)
     candidate = compile_policy(Path(ns.candidate))
     log = SqliteDecisionLog(data / "decisions.db", read_only=True)
-    ledger = SqliteLedger(data / "ledger.db", read_only=True)
+    ledger = open_ledger(cfg.ledger_url(ns.ledger), data, read_only=True)
     try:
         report = diff(log, ledger, candidate,
                       DecisionQuery(purpose=ns.purpose or "", start=_dt(ns.since),
@@ -329,6 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="delete sealed segments whose newest entry is older than this")
     serve.add_argument("--pseudonym-key-file",
                        help="hex HMAC key for subject pseudonyms (default DATA_DIR/keys/)")
+    serve.add_argument("--ledger", metavar="URL",
+                       help="postgresql://... ledger shared by replicas (default: SQLite in "
+                            "the data dir; env CONSENTAUTHZ_LEDGER)")
+    serve.add_argument("--redis-url", metavar="URL",
+                       help="redis://... consent cache shared by replicas (env "
+                            "CONSENTAUTHZ_REDIS_URL)")
+    serve.add_argument("--redis-prefix", metavar="PREFIX",
+                       help="key prefix, e.g. 'ca:' (default), to share one Redis")
+    serve.add_argument("--redis-timeout-ms", type=float, default=50,
+                       help="answer from the ledger when Redis takes longer (default 50)")
+    serve.add_argument("--max-staleness", type=float, default=1.0, metavar="SECONDS",
+                       help="without a consistency token, the oldest write a check may miss "
+                            "(shared ledger only; default 1.0)")
     serve.add_argument("--no-watch", action="store_true",
                        help="do not hot-reload the policy directory when it changes")
     serve.add_argument("--metrics-listen", metavar="HOST:PORT",
@@ -399,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     pdiff.add_argument("--candidate", required=True, metavar="DIR", help="candidate policy")
     pdiff.add_argument("--data-dir", help=f"server data dir, or a copy (default "
                        f"./{cfg.DEFAULT_DATA_DIR})")
+    pdiff.add_argument("--ledger", metavar="URL", help="the postgresql:// ledger the server "
+                       "used (default: DATA_DIR/ledger.db)")
     pdiff.add_argument("--purpose", help="only decisions for this purpose")
     pdiff.add_argument("--since", help="ISO 8601 time")
     pdiff.add_argument("--until", help="ISO 8601 time")

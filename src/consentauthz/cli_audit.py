@@ -27,9 +27,9 @@ _DECISIONS = {"allow": decision_pb2.DECISION_ALLOW, "deny": decision_pb2.DECISIO
 class OfflineAudit:
     """AuditService's methods, answered from files: the same Auditor the server uses."""
 
-    def __init__(self, data_dir: Path, key_file: Path | None) -> None:
+    def __init__(self, data_dir: Path, key_file: Path | None, ledger_url: str | None) -> None:
+        from .app import open_ledger
         from .auditing import Auditor
-        from .consent import SqliteLedger
         from .decisionlog import SqliteDecisionLog
         from .policy import PolicyStore
         from .pseudonym import Pseudonymizer, parse_key_ring
@@ -42,7 +42,7 @@ class OfflineAudit:
                 else Pseudonymizer(b"\0" * 32, "none"))
         self.auditor = Auditor(
             SqliteDecisionLog(data_dir / "decisions.db", read_only=True),
-            SqliteLedger(data_dir / "ledger.db", read_only=True),
+            open_ledger(ledger_url, data_dir, read_only=True),
             PolicyStore(data_dir / "policies"), ring, lambda: datetime.now(UTC))
 
     def _need_key(self, subject_id: str) -> None:
@@ -82,7 +82,8 @@ class OfflineAudit:
 def _port(ns: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
     if ns.data_dir:
         offline = OfflineAudit(Path(ns.data_dir),
-                               Path(ns.pseudonym_key_file) if ns.pseudonym_key_file else None)
+                               Path(ns.pseudonym_key_file) if ns.pseudonym_key_file else None,
+                               cfg.ledger_url(ns.ledger))
         return offline, lambda: None
     channel = grpc.insecure_channel(cfg.client_target(ns))
     return audit_pb2_grpc.AuditServiceStub(channel), channel.close
@@ -319,6 +320,8 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="work offline on this data dir (or a copy), read-only")
     p.add_argument("--pseudonym-key-file", help="with --data-dir: the HMAC key ring "
                    "(default DATA_DIR/keys/pseudonym.key)")
+    p.add_argument("--ledger", metavar="URL", help="with --data-dir: the postgresql:// "
+                   "ledger the server used (default: DATA_DIR/ledger.db)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,16 @@ class ServeConfig:
     watch_policies: bool = True
     watch_interval: float = 0.5
     watch_debounce: float = 1.0
+    #: postgresql://... shared by every replica; None: the embedded SQLite ledger.
+    ledger_url: str | None = None
+    #: redis://... (or rediss://) shared by every replica; None: no shared cache.
+    redis_url: str | None = None
+    redis_prefix: str = "ca:"
+    #: Seconds a Redis call may take before the replica answers from the ledger instead.
+    redis_timeout: float = 0.05
+    #: Without a consistency token, a check may miss writes at most this many seconds old
+    #: (with a shared ledger; the embedded default has no staleness at all).
+    max_staleness: float = 1.0
 
     @property
     def policy_dir(self) -> Path:
@@ -83,6 +94,22 @@ def host_port(text: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}:\Z")
+
+
+def ledger_url(value: str | None) -> str | None:
+    if value and not value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("--ledger must be a postgresql:// URL (the embedded SQLite ledger "
+                          "is the default without --ledger)")
+    return value or None
+
+
+def _redis_url(value: str | None) -> str | None:
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("--redis-url must be a redis://, rediss:// or unix:// URL")
+    return value or None
+
+
 def _env(env: Mapping[str, str], name: str) -> str | None:
     return env.get(ENV_PREFIX + name) or None
 
@@ -112,6 +139,14 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
     if (segment_mb is not None and segment_mb < 1) or (retention is not None and retention <= 0):
         raise ConfigError("--decision-log-segment-mb and --decision-log-retention-days must "
                           "be positive")
+    redis_prefix = getattr(ns, "redis_prefix", None) or _env(env, "REDIS_PREFIX") or "ca:"
+    if not _PREFIX_RE.match(redis_prefix):
+        raise ConfigError("--redis-prefix must be 1-32 letters, digits, '_', '.' or '-' "
+                          "followed by ':'")
+    redis_timeout_ms = getattr(ns, "redis_timeout_ms", 50)
+    max_staleness = getattr(ns, "max_staleness", 1.0)
+    if redis_timeout_ms <= 0 or max_staleness <= 0:
+        raise ConfigError("--redis-timeout-ms and --max-staleness must be positive")
     if ns.workers < 1 or ns.cache_entries < 1:
         raise ConfigError("--workers and --cache-entries must be positive")
     return ServeConfig(
@@ -130,6 +165,11 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         metrics_listen=metrics_listen,
         otlp_metrics=otlp_metrics and env.get("OTEL_METRICS_EXPORTER", "otlp") != "none",
         watch_policies=not ns.no_watch,
+        ledger_url=ledger_url(getattr(ns, "ledger", None) or _env(env, "LEDGER")),
+        redis_url=_redis_url(getattr(ns, "redis_url", None) or _env(env, "REDIS_URL")),
+        redis_prefix=redis_prefix,
+        redis_timeout=redis_timeout_ms / 1000,
+        max_staleness=max_staleness,
     )
 
 

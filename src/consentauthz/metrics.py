@@ -35,7 +35,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )
 
-CacheTier = Literal["local", "ledger"]
+CacheTier = Literal["local", "redis", "ledger"]
 Rpc = Literal["Check", "BatchCheck"]
 
 
@@ -73,7 +73,7 @@ class Metrics:
         self._cache = meter.create_counter(
             CONSENT_CACHE, unit="{lookup}",
             description="consent state lookups by the tier that answered: local (in-process "
-                        "cache) or ledger")
+                        "cache), redis (shared by replicas) or ledger")
         self._reloads = meter.create_counter(
             POLICY_RELOADS, unit="{reload}", description="policy reload attempts by result")
         meter.create_observable_gauge(

@@ -1,23 +1,38 @@
-"""The consent-ledger contract: MemoryLedger and SqliteLedger must behave the same.
+"""The consent-ledger contract: MemoryLedger, SqliteLedger and PostgresLedger must behave
+the same.
 
-One suite, run against both implementations, plus what only the SQLite file can show
-(durability across reopen, append-only triggers, the hash chain on disk).
+One suite, run against all three implementations, plus what only the databases can show
+(durability across reopen, append-only triggers, the hash chain on disk, and for
+PostgreSQL several replicas writing one ledger).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from consentauthz.chain import GENESIS, link
-from consentauthz.consent import Idempotency, Ledger, MemoryLedger, SqliteLedger
+from consentauthz.consent import (
+    AppendResult,
+    Idempotency,
+    Ledger,
+    MemoryLedger,
+    PostgresLedger,
+    SqliteLedger,
+)
 from consentauthz.consent.ledger import entry_payload
+from consentauthz.consent.postgres import APPEND_LOCK
 from consentauthz.domain import (
     CollectionMethod,
     ConsentAction,
@@ -25,7 +40,8 @@ from consentauthz.domain import (
     SubjectProfile,
     SubjectState,
 )
-from consentauthz.errors import InvalidArgument
+from consentauthz.errors import InvalidArgument, Unavailable
+from tests.pg import drop_database
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -60,10 +76,15 @@ def event(
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    led: Ledger = MemoryLedger() if request.param == "memory" else SqliteLedger(
-        tmp_path / "ledger.db")
+    led: Ledger
+    if request.param == "memory":
+        led = MemoryLedger()
+    elif request.param == "sqlite":
+        led = SqliteLedger(tmp_path / "ledger.db")
+    else:
+        led = PostgresLedger(request.getfixturevalue("postgres_dsn"))
     try:
         yield led
     finally:
@@ -298,6 +319,83 @@ def test_profile_upsert_shows_in_load(ledger: Ledger) -> None:
     assert ledger.load("bob").profile == SubjectProfile()
 
 
+# -- changes ----------------------------------------------------------------------------
+
+
+def test_changes_of_an_empty_ledger(ledger: Ledger) -> None:
+    assert ledger.changes(0, 10) == (0, [])
+
+
+def test_changes_lists_every_entry_after_a_sequence_oldest_first(ledger: Ledger) -> None:
+    _history_fixture(ledger)
+    everything = [(1, "alice"), (2, "bob"), (3, "alice"), (4, "alice"), (5, "alice")]
+    # Profile records are changes too (seq 3): they alter what decisions see.
+    assert ledger.changes(0, 100) == (5, everything)
+    assert ledger.changes(2, 100) == (5, everything[2:])
+    assert ledger.changes(4, 100) == (5, [(5, "alice")])
+    assert ledger.changes(5, 100) == (5, [])
+    assert ledger.changes(9, 100) == (5, [])
+
+
+def test_changes_limit_keeps_the_oldest_and_head_stays_the_head(ledger: Ledger) -> None:
+    _history_fixture(ledger)
+    assert ledger.changes(0, 2) == (5, [(1, "alice"), (2, "bob")])
+    assert ledger.changes(1, 2) == (5, [(2, "bob"), (3, "alice")])
+    assert ledger.changes(3, 1) == (5, [(4, "alice")])
+    assert ledger.changes(0, 0) == (5, [])
+
+
+def test_changes_pages_through_the_ledger(ledger: Ledger) -> None:
+    for i in range(7):
+        ledger.append_consent(f"s{i % 3}", event(f"r{i}", minutes=i))
+    seen: list[tuple[int, str]] = []
+    after = 0
+    while True:
+        head, page = ledger.changes(after, 3)
+        assert head == 7
+        if not page:
+            break
+        seen += page
+        after = page[-1][0]
+    assert seen == [(i + 1, f"s{i % 3}") for i in range(7)]
+
+
+def test_an_idempotent_replay_is_no_change(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("a1"), Idempotency("k", "h"))
+    assert ledger.append_consent("alice", event("a1"), Idempotency("k", "h")).replayed
+    assert ledger.changes(0, 10) == (1, [(1, "alice")])
+
+
+# -- exclusive --------------------------------------------------------------------------
+
+
+def test_appends_and_reads_inside_exclusive(ledger: Ledger) -> None:
+    with ledger.exclusive():
+        first = ledger.append_consent("alice", event("a1"))
+        second = ledger.append_profile("alice", SubjectProfile("DE"), "p1", T0)
+        assert ledger.load("alice").version == 2
+        assert ledger.changes(0, 10) == (2, [(1, "alice"), (2, "alice")])
+    assert (first.sequence, second.sequence) == (1, 2)
+    # Released: later writes go on, and the chain is whole.
+    with ledger.exclusive():
+        pass
+    assert ledger.append_consent("bob", event("b1")).sequence == 3
+    assert ledger.verify().ok
+
+
+def test_exclusive_is_released_when_its_block_raises(ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("a1"), Idempotency("k", "h-1"))
+    with pytest.raises(InvalidArgument), ledger.exclusive():
+        ledger.append_consent("alice", event("a2"), Idempotency("k", "h-2"))
+    with pytest.raises(RuntimeError, match="boom"), ledger.exclusive():
+        ledger.append_consent("bob", event("b1"))
+        raise RuntimeError("boom")
+    # The append inside the failed block was committed before the failure.
+    assert ledger.head() == 2
+    with ledger.exclusive():
+        assert ledger.append_consent("carol", event("c1")).sequence == 3
+
+
 # -- SQLite only ------------------------------------------------------------------------
 
 
@@ -419,3 +517,331 @@ def test_sqlite_projection_rows_cannot_be_deleted_and_their_loss_is_caught(
         conn.execute("DELETE FROM subject_state")
     report = SqliteLedger(path, read_only=True).verify()
     assert not report.ok and "no projection" in report.problem
+
+
+# -- PostgreSQL only --------------------------------------------------------------------
+
+
+def _run_threads(*targets: Callable[[], None]) -> None:
+    """Run targets concurrently; re-raise the first failure here."""
+    errors: list[BaseException] = []
+
+    def guarded(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    if errors:
+        raise errors[0]
+
+
+def _admin(dsn: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """A superuser session on the ledger's database, outside the ledger's code paths."""
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def test_postgres_survives_close_and_reopen(postgres_dsn: str) -> None:
+    led = PostgresLedger(postgres_dsn)
+    led.append_consent("alice", event("a1"), Idempotency("k-1", "h-1"))
+    led.append_profile("alice", SubjectProfile("DE", date(2000, 1, 1)), "p1", T0)
+    led.append_consent("alice", event("a2", ConsentAction.WITHDRAW, minutes=1))
+    before = led.load("alice")
+    led.close()
+    led.close()  # closing twice is harmless
+
+    led = PostgresLedger(postgres_dsn)
+    try:
+        assert led.head() == 3
+        assert led.load("alice") == before
+        assert ids(before) == ["a2"]
+        assert before.profile == SubjectProfile("DE", date(2000, 1, 1))
+        assert [e.record_id for e in led.history("alice", 0, 10)] == ["a1", "a2"]
+        replay = led.append_consent("alice", event("x"), Idempotency("k-1", "h-1"))
+        assert (replay.replayed, replay.record_id, replay.sequence) == (True, "a1", 1)
+        with pytest.raises(InvalidArgument):
+            led.append_consent("alice", event("x"), Idempotency("k-1", "h-2"))
+        assert led.append_consent("bob", event("b1")).sequence == 4
+        assert led.verify().ok
+    finally:
+        led.close()
+
+
+def test_postgres_hash_chain_links_every_row_and_stores_the_hashed_body(
+        postgres_dsn: str) -> None:
+    led = PostgresLedger(postgres_dsn)
+    led.append_consent("alice", event("a1", evidence={"note": "grüße"}))
+    led.append_consent("bob", event("b1"), Idempotency("k", "h"))
+    led.append_profile("alice", SubjectProfile("DE", date(2001, 2, 3)), "p1", T0)
+    led.close()
+    with _admin(postgres_dsn) as conn:
+        rows = conn.execute(
+            "SELECT seq, subject, kind, record_id, recorded_at, body, prev_hash, entry_hash "
+            "FROM ledger ORDER BY seq").fetchall()
+    prev = GENESIS
+    for seq, subject, kind, record_id, recorded_at, body, prev_hash, entry_hash in rows:
+        assert isinstance(body, str)
+        assert body == json.dumps(json.loads(body), sort_keys=True)
+        assert prev_hash == prev
+        assert entry_hash == link(prev, entry_payload(seq, subject, kind, record_id,
+                                                      recorded_at, json.loads(body)))
+        prev = entry_hash
+    assert [r[0] for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE ledger SET subject = 'mallory' WHERE seq = 1",
+    "UPDATE ledger SET body = '{}'",
+    "DELETE FROM ledger WHERE seq = 1",
+    "DELETE FROM ledger",
+    "TRUNCATE ledger",
+])
+def test_postgres_ledger_table_is_append_only(postgres_dsn: str, statement: str) -> None:
+    led = PostgresLedger(postgres_dsn)
+    led.append_consent("alice", event("a1"))
+    led.close()
+    with _admin(postgres_dsn) as conn:
+        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+            conn.execute(statement)
+        assert conn.execute("SELECT count(*), min(subject) FROM ledger").fetchone() == (
+            1, "alice")
+
+
+def test_postgres_verify_detects_a_changed_body(postgres_dsn: str) -> None:
+    led = PostgresLedger(postgres_dsn)
+    try:
+        led.append_consent("alice", event("a1"))
+        led.append_consent("bob", event("b1"))
+        assert led.verify().ok
+        with _admin(postgres_dsn) as conn:
+            (body,) = conn.execute("SELECT body FROM ledger WHERE seq = 1").fetchone() or ()
+            tampered = json.dumps(json.loads(body) | {"action": "WITHDRAW"}, sort_keys=True)
+            # Only a superuser can switch the append-only triggers off like this.
+            conn.execute("SET session_replication_role = replica")
+            conn.execute("UPDATE ledger SET body = %s WHERE seq = 1", (tampered,))
+        report = led.verify()
+        assert not report.ok
+        assert (report.broken_sequence, report.broken_id) == (1, "a1")
+        assert report.problem == "content does not match its hash"
+    finally:
+        led.close()
+
+
+def test_postgres_projection_rows_cannot_be_deleted_and_their_loss_is_caught(
+        postgres_dsn: str) -> None:
+    led = PostgresLedger(postgres_dsn)
+    try:
+        led.append_consent("alice", event("a1"))
+        with _admin(postgres_dsn) as conn:
+            for statement in ("DELETE FROM subject_state", "TRUNCATE subject_state"):
+                with pytest.raises(psycopg.errors.RaiseException, match="never deleted"):
+                    conn.execute(statement)
+            conn.execute("SET session_replication_role = replica")
+            conn.execute("DELETE FROM subject_state")
+        report = led.verify()
+        assert not report.ok and "no projection" in report.problem
+    finally:
+        led.close()
+
+
+def test_postgres_replicas_opening_a_new_database_at_once_all_work(postgres_dsn: str) -> None:
+    opened: list[PostgresLedger] = []
+    try:
+        # Each one finds no schema and creates it; the schema lock keeps them apart.
+        _run_threads(*[lambda: opened.append(PostgresLedger(postgres_dsn))] * 4)
+        for i, led in enumerate(opened):
+            assert led.append_consent(f"s{i}", event(f"r{i}")).sequence == i + 1
+        assert opened[0].verify().ok
+    finally:
+        for led in opened:
+            led.close()
+
+
+def test_postgres_replicas_appending_at_once_build_one_gapless_chain(
+        postgres_dsn: str) -> None:
+    with _admin(postgres_dsn) as conn:
+        # An operator's default must not change the append path: under REPEATABLE READ an
+        # append would read the last sequence from before it got the append lock.
+        conn.execute(f'ALTER DATABASE "{conninfo_to_dict(postgres_dsn)["dbname"]}" '
+                     "SET default_transaction_isolation = 'repeatable read'")
+    replicas = [PostgresLedger(postgres_dsn), PostgresLedger(postgres_dsn)]
+    results: dict[str, list[AppendResult]] = {}
+
+    def writer(led: PostgresLedger, name: str) -> Callable[[], None]:
+        def run() -> None:
+            got = results.setdefault(name, [])
+            for i in range(25):
+                if i % 5 == 4:
+                    got.append(led.append_profile(name, SubjectProfile("DE"), f"{name}-{i}",
+                                                  T0))
+                else:
+                    got.append(led.append_consent(name, event(f"{name}-{i}", minutes=i)))
+        return run
+
+    try:
+        _run_threads(*(writer(led, f"r{r}t{t}") for r, led in enumerate(replicas)
+                       for t in range(4)))
+        seqs = sorted(res.sequence for got in results.values() for res in got)
+        assert seqs == list(range(1, 201))
+        for got in results.values():
+            # Each thread saw its own appends in order, and the state they returned was
+            # the state as of that append.
+            assert [r.sequence for r in got] == sorted(r.sequence for r in got)
+            assert [r.state.version for r in got] == [r.sequence for r in got]
+        for led in replicas:
+            assert led.head() == 200
+            report = led.verify()
+            assert report.ok, report
+            assert report.entries == 200
+        head, listed = replicas[1].changes(0, 1000)
+        assert head == 200 and [s for s, _ in listed] == list(range(1, 201))
+    finally:
+        for led in replicas:
+            led.close()
+
+
+def test_postgres_replicas_racing_one_idempotency_key_append_once(postgres_dsn: str) -> None:
+    replicas = [PostgresLedger(postgres_dsn), PostgresLedger(postgres_dsn)]
+    results: list[AppendResult] = []
+
+    def retry(led: PostgresLedger) -> Callable[[], None]:
+        return lambda: results.append(led.append_consent(
+            "alice", event("a1"), Idempotency("k", "h")))
+
+    try:
+        _run_threads(*(retry(led) for led in replicas for _ in range(4)))
+        assert sorted(r.replayed for r in results) == [False] + [True] * 7
+        assert {(r.record_id, r.sequence) for r in results} == {("a1", 1)}
+        assert replicas[0].head() == 1
+    finally:
+        for led in replicas:
+            led.close()
+
+
+def _wait_for_advisory_waiter(dsn: str) -> None:
+    """Return once some session of this database is queued on an advisory lock."""
+    with _admin(dsn) as conn:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = "
+                "current_database())").fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("nobody waited for the append lock")
+
+
+def test_postgres_exclusive_holds_off_appends_of_another_replica(postgres_dsn: str) -> None:
+    one, two = PostgresLedger(postgres_dsn), PostgresLedger(postgres_dsn)
+    order: list[str] = []
+    inside, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with one.exclusive():
+            one.append_consent("alice", event("a1"))
+            inside.set()
+            assert release.wait(10)
+            order.append("write-through of a1")  # what the caller does after its append
+
+    def other_replica() -> None:
+        assert inside.wait(10)
+        res = two.append_consent("bob", event("b1"))
+        order.append(f"append of b1 at {res.sequence}")
+
+    try:
+        threads = [threading.Thread(target=holder), threading.Thread(target=other_replica)]
+        for t in threads:
+            t.start()
+        assert inside.wait(10)
+        _wait_for_advisory_waiter(postgres_dsn)
+        # Blocked, not merely slow: after a short bounded wait it still has not appended.
+        threads[1].join(0.2)
+        assert threads[1].is_alive()
+        assert order == []
+        assert two.head() == 1
+        release.set()
+        for t in threads:
+            t.join(10)
+        assert order == ["write-through of a1", "append of b1 at 2"]
+        assert one.verify().ok
+    finally:
+        release.set()
+        one.close()
+        two.close()
+
+
+def test_postgres_exclusive_is_released_for_other_replicas_after_an_error(
+        postgres_dsn: str) -> None:
+    one, two = PostgresLedger(postgres_dsn), PostgresLedger(postgres_dsn, statement_timeout=2)
+    try:
+        with pytest.raises(RuntimeError), one.exclusive():
+            one.append_consent("alice", event("a1"))
+            raise RuntimeError("write-through failed")
+        assert two.append_consent("bob", event("b1")).sequence == 2
+        with two.exclusive():  # the session lock itself is free too
+            pass
+    finally:
+        one.close()
+        two.close()
+
+
+def test_postgres_unreachable_server_is_unavailable_without_hanging() -> None:
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as info:
+        PostgresLedger("host=127.0.0.1 port=1 user=postgres dbname=postgres")
+    assert time.monotonic() - started < 10
+    assert str(info.value) == "consent ledger unavailable"
+    assert isinstance(info.value.__cause__, psycopg.Error)
+
+
+def test_postgres_a_database_that_goes_away_is_unavailable(postgres_dsn: str) -> None:
+    # connect_timeout also bounds the wait for a pooled connection (verify, below).
+    led = PostgresLedger(postgres_dsn, connect_timeout=0.5)
+    try:
+        led.append_consent("alice-pseudonym", event("a1"))
+        drop_database(str(conninfo_to_dict(postgres_dsn)["dbname"]))
+        for call in (lambda: led.load("alice-pseudonym"),
+                     lambda: led.append_consent("alice-pseudonym", event("a2")),
+                     lambda: led.append_consent("alice-pseudonym", event("a3")),
+                     led.verify):
+            with pytest.raises(Unavailable) as info:
+                call()
+            assert str(info.value) == "consent ledger unavailable"
+    finally:
+        led.close()
+
+
+def test_postgres_a_stuck_database_is_unavailable_after_the_statement_timeout(
+        postgres_dsn: str) -> None:
+    led = PostgresLedger(postgres_dsn, statement_timeout=0.3)
+    try:
+        led.append_consent("alice", event("a1"))
+        with _admin(postgres_dsn) as blocker:
+            # Something else holds every lock the ledger needs: appends and reads stall.
+            blocker.execute("SELECT pg_advisory_lock(%s)", (APPEND_LOCK,))
+            blocker.execute("BEGIN")
+            blocker.execute("LOCK TABLE ledger, subject_state IN ACCESS EXCLUSIVE MODE")
+            def enter_exclusive() -> None:
+                with led.exclusive():
+                    raise AssertionError("got the append lock another session holds")
+
+            for call in (lambda: led.append_consent("alice", event("a2")),
+                         lambda: led.load("alice"), enter_exclusive):
+                started = time.monotonic()
+                with pytest.raises(Unavailable):
+                    call()
+                assert time.monotonic() - started < 3
+            blocker.execute("ROLLBACK")
+        # Once the database moves again, so does the ledger (same writer connection).
+        assert led.append_consent("alice", event("a2")).sequence == 2
+        assert led.load("alice").sequence == 2
+    finally:
+        led.close()

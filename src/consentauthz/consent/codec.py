@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+import zlib
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ..domain import CollectionMethod, ConsentAction, ConsentEvent, SubjectProfile, SubjectState
@@ -84,4 +85,60 @@ def state_from_json(text: str, sequence: int) -> SubjectState:
         events=tuple(event_from_dict(e) for e in d["events"]),
         sequence=sequence,
         version=int(d["version"]),
+    )
+
+
+# -- the compact form cached in Redis ---------------------------------------------------
+# Positional JSON, timestamps as integer microseconds, and no evidence: a decision never
+# reads evidence, and a cache should hold as little personal data as it can (the ledger
+# keeps the evidence). zlib only when it pays.
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+
+def _us(value: datetime | None) -> int | None:
+    return None if value is None else (value - _EPOCH) // _MICRO
+
+
+def _from_us(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+
+def state_to_bytes(state: SubjectState) -> bytes:
+    p = state.profile
+    body = [
+        state.version,
+        p.jurisdiction,
+        p.birth_date.isoformat() if p.birth_date else None,
+        [[e.record_id, e.sequence, e.action.value, e.purpose, list(e.data_categories),
+          e.explicit, e.method.value, e.jurisdiction, _us(e.collected_at), _us(e.expires_at),
+          e.source, e.notice_version, _us(e.recorded_at)] for e in state.events],
+    ]
+    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    packed = zlib.compress(raw, 6)
+    return b"z" + packed if len(packed) < len(raw) else b"j" + raw
+
+
+def state_from_bytes(data: bytes, sequence: int) -> SubjectState:
+    if data[:1] == b"z":
+        raw = zlib.decompress(data[1:])
+    elif data[:1] == b"j":
+        raw = data[1:]
+    else:
+        raise ValueError("unknown cached state format")
+    version, jurisdiction, birth, events = json.loads(raw)
+    return SubjectState(
+        profile=SubjectProfile(jurisdiction=jurisdiction,
+                               birth_date=date.fromisoformat(birth) if birth else None),
+        events=tuple(ConsentEvent(
+            record_id=rid, sequence=seq, action=ConsentAction(action), purpose=purpose,
+            data_categories=tuple(cats), explicit=explicit, method=CollectionMethod(method),
+            jurisdiction=jur, collected_at=_from_us(collected) or _EPOCH,
+            expires_at=_from_us(expires), source=source, notice_version=notice,
+            recorded_at=_from_us(recorded) or _EPOCH)
+            for rid, seq, action, purpose, cats, explicit, method, jur, collected, expires,
+            source, notice, recorded in events),
+        sequence=sequence,
+        version=int(version),
     )

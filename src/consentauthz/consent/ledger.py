@@ -1,14 +1,16 @@
 """The consent ledger boundary: append-only records, a projection, a global sequence.
 
-The sequence number of a record is the consistency token its write returns. Two
+The sequence number of a record is the consistency token its write returns. Three
 implementations share this contract (tests/unit/test_ledger_contract.py): SQLite, the
-embedded default, and an in-memory twin for tests.
+embedded default; PostgreSQL, shared by replicas; and an in-memory twin for tests.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,7 +18,13 @@ from typing import Any, Protocol
 from ..chain import GENESIS, ChainReport, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import InvalidArgument
-from .codec import event_from_dict, event_to_dict, profile_from_dict, profile_to_dict
+from .codec import (
+    event_from_dict,
+    event_to_dict,
+    profile_from_dict,
+    profile_to_dict,
+    state_from_json,
+)
 from .projection import apply_event, apply_profile
 
 
@@ -67,6 +75,18 @@ class Ledger(Protocol):
         """Recompute the hash chain; report the first entry that does not verify."""
         ...
 
+    def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+        """(head, [(seq, subject), ...]) for the entries with seq > after_sequence, oldest
+        first, at most `limit` of them; head and the list come from one consistent snapshot."""
+        ...
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the ledger's global write order across the block: appends made inside it
+        and whatever the caller does after them inside it (the Redis write-through) happen
+        before any other writer's append, on every replica sharing this ledger. Not
+        re-entrant per thread by contract."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -86,6 +106,53 @@ def replay(entries: Iterable[tuple[int, str, dict[str, Any]]], sequence: int) ->
         else:
             state = apply_profile(state, profile_from_dict(body), seq)
     return replace(state, sequence=sequence)
+
+
+def verify_entries(rows: Sequence[Sequence[Any]], projections: Mapping[str, str]) -> ChainReport:
+    """Check stored ledger rows (seq, record_id, subject, kind, body, recorded_at,
+    prev_hash, entry_hash; oldest first) and the stored projections against each other.
+
+    The projection is what decisions read, so a tampered projection is tampering too.
+    """
+    prev, expected_seq = GENESIS, 1
+    per_subject: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+
+    def broken(seq: int, record_id: str, problem: str) -> ChainReport:
+        return ChainReport("consent ledger", False, len(rows), expected_seq - 1, prev,
+                           seq, record_id, problem)
+
+    for seq, record_id, subject, kind, body, recorded_at, prev_hash, stored_hash in rows:
+        if seq != expected_seq:
+            return broken(seq, record_id, f"sequence gap: expected {expected_seq}")
+        if prev_hash != prev:
+            return broken(seq, record_id, "prev_hash does not link to the entry before")
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return broken(seq, record_id, "unreadable record")
+        if link(prev, entry_payload(seq, subject, kind, record_id, recorded_at,
+                                    parsed)) != stored_hash:
+            return broken(seq, record_id, "content does not match its hash")
+        per_subject.setdefault(subject, []).append((seq, kind, parsed))
+        prev, expected_seq = stored_hash, seq + 1
+    head = expected_seq - 1
+    missing = sorted(set(per_subject) - set(projections))
+    if missing:
+        last = per_subject[missing[0]][-1][0]
+        return ChainReport("consent ledger", False, len(rows), head, prev, last, "",
+                           "a subject with records has no projection (deleted?)")
+    for subject, stored in projections.items():
+        entries = per_subject.get(subject, [])
+        rebuilt = replay(entries, head)
+        try:
+            current = state_from_json(stored, head)
+        except (ValueError, KeyError):
+            current = None
+        if current != rebuilt:
+            last = entries[-1][0] if entries else 0
+            return ChainReport("consent ledger", False, len(rows), head, prev, last, "",
+                               "the projection of a subject differs from its records")
+    return ChainReport("consent ledger", True, len(rows), head, prev)
 
 
 def idempotency_conflict() -> InvalidArgument:
@@ -162,6 +229,17 @@ class MemoryLedger:
             found = [item for s, kind, item, _ in self._entries
                      if s == subject and kind == "consent" and item.sequence > after_sequence]
             return found[:limit]
+
+    def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+        start = max(after_sequence, 0)
+        with self._lock:
+            found = [(seq, entry[0]) for seq, entry in
+                     enumerate(self._entries[start:start + max(limit, 0)], start=start + 1)]
+            return len(self._entries), found
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        # One process, and the caller already serialises its writes.
+        return contextlib.nullcontext()
 
     def verify(self) -> ChainReport:
         with self._lock:

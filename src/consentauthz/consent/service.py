@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime
+
+from opentelemetry.trace import Span
 
 from ..chain import canonical_json
 from ..domain import (
@@ -19,7 +20,7 @@ from ..domain import (
     new_id,
 )
 from ..errors import Unavailable
-from ..metrics import NO_METRICS, Metrics
+from ..metrics import NO_METRICS, CacheTier, Metrics
 from ..policy import Taxonomy
 from ..pseudonym import Pseudonymizer
 from ..telemetry import ATTR_CACHE_TIER, tracer
@@ -31,27 +32,37 @@ from ..validation import (
     validate_write,
 )
 from .cache import LocalCache
-from .ledger import Idempotency, Ledger
+from .freshness import Freshness, SoleWriter
+from .ledger import AppendResult, Idempotency, Ledger
+from .redis_cache import RedisStateCache
 
 #: Bound on remembered key-ring resolutions (stable, so forgetting only costs a lookup).
 _MAX_RESOLVED = 100_000
 
 
 class ConsentService:
+    """Consent state in three tiers: this replica's cache, the Redis every replica shares
+    (optional), and the ledger, which decides whenever the faster tiers cannot prove they
+    are current enough (consistency token, freshness floor)."""
+
     def __init__(self, ledger: Ledger, cache: LocalCache, pseudonymize: Pseudonymizer,
                  taxonomy: Callable[[], Taxonomy], clock: Callable[[], datetime],
-                 metrics: Metrics = NO_METRICS) -> None:
+                 metrics: Metrics = NO_METRICS, freshness: Freshness | None = None,
+                 shared: RedisStateCache | None = None) -> None:
         self._ledger = ledger
         self._cache = cache
         self._pseudonymize = pseudonymize
         self._taxonomy = taxonomy
         self._clock = clock
         self._metrics = metrics
+        self._freshness = freshness if freshness is not None else SoleWriter(cache)
+        self._sole_writer = isinstance(self._freshness, SoleWriter)
+        self._redis = shared
         self._write_lock = threading.Lock()
         #: current-key pseudonym -> the pseudonym the subject's records live under
         self._resolved: dict[str, str] = {}
-        #: Every ledger write up to here is reflected in the cache.
-        self._watermark = ledger.head()
+        # An empty cache has applied every write made so far.
+        cache.clear(ledger.head())
 
     # -- subjects -----------------------------------------------------------------------
 
@@ -77,35 +88,45 @@ class ConsentService:
     # -- reads ------------------------------------------------------------------------
 
     def state_of(self, subject: str, min_sequence: int = 0) -> SubjectState:
-        """State of a pseudonymised subject, current as of at least `min_sequence`."""
+        """State of a pseudonymised subject, current as of at least `min_sequence` and
+        missing no write older than the staleness bound."""
         with tracer().start_as_current_span("consent.Get") as span:
-            # Read the watermark before the cache: a state read after it is at least
-            # that current.
-            watermark = self._watermark
-            if min_sequence > watermark:
-                head = self._ledger.head()
-                if head < min_sequence:
-                    raise Unavailable("consistency_token is ahead of the consent ledger")
-                watermark = self._watermark
-            cached = self._cache.get(subject)
-            if cached is not None and watermark >= min_sequence:
-                span.set_attribute(ATTR_CACHE_TIER, "local")
-                self._metrics.cache_lookup("local")
-                return replace(cached, sequence=watermark)
-            span.set_attribute(ATTR_CACHE_TIER, "ledger")
-            self._metrics.cache_lookup("ledger")
+            floor = self._freshness.floor()
+            need = max(min_sequence, floor) if floor is not None else None
+            seen = None
+            if need is not None:
+                cached = self._cache.get(subject)
+                if cached is not None and cached.sequence >= need:
+                    return self._answer(span, "local", cached)
+                if self._redis is not None:
+                    seen = self._redis.read(subject)
+                    if seen is not None and seen.state is not None and seen.position >= need:
+                        self._cache.put(subject, seen.state)
+                        return self._answer(span, "redis", seen.state)
             state = self._ledger.load(subject)
-            with self._write_lock:
-                # Only cache what no write overtook while we read: otherwise a state from
-                # before a withdrawal could land in the cache (the newer entry may have been
-                # evicted meanwhile) and be served as current.
-                if state.sequence >= self._watermark:
-                    self._cache.put(subject, state)
-            return state
+            if state.sequence < min_sequence:
+                raise Unavailable("consistency_token is ahead of the consent ledger")
+            if self._redis is not None:
+                # Seen behind the floor: Redis missed writes, so start a new generation.
+                behind = seen is not None and floor is not None and seen.position < floor
+                self._redis.populate(subject, state, seen, behind)
+            self._cache.put(subject, state)
+            return self._answer(span, "ledger", state)
+
+    def _answer(self, span: Span, tier: CacheTier, state: SubjectState) -> SubjectState:
+        span.set_attribute(ATTR_CACHE_TIER, tier)
+        self._metrics.cache_lookup(tier)
+        return state
 
     def get_state(self, subject_id: str, token: str = "") -> SubjectState:
+        """The whole recorded state, evidence included, from the ledger itself (the caches
+        hold no evidence; this is a preference-centre read, not the hot path)."""
         check_subject_only(subject_id)
-        return self.state_of(self.subject_key(subject_id), parse_token(token))
+        need = parse_token(token)
+        state = self._ledger.load(self.subject_key(subject_id))
+        if state.sequence < need:
+            raise Unavailable("consistency_token is ahead of the consent ledger")
+        return state
 
     def history(self, subject_id: str, page_size: int,
                 page_token: str) -> tuple[list[ConsentEvent], str]:
@@ -135,9 +156,10 @@ class ConsentService:
             collected_at=write.collected_at or now, expires_at=write.expires_at,
             source=write.source, notice_version=write.notice_version, recorded_at=now,
             evidence=dict(write.evidence))
-        with tracer().start_as_current_span("consent.Record"), self._write_lock:
+        with tracer().start_as_current_span("consent.Record"), self._write_lock, \
+                self._ledger.exclusive():
             result = self._ledger.append_consent(subject, event, idempotency)
-            self._after_write(subject, result.state, result.sequence)
+            self._after_write(subject, result)
         return WriteResult(result.record_id, result.sequence)
 
     def upsert_subject(self, upsert: SubjectUpsert) -> WriteResult:
@@ -145,15 +167,21 @@ class ConsentService:
         validate_upsert(upsert, now.date())
         subject = self.subject_key(upsert.subject_id)
         profile = SubjectProfile(jurisdiction=upsert.jurisdiction, birth_date=upsert.birth_date)
-        with tracer().start_as_current_span("consent.UpsertSubject"), self._write_lock:
+        with tracer().start_as_current_span("consent.UpsertSubject"), self._write_lock, \
+                self._ledger.exclusive():
             result = self._ledger.append_profile(subject, profile, new_id(), now)
-            self._after_write(subject, result.state, result.sequence)
+            self._after_write(subject, result)
         return WriteResult(result.record_id, result.sequence)
 
-    def _after_write(self, subject: str, state: SubjectState, sequence: int) -> None:
-        # Cache before watermark: a reader that sees the new watermark finds the new state.
-        self._cache.put(subject, state)
-        self._watermark = max(self._watermark, sequence)
+    def _after_write(self, subject: str, result: AppendResult) -> None:
+        """Still inside the ledger's write order: Redis sees writes in ledger order."""
+        if self._sole_writer:
+            self._cache.note_write(subject, result.sequence)
+        self._cache.put(subject, result.state)
+        if self._redis is not None and not result.replayed:
+            # Ledger first: a failed write-through leaves Redis behind, never ahead, and
+            # the next write-through starts a new generation (redis_cache.py).
+            self._redis.write_through(subject, result.state, result.sequence)
 
     @staticmethod
     def _request_hash(subject: str, w: ConsentWrite) -> str:
@@ -170,7 +198,8 @@ class ConsentService:
 
     @property
     def watermark(self) -> int:
-        return self._watermark
+        """Every ledger write up to here has been applied to this replica's cache."""
+        return self._cache.watermark
 
     def close(self) -> None:
         self._ledger.close()

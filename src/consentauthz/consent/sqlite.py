@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -17,7 +18,14 @@ from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import ConsentAuthzError, Unavailable
 from ..sqlite_files import open_database
 from .codec import event_from_dict, event_to_dict, profile_to_dict, state_from_json, state_to_json
-from .ledger import AppendResult, Idempotency, entry_payload, idempotency_conflict, replay
+from .ledger import (
+    AppendResult,
+    Idempotency,
+    entry_payload,
+    idempotency_conflict,
+    replay,
+    verify_entries,
+)
 from .projection import apply_event, apply_profile
 
 _SCHEMA = """
@@ -178,45 +186,19 @@ class SqliteLedger:
                 "SELECT seq, record_id, subject, kind, body, recorded_at, prev_hash, entry_hash "
                 "FROM ledger ORDER BY seq").fetchall()
             projections = dict(conn.execute("SELECT subject, state FROM subject_state"))
-        prev, expected_seq = GENESIS, 1
-        per_subject: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+        return verify_entries(rows, projections)
 
-        def broken(seq: int, record_id: str, problem: str) -> ChainReport:
-            return ChainReport("consent ledger", False, len(rows), expected_seq - 1, prev,
-                               seq, record_id, problem)
+    def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+        with self._tx(immediate=False) as conn:
+            head = self._last(conn)[0]
+            rows = conn.execute(
+                "SELECT seq, subject FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_sequence, max(limit, 0))).fetchall()
+        return head, [(int(seq), str(subject)) for seq, subject in rows]
 
-        for seq, record_id, subject, kind, body, recorded_at, prev_hash, stored_hash in rows:
-            if seq != expected_seq:
-                return broken(seq, record_id, f"sequence gap: expected {expected_seq}")
-            if prev_hash != prev:
-                return broken(seq, record_id, "prev_hash does not link to the entry before")
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                return broken(seq, record_id, "unreadable record")
-            if link(prev, entry_payload(seq, subject, kind, record_id, recorded_at,
-                                        parsed)) != stored_hash:
-                return broken(seq, record_id, "content does not match its hash")
-            per_subject.setdefault(subject, []).append((seq, kind, parsed))
-            prev, expected_seq = stored_hash, seq + 1
-        head = expected_seq - 1
-        missing = sorted(set(per_subject) - set(projections))
-        if missing:
-            last = per_subject[missing[0]][-1][0]
-            return ChainReport("consent ledger", False, len(rows), head, prev, last, "",
-                               "a subject with records has no projection (deleted?)")
-        for subject, stored in projections.items():
-            entries = per_subject.get(subject, [])
-            rebuilt = replay(entries, head)
-            try:
-                current = state_from_json(stored, head)
-            except (ValueError, KeyError):
-                current = None
-            if current != rebuilt:
-                last = entries[-1][0] if entries else 0
-                return ChainReport("consent ledger", False, len(rows), head, prev, last, "",
-                                   "the projection of a subject differs from its records")
-        return ChainReport("consent ledger", True, len(rows), head, prev)
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        # One process owns the file, and the caller already serialises its writes.
+        return contextlib.nullcontext()
 
     def close(self) -> None:
         with self._lock:

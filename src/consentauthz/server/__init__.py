@@ -1,5 +1,5 @@
 """gRPC edge: servicers, proto<->domain conversion, error->status, health, reflection."""
 
-from .server import SERVICE_NAMES, GrpcServer
+from .server import COMPONENT_LEDGER, COMPONENT_REDIS, SERVICE_NAMES, GrpcServer
 
-__all__ = ["SERVICE_NAMES", "GrpcServer"]
+__all__ = ["COMPONENT_LEDGER", "COMPONENT_REDIS", "SERVICE_NAMES", "GrpcServer"]

@@ -31,6 +31,9 @@ SERVICE_NAMES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
 )
+#: Health-service names of the dependencies that can degrade without stopping the service.
+COMPONENT_REDIS = "consentauthz.redis"
+COMPONENT_LEDGER = "consentauthz.ledger"
 #: Large enough for a full batch of maximal requests, small enough to bound memory.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
@@ -51,6 +54,7 @@ class GrpcServer:
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(
             PolicyServicer(policy_status), self._server)
         self.health = health.HealthServicer()
+        self._components: dict[str, bool] = {}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -62,6 +66,19 @@ class GrpcServer:
         self._server.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for name, serving in self._components.items():
+            self._set(name, serving)
+
+    def set_component(self, name: str, serving: bool) -> None:
+        """A dependency's health under its own name (COMPONENT_*). A Redis outage shows
+        here only: the service still answers correctly from the ledger (degraded), so the
+        overall status stays SERVING."""
+        self._components[name] = serving
+        self._set(name, serving)
+
+    def _set(self, name: str, serving: bool) -> None:
+        self.health.set(name, health_pb2.HealthCheckResponse.SERVING if serving
+                        else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def stop(self, grace: float | None) -> None:
         self.health.enter_graceful_shutdown()

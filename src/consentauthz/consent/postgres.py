@@ -1,0 +1,356 @@
+"""The shared consent ledger: one PostgreSQL database that every replica appends to.
+
+Same tables, hash chain and contract as the SQLite ledger. What PostgreSQL adds is that
+several processes write at once, so the global order is made explicit: every append
+transaction takes one advisory lock before it reads the last sequence number, which makes
+sequence order equal commit order. A reader that sees sequence s therefore sees every
+sequence below s, which is what consistency tokens rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+from ..chain import GENESIS, ChainReport, link
+from ..domain import ConsentEvent, SubjectProfile, SubjectState
+from ..errors import Unavailable
+from .codec import event_from_dict, event_to_dict, profile_to_dict, state_from_json, state_to_json
+from .ledger import (
+    AppendResult,
+    Idempotency,
+    entry_payload,
+    idempotency_conflict,
+    replay,
+    verify_entries,
+)
+from .projection import apply_event, apply_profile
+
+Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
+
+#: Advisory lock keys (per database). APPEND_LOCK orders every append and exclusive();
+#: SCHEMA_LOCK keeps two processes from running the DDL below at the same time.
+APPEND_LOCK = 0x636F6E73656E74  # "consent"
+SCHEMA_LOCK = APPEND_LOCK + 1
+
+CONNECT_TIMEOUT = 5.0  # seconds; also bounds waiting for a pooled connection
+STATEMENT_TIMEOUT = 5.0  # seconds; also bounds waiting for APPEND_LOCK
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    seq BIGINT PRIMARY KEY,
+    record_id TEXT NOT NULL UNIQUE,
+    subject TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('consent', 'profile')),
+    body TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT,
+    prev_hash TEXT NOT NULL,
+    entry_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_by_subject ON ledger (subject, seq);
+CREATE TABLE IF NOT EXISTS subject_state (
+    subject TEXT PRIMARY KEY,
+    version BIGINT NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE OR REPLACE FUNCTION consentauthz_ledger_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the consent ledger is append-only';
+END $$;
+CREATE OR REPLACE FUNCTION consentauthz_projection_no_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'projections are only ever replaced, never deleted';
+END $$;
+-- Statement level, so that TRUNCATE (which fires no row triggers) is refused too.
+CREATE OR REPLACE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger
+FOR EACH STATEMENT EXECUTE FUNCTION consentauthz_ledger_append_only();
+CREATE OR REPLACE TRIGGER subject_state_no_delete BEFORE DELETE OR TRUNCATE ON subject_state
+FOR EACH STATEMENT EXECUTE FUNCTION consentauthz_projection_no_delete();
+"""
+
+#: The DDL above runs in one transaction, so if the triggers it creates last exist, all of
+#: it does. Checking first lets a role without DDL rights use a schema an admin created.
+_SCHEMA_READY = """
+SELECT count(*) = 2 FROM pg_trigger
+WHERE NOT tgisinternal AND (tgrelid, tgname) IN (
+    (to_regclass('ledger'), 'ledger_append_only'),
+    (to_regclass('subject_state'), 'subject_state_no_delete'))
+"""
+
+_HEAD = "SELECT coalesce(max(seq), 0) FROM ledger"
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """The one place where database errors become ours. The message names neither SQL
+    nor subject: the driver's errors may quote both."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise Unavailable("consent ledger unavailable") from exc
+
+
+def _conninfo(dsn: str, connect_timeout: float, statement_timeout: float) -> str:
+    options = conninfo_to_dict(dsn).get("options") or ""
+    return make_conninfo(
+        # libpq takes whole seconds and treats anything below 2 as 2.
+        dsn, connect_timeout=max(2, math.ceil(connect_timeout)),
+        options=f"{options} -c statement_timeout={int(statement_timeout * 1000)}".strip(),
+        # A peer that vanished (network partition) is noticed within about half a minute
+        # instead of the kernel's default two hours.
+        keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+
+
+def _configure_reader(conn: Conn) -> None:
+    # Every read runs in one snapshot (head and rows agree) and can never write.
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+
+
+class PostgresLedger:
+    """Thread-safe. Appends go through one writer connection (they are serialised by the
+    advisory lock anyway); reads use a pool."""
+
+    def __init__(self, dsn: str, min_size: int = 1, max_size: int = 8, *,
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 statement_timeout: float = STATEMENT_TIMEOUT) -> None:
+        self._conninfo = _conninfo(dsn, connect_timeout, statement_timeout)
+        self._write_lock = threading.RLock()
+        self._closed = False
+        #: How deep the current exclusive() blocks go; the session lock lives on the
+        #: writer connection, so it must not be silently replaced while one is open.
+        self._held = 0
+        with _translated():
+            self._writer: Conn = self._connect()
+            try:
+                self._create_schema()
+                self._pool: ConnectionPool[Conn] = ConnectionPool(
+                    self._conninfo, min_size=min_size, max_size=max_size, open=False,
+                    configure=_configure_reader, timeout=connect_timeout,
+                    name="consent-ledger")
+            except BaseException:
+                self._writer.close()
+                raise
+            try:
+                self._pool.open(wait=True, timeout=connect_timeout)
+            except BaseException:
+                self._pool.close()
+                self._writer.close()
+                raise
+
+    def _create_schema(self) -> None:
+        conn = self._writer
+        with conn.transaction():
+            row = conn.execute(_SCHEMA_READY).fetchone()
+            if row is not None and row[0]:
+                return
+            # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalogs.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            conn.execute(_SCHEMA)
+
+    def _connect(self) -> Conn:
+        conn = psycopg.connect(self._conninfo, autocommit=False)
+        # Not the server's default, whatever it is: under REPEATABLE READ an append would
+        # read the last sequence from a snapshot taken before it got the append lock.
+        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        return conn
+
+    def _writer_connection(self) -> Conn:
+        """The writer connection, reopened if it broke (caller holds the write lock)."""
+        if self._closed:
+            raise Unavailable("consent ledger unavailable")
+        if self._writer.closed or self._writer.broken:
+            if self._held:
+                # The session lock died with the connection: another writer may already
+                # have appended, so the block's ordering promise is gone.
+                raise Unavailable("consent ledger unavailable")
+            self._writer.close()
+            self._writer = self._connect()
+        return self._writer
+
+    @contextmanager
+    def _append_tx(self) -> Iterator[Conn]:
+        with _translated(), self._write_lock:
+            conn = self._writer_connection()
+            # READ COMMITTED: each statement after the lock sees every earlier append.
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                yield conn
+
+    @contextmanager
+    def _read_tx(self) -> Iterator[Conn]:
+        with _translated(), self._pool.connection() as conn, conn.transaction():
+            yield conn
+
+    @staticmethod
+    def _state(conn: Conn, subject: str, head: int) -> SubjectState:
+        row = conn.execute("SELECT state FROM subject_state WHERE subject = %s",
+                           (subject,)).fetchone()
+        return state_from_json(row[0], head) if row else SubjectState(sequence=head)
+
+    @staticmethod
+    def _last(conn: Conn) -> tuple[int, str]:
+        row = conn.execute("SELECT seq, entry_hash FROM ledger ORDER BY seq DESC LIMIT 1"
+                           ).fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+    def _insert(self, conn: Conn, subject: str, kind: str, record_id: str,
+                recorded_at: datetime, body: dict[str, Any],
+                idempotency: Idempotency | None) -> int:
+        last, prev = self._last(conn)
+        seq = last + 1
+        stamp = recorded_at.isoformat()
+        entry_hash = link(prev, entry_payload(seq, subject, kind, record_id, stamp, body))
+        conn.execute(
+            "INSERT INTO ledger (seq, record_id, subject, kind, body, recorded_at, "
+            "idempotency_key, request_hash, prev_hash, entry_hash) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (seq, record_id, subject, kind, json.dumps(body, sort_keys=True), stamp,
+             idempotency.key if idempotency else None,
+             idempotency.request_hash if idempotency else None, prev, entry_hash))
+        return seq
+
+    @staticmethod
+    def _save_state(conn: Conn, subject: str, state: SubjectState) -> None:
+        conn.execute(
+            "INSERT INTO subject_state (subject, version, state) VALUES (%s, %s, %s) "
+            "ON CONFLICT (subject) DO UPDATE SET version = excluded.version, "
+            "state = excluded.state",
+            (subject, state.version, state_to_json(state)))
+
+    def append_consent(self, subject: str, event: ConsentEvent,
+                       idempotency: Idempotency | None = None) -> AppendResult:
+        with self._append_tx() as conn:
+            if idempotency is not None:
+                row = conn.execute(
+                    "SELECT record_id, seq, request_hash FROM ledger "
+                    "WHERE idempotency_key = ANY(%s) ORDER BY seq LIMIT 1",
+                    (list(idempotency.all_keys),)).fetchone()
+                if row is not None:
+                    if row[2] != idempotency.request_hash:
+                        raise idempotency_conflict()
+                    head = self._last(conn)[0]
+                    return AppendResult(row[0], int(row[1]), self._state(conn, subject, head),
+                                        replayed=True)
+            seq = self._last(conn)[0] + 1
+            ev = replace(event, sequence=seq)
+            self._insert(conn, subject, "consent", ev.record_id, ev.recorded_at,
+                         event_to_dict(ev), idempotency)
+            state = apply_event(self._state(conn, subject, seq), ev)
+            self._save_state(conn, subject, state)
+            return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
+
+    def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
+                       recorded_at: datetime) -> AppendResult:
+        with self._append_tx() as conn:
+            seq = self._insert(conn, subject, "profile", record_id, recorded_at,
+                               profile_to_dict(profile), None)
+            state = apply_profile(self._state(conn, subject, seq), profile, seq)
+            self._save_state(conn, subject, state)
+            return AppendResult(record_id, seq, replace(state, sequence=seq))
+
+    def load(self, subject: str) -> SubjectState:
+        with self._read_tx() as conn:
+            # One statement: the state and the head it is current as of agree.
+            row = conn.execute(
+                "SELECT (SELECT coalesce(max(seq), 0) FROM ledger), "
+                "(SELECT state FROM subject_state WHERE subject = %s)", (subject,)).fetchone()
+        assert row is not None
+        head, stored = int(row[0]), row[1]
+        return state_from_json(stored, head) if stored is not None else SubjectState(
+            sequence=head)
+
+    def has_subject(self, subject: str) -> bool:
+        with self._read_tx() as conn:
+            return conn.execute("SELECT 1 FROM subject_state WHERE subject = %s",
+                                (subject,)).fetchone() is not None
+
+    def head(self) -> int:
+        with self._read_tx() as conn:
+            row = conn.execute(_HEAD).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def state_at(self, subject: str, sequence: int) -> SubjectState:
+        with self._read_tx() as conn:
+            rows = conn.execute(
+                "SELECT seq, kind, body FROM ledger WHERE subject = %s AND seq <= %s "
+                "ORDER BY seq", (subject, sequence)).fetchall()
+        return replay(((int(seq), kind, json.loads(body)) for seq, kind, body in rows), sequence)
+
+    def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]:
+        with self._read_tx() as conn:
+            rows = conn.execute(
+                "SELECT body FROM ledger WHERE subject = %s AND kind = 'consent' AND seq > %s "
+                "ORDER BY seq LIMIT %s", (subject, after_sequence, max(limit, 0))).fetchall()
+        return [event_from_dict(json.loads(r[0])) for r in rows]
+
+    def verify(self) -> ChainReport:
+        """Recompute the chain, and check the projection still matches the records."""
+        with self._read_tx() as conn:
+            rows = conn.execute(
+                "SELECT seq, record_id, subject, kind, body, recorded_at, prev_hash, entry_hash "
+                "FROM ledger ORDER BY seq").fetchall()
+            projections = {str(s): str(state) for s, state in conn.execute(
+                "SELECT subject, state FROM subject_state")}
+        return verify_entries(rows, projections)
+
+    def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+        with self._read_tx() as conn:  # REPEATABLE READ: both statements see one snapshot
+            row = conn.execute(_HEAD).fetchone()
+            rows = conn.execute(
+                "SELECT seq, subject FROM ledger WHERE seq > %s ORDER BY seq LIMIT %s",
+                (after_sequence, max(limit, 0))).fetchall()
+        assert row is not None
+        return int(row[0]), [(int(seq), str(subject)) for seq, subject in rows]
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold APPEND_LOCK at session level on the writer connection across the block.
+        Appends inside it take the same lock per transaction, which succeeds at once
+        (advisory locks are re-entrant within a session); every other writer, in this
+        process or another replica, waits until the block ends."""
+        with self._write_lock:
+            with _translated():
+                conn = self._writer_connection()
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_lock(%s)", (APPEND_LOCK,))
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
+                self._unlock(conn)
+
+    def _unlock(self, conn: Conn) -> None:
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_unlock(%s)", (APPEND_LOCK,))
+        except psycopg.Error:
+            # Ending the session releases its locks for certain; the block's own outcome
+            # (its appends are committed) stays what it was, so nothing is raised here.
+            conn.close()
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._pool.close()
+            finally:
+                self._writer.close()

@@ -1,0 +1,285 @@
+"""Consent state shared by replicas: one PostgreSQL ledger, one Redis, a cache per replica.
+
+In-process replicas (each its own ledger connection, Redis client, local cache, poller and
+invalidation listener) against a real PostgreSQL database and a real redis-server, so each
+step can be driven and inspected exactly; tests/integration/test_replicas.py does the same
+with server processes over gRPC.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from consentauthz.consent import (
+    ConsentService,
+    InvalidationListener,
+    LedgerPoller,
+    LocalCache,
+    PostgresLedger,
+    RedisStateCache,
+)
+from consentauthz.domain import (
+    CollectionMethod,
+    ConsentAction,
+    ConsentWrite,
+    SubjectState,
+)
+from consentauthz.engine import CompiledPolicy
+from consentauthz.errors import Unavailable
+from consentauthz.pseudonym import Pseudonymizer
+from consentauthz.telemetry import ATTR_CACHE_TIER
+from tests.redis_server import RedisServer
+
+EMAIL = "marketing.communications.email"
+PSEUDONYMS = Pseudonymizer(b"r" * 32)
+SUBJECT = "alice@example.com"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (the staleness bound's clock)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Replica:
+    ledger: PostgresLedger
+    cache: LocalCache
+    redis: RedisStateCache | None
+    poller: LedgerPoller
+    listener: InvalidationListener | None
+    service: ConsentService
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+        if self.redis is not None:
+            self.redis.close()
+        self.ledger.close()
+
+
+@pytest.fixture()
+def make_replica(postgres_dsn: str, shipped_policy: CompiledPolicy
+                 ) -> Iterator[Callable[..., Replica]]:
+    made: list[Replica] = []
+
+    def make(redis_url: str | None = None, *, listen: bool = True,
+             clock: Callable[[], float] = time.monotonic, max_staleness: float = 1.0,
+             timeout: float = 0.2) -> Replica:
+        ledger = PostgresLedger(postgres_dsn)
+        cache = LocalCache(1000, watermark=ledger.head())
+        shared = (RedisStateCache(redis_url, utc_now, timeout=timeout, retry_after=0.2)
+                  if redis_url else None)
+        poller = LedgerPoller(ledger, cache, max_staleness, clock=clock)
+        listener = (InvalidationListener(redis_url, shared.channel, cache)
+                    if shared is not None and redis_url and listen else None)
+        service = ConsentService(ledger, cache, PSEUDONYMS,
+                                 lambda: shipped_policy.policy.taxonomy, utc_now,
+                                 freshness=poller, shared=shared)
+        poller.poll_once()
+        if listener is not None:
+            listener.start()
+            assert listener.subscribed.wait(5)
+        replica = Replica(ledger, cache, shared, poller, listener, service)
+        made.append(replica)
+        return replica
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def grant(r: Replica, subject: str = SUBJECT, expires: timedelta | None = None,
+          evidence: dict[str, str] | None = None) -> int:
+    return r.service.record(ConsentWrite(
+        subject, ConsentAction.GRANT, purpose=EMAIL, data_categories=("user.contact.email",),
+        method=CollectionMethod.AFFIRMATIVE, source="web", notice_version="v1",
+        expires_at=utc_now() + expires if expires else None,
+        evidence=evidence or {})).consistency_token
+
+
+def withdraw(r: Replica, subject: str = SUBJECT) -> int:
+    return r.service.record(ConsentWrite(subject, ConsentAction.WITHDRAW, purpose=EMAIL,
+                                         data_categories=("user.contact.email",))).consistency_token
+
+
+def actions(state: SubjectState) -> list[ConsentAction]:
+    return [e.action for e in state.events]
+
+
+def read(r: Replica, spans: InMemorySpanExporter, token: int = 0,
+         subject: str = SUBJECT) -> tuple[list[ConsentAction], str]:
+    spans.clear()
+    state = r.service.state_of(r.service.subject_key(subject), token)
+    tiers = [s.attributes.get(ATTR_CACHE_TIER) for s in spans.get_finished_spans()
+             if s.name == "consent.Get" and s.attributes is not None]
+    return actions(state), str(tiers[-1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+# -- the three tiers --------------------------------------------------------------------
+
+
+def test_a_write_on_one_replica_is_read_from_redis_on_another(
+        make_replica: Callable[..., Replica], redis_server: RedisServer,
+        spans: InMemorySpanExporter) -> None:
+    a, b = make_replica(redis_server.url), make_replica(redis_server.url)
+    token = grant(a)
+    assert read(b, spans, token) == ([ConsentAction.GRANT], "redis")
+    assert read(b, spans, token) == ([ConsentAction.GRANT], "local")
+
+
+def test_a_withdrawal_invalidates_every_replicas_local_copy(
+        make_replica: Callable[..., Replica], redis_server: RedisServer,
+        spans: InMemorySpanExporter) -> None:
+    a, b = make_replica(redis_server.url), make_replica(redis_server.url)
+    grant(a)
+    b.poller.poll_once()
+    assert read(b, spans)[0] == [ConsentAction.GRANT]
+    token = withdraw(a)
+    # With the token: at once, whatever has or has not arrived yet.
+    assert read(b, spans, token)[0] == [ConsentAction.WITHDRAW]
+    # Without it: as soon as the invalidation message arrives (no poll needed).
+    c = make_replica(redis_server.url)
+    grant(a, "bob")
+    c.service.state_of(c.service.subject_key("bob"))
+    withdraw_bob = withdraw(a, "bob")
+    wait_for(lambda: c.cache.watermark >= withdraw_bob)
+    assert read(c, spans, subject="bob")[0] == [ConsentAction.WITHDRAW]
+
+
+def test_without_a_token_staleness_is_bounded_by_the_poll_even_without_redis(
+        make_replica: Callable[..., Replica], spans: InMemorySpanExporter) -> None:
+    clock = Clock()
+    a = make_replica()
+    b = make_replica(clock=clock, max_staleness=1.0)
+    grant(a)
+    b.poller.poll_once()
+    assert read(b, spans) == ([ConsentAction.GRANT], "ledger")
+    assert read(b, spans) == ([ConsentAction.GRANT], "local")
+    withdraw(a)
+    clock.now += 0.5  # within the bound and not yet polled: the cached grant may serve
+    assert read(b, spans) == ([ConsentAction.GRANT], "local")
+    clock.now += 0.6  # the newest poll is now older than the bound: no proof, read ledger
+    assert read(b, spans) == ([ConsentAction.WITHDRAW], "ledger")
+    b.poller.poll_once()  # the poll restores the proof (and drops the changed subject)
+    assert read(b, spans) == ([ConsentAction.WITHDRAW], "ledger")
+    assert read(b, spans) == ([ConsentAction.WITHDRAW], "local")
+
+
+def test_a_token_ahead_of_the_ledger_is_unavailable(
+        make_replica: Callable[..., Replica], redis_server: RedisServer) -> None:
+    a = make_replica(redis_server.url)
+    token = grant(a)
+    with pytest.raises(Unavailable):
+        a.service.state_of(a.service.subject_key(SUBJECT), token + 5)
+
+
+# -- what Redis holds -------------------------------------------------------------------
+
+
+def test_redis_keys_and_values_hold_no_subject_id_and_no_evidence(
+        make_replica: Callable[..., Replica], redis_server: RedisServer) -> None:
+    a = make_replica(redis_server.url)
+    grant(a, evidence={"ip": "203.0.113.77", "user_agent": "SecretBrowser/1.0"})
+    client = redis_server.client()
+    dump = b"".join(k + (client.get(k) or b"") for k in client.keys("*"))
+    assert dump
+    for secret in (SUBJECT.encode(), b"203.0.113.77", b"SecretBrowser"):
+        assert secret not in dump
+    # Keys are hashed pseudonyms of fixed length: distinct subjects, distinct keys.
+    other = a.redis.entry_key(a.service.subject_key("alice@example.co")) if a.redis else b""
+    assert other != (a.redis.entry_key(a.service.subject_key(SUBJECT)) if a.redis else b"")
+
+
+def test_entry_ttl_never_outlives_the_earliest_consent_expiry(
+        make_replica: Callable[..., Replica], redis_server: RedisServer) -> None:
+    a = make_replica(redis_server.url)
+    grant(a, expires=timedelta(seconds=30))
+    assert a.redis is not None
+    key = a.redis.entry_key(a.service.subject_key(SUBJECT))
+    ttl_ms = redis_server.client().pttl(key)
+    assert 0 < ttl_ms <= 30_000
+
+
+def test_a_write_redis_missed_starts_a_new_generation(
+        make_replica: Callable[..., Replica], redis_server: RedisServer,
+        spans: InMemorySpanExporter) -> None:
+    a, b = make_replica(redis_server.url), make_replica(redis_server.url)
+    no_redis = make_replica()  # a replica configured without Redis: Redis misses its write
+    token = grant(a)
+    assert read(b, spans, token) == ([ConsentAction.GRANT], "redis")
+    client = redis_server.client()
+    head_before = client.get(b"ca:head")
+    withdraw(no_redis)
+    b.poller.poll_once()  # b now knows the ledger moved past what Redis holds
+    assert read(b, spans) == ([ConsentAction.WITHDRAW], "ledger")
+    head_after = client.get(b"ca:head")
+    assert head_before is not None and head_after is not None
+    assert head_after.split(b":")[0] != head_before.split(b":")[0]
+    c = make_replica(redis_server.url)
+    assert read(c, spans) == ([ConsentAction.WITHDRAW], "redis")
+
+
+# -- Redis failures ---------------------------------------------------------------------
+
+
+def test_redis_down_answers_from_the_ledger_and_repopulates_when_back(
+        make_replica: Callable[..., Replica], redis_server: RedisServer,
+        spans: InMemorySpanExporter) -> None:
+    a, b = make_replica(redis_server.url), make_replica(redis_server.url)
+    grant(a)
+    redis_server.kill()
+    token = withdraw(a)  # the ledger takes it; the write-through fails
+    assert a.redis is not None and not a.redis.available
+    assert read(b, spans, token) == ([ConsentAction.WITHDRAW], "ledger")
+    assert b.redis is not None and not b.redis.available
+    redis_server.start()  # back, and empty
+    wait_for(lambda: b.redis is not None and b.redis.ping())
+    b.cache.clear(b.cache.watermark)
+    assert read(b, spans, token) == ([ConsentAction.WITHDRAW], "ledger")
+    assert redis_server.client().dbsize() >= 2  # head and the repopulated entry
+    c = make_replica(redis_server.url)
+    assert read(c, spans, token) == ([ConsentAction.WITHDRAW], "redis")
+
+
+def test_hung_redis_times_out_and_the_ledger_answers(
+        make_replica: Callable[..., Replica], redis_server: RedisServer,
+        spans: InMemorySpanExporter) -> None:
+    a = make_replica(redis_server.url)
+    b = make_replica(redis_server.url, timeout=0.05)
+    token = grant(a)
+    b.cache.clear(b.cache.watermark)
+    redis_server.pause()
+    try:
+        assert read(b, spans, token) == ([ConsentAction.GRANT], "ledger")
+        assert b.redis is not None and not b.redis.available
+        token = withdraw(b)  # the write succeeds on the ledger alone
+        assert read(b, spans, token)[0] == [ConsentAction.WITHDRAW]
+    finally:
+        redis_server.resume()
+    wait_for(lambda: b.redis is not None and b.redis.ping())
+    c = make_replica(redis_server.url)
+    c.poller.poll_once()
+    assert read(c, spans, token)[0] == [ConsentAction.WITHDRAW]

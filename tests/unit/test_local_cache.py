@@ -1,0 +1,85 @@
+"""LocalCache: how current an entry is known to be, and what a write does to it."""
+
+from __future__ import annotations
+
+from consentauthz.consent import LocalCache
+from consentauthz.domain import SubjectProfile, SubjectState
+
+
+def state(sequence: int, version: int, jurisdiction: str = "DE") -> SubjectState:
+    return SubjectState(profile=SubjectProfile(jurisdiction=jurisdiction),
+                        sequence=sequence, version=version)
+
+
+def test_tracked_entry_is_current_as_of_the_watermark() -> None:
+    cache = LocalCache(10, watermark=5)
+    cache.put("a", state(5, 3))
+    cache.note_write("b", 6)
+    cache.note_write("c", 7)
+    got = cache.get("a")
+    assert got is not None and got.sequence == 7 and got.version == 3
+
+
+def test_write_to_the_subject_drops_its_entry() -> None:
+    cache = LocalCache(10, watermark=5)
+    cache.put("a", state(5, 3))
+    cache.note_write("a", 6)
+    assert cache.get("a") is None
+    assert cache.watermark == 6
+
+
+def test_entry_older_than_the_watermark_is_current_only_as_of_itself() -> None:
+    # Loaded at 4, put after writes up to 6 were applied: a write to "a" at 5 or 6 may
+    # have been applied before the entry existed, so nothing vouches for it past 4.
+    cache = LocalCache(10, watermark=6)
+    cache.put("a", state(4, 2))
+    cache.note_write("b", 7)
+    got = cache.get("a")
+    assert got is not None and got.sequence == 4
+
+
+def test_out_of_order_write_waits_for_the_gap_and_blocks_older_puts() -> None:
+    cache = LocalCache(10, watermark=5)
+    cache.note_write("a", 7)  # 6 not seen yet
+    assert cache.watermark == 5
+    cache.put("a", state(5, 1))  # from before the write at 7: untracked
+    cache.note_write("b", 6)
+    assert cache.watermark == 7
+    got = cache.get("a")
+    assert got is not None and got.sequence == 5
+
+
+def test_ledger_range_moves_the_watermark_and_drops_changed_subjects() -> None:
+    cache = LocalCache(10, watermark=0)
+    cache.put("a", state(0, 0))
+    cache.put("b", state(0, 0))
+    cache.note_writes([(1, "a"), (2, "c")], head=2)
+    assert cache.get("a") is None
+    b = cache.get("b")
+    assert b is not None and b.sequence == 2
+    assert cache.watermark == 2
+
+
+def test_put_never_replaces_a_more_current_entry() -> None:
+    cache = LocalCache(10, watermark=5)
+    cache.put("a", state(8, 8, "FR"))
+    cache.put("a", state(6, 5, "DE"))
+    got = cache.get("a")
+    assert got is not None and got.profile.jurisdiction == "FR"
+
+
+def test_clear_forgets_everything_and_applies_up_to_head() -> None:
+    cache = LocalCache(10)
+    cache.put("a", state(0, 0))
+    cache.clear(9)
+    assert cache.get("a") is None and len(cache) == 0 and cache.watermark == 9
+    cache.put("a", state(3, 0))  # read before the clear: untracked
+    got = cache.get("a")
+    assert got is not None and got.sequence == 3
+
+
+def test_lru_bound() -> None:
+    cache = LocalCache(2)
+    for s in "abc":
+        cache.put(s, state(0, 0))
+    assert len(cache) == 2 and cache.get("a") is None
