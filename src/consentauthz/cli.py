@@ -341,6 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-staleness", type=float, default=1.0, metavar="SECONDS",
                        help="without a consistency token, the oldest write a check may miss "
                             "(shared ledger only; default 1.0)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="server certificate chain (TLS)")
+    serve.add_argument("--tls-key", metavar="PEM", help="server private key (TLS)")
+    serve.add_argument("--client-ca", metavar="PEM",
+                       help="CA bundle for client certificates: turns on mutual TLS")
+    serve.add_argument("--callers", metavar="YAML",
+                       help="who may call: client-certificate names and hashed bearer tokens "
+                            "(docs/security.md); default: everyone is 'anonymous', loopback only")
+    serve.add_argument("--master-key-file", metavar="FILE",
+                       help="key ring wrapping per-subject evidence keys (default "
+                            "DATA_DIR/keys/master.key, generated; env CONSENTAUTHZ_MASTER_KEY)")
     serve.add_argument("--no-watch", action="store_true",
                        help="do not hot-reload the policy directory when it changes")
     serve.add_argument("--metrics-listen", metavar="HOST:PORT",

@@ -60,6 +60,18 @@ class ServeConfig:
     #: Without a consistency token, a check may miss writes at most this many seconds old
     #: (with a shared ledger; the embedded default has no staleness at all).
     max_staleness: float = 1.0
+    #: TLS on the gRPC port: server certificate chain and key (PEM files).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: CA bundle for client certificates: set, it turns on mutual TLS.
+    client_ca: Path | None = None
+    #: YAML file naming the callers (client-certificate names, hashed bearer tokens);
+    #: None: every call is from `anonymous` (allowed only on loopback).
+    callers_file: Path | None = None
+    #: Master key ring wrapping the per-subject evidence keys (raw bytes from the
+    #: environment); otherwise read from master_key_file.
+    master_key: bytes | None = None
+    master_key_file: Path | None = None
 
     @property
     def policy_dir(self) -> Path:
@@ -68,6 +80,10 @@ class ServeConfig:
     @property
     def key_file(self) -> Path:
         return self.pseudonym_key_file or self.data_dir / "keys" / "pseudonym.key"
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.master_key_file or self.data_dir / "keys" / "master.key"
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -147,6 +163,22 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
     max_staleness = getattr(ns, "max_staleness", 1.0)
     if redis_timeout_ms <= 0 or max_staleness <= 0:
         raise ConfigError("--redis-timeout-ms and --max-staleness must be positive")
+    master_hex = _env(env, "MASTER_KEY")
+    master = None
+    if master_hex:
+        try:
+            master = bytes.fromhex(master_hex)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}MASTER_KEY must be hex") from None
+    master_file = getattr(ns, "master_key_file", None) or _env(env, "MASTER_KEY_FILE")
+    tls_cert = getattr(ns, "tls_cert", None) or _env(env, "TLS_CERT")
+    tls_key = getattr(ns, "tls_key", None) or _env(env, "TLS_KEY")
+    client_ca = getattr(ns, "client_ca", None) or _env(env, "CLIENT_CA")
+    callers = getattr(ns, "callers", None) or _env(env, "CALLERS")
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if client_ca and not tls_cert:
+        raise ConfigError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
     if ns.workers < 1 or ns.cache_entries < 1:
         raise ConfigError("--workers and --cache-entries must be positive")
     return ServeConfig(
@@ -170,6 +202,12 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         redis_prefix=redis_prefix,
         redis_timeout=redis_timeout_ms / 1000,
         max_staleness=max_staleness,
+        tls_cert=Path(tls_cert) if tls_cert else None,
+        tls_key=Path(tls_key) if tls_key else None,
+        client_ca=Path(client_ca) if client_ca else None,
+        callers_file=Path(callers) if callers else None,
+        master_key=master,
+        master_key_file=Path(master_file) if master_file else None,
     )
 
 
