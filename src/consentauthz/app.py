@@ -12,18 +12,25 @@ from pathlib import Path
 
 from .auditing import Auditor
 from .checker import Checker
-from .config import ServeConfig
+from .config import ServeConfig, load_callers, load_tls, read_caller_policy
 from .consent import (
     ConsentService,
     Freshness,
     InvalidationListener,
+    KeyStore,
     Ledger,
     LedgerPoller,
     LocalCache,
+    MasterKeys,
+    PostgresKeyStore,
     PostgresLedger,
     RedisStateCache,
+    Sealer,
+    SealingLedger,
     SoleWriter,
+    SqliteKeyStore,
     SqliteLedger,
+    parse_master_ring,
 )
 from .decisionlog import QueuedDecisionLog, RetentionJob, SqliteDecisionLog
 from .domain import PolicyReload
@@ -34,7 +41,7 @@ from .policy import PolicyStore, load_policy_set
 from .policy.watch import PolicyWatcher
 from .pseudonym import Pseudonymizer, parse_key_ring
 from .reload import PolicyHolder, PolicyReloader
-from .server import COMPONENT_LEDGER, COMPONENT_REDIS, GrpcServer
+from .server import COMPONENT_LEDGER, COMPONENT_REDIS, GrpcServer, caller_guard
 from .telemetry import MetricsEndpoint, meter
 
 log = logging.getLogger("consentauthz")
@@ -44,25 +51,44 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _key_file_text(path: Path, explicit: bool, what: str, why: str) -> str:
+    """A key ring file; the embedded default creates a fresh random key in it, readable
+    only by this user."""
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"{what} key file {path} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        log.warning("generated a new %s key in %s; back it up: %s", what, path, why)
+    return path.read_text()
+
+
 def load_key(config: ServeConfig) -> Pseudonymizer:
     """The pseudonymisation key ring (docs/auditing.md: one key per line, last is current)."""
     if config.pseudonym_key is not None:
         return Pseudonymizer(config.pseudonym_key)
     path = config.key_file
-    if not path.exists():
-        if config.pseudonym_key_file is not None:
-            raise ConfigError(f"pseudonymisation key file {path} does not exist")
-        # Embedded default: a fresh random key, readable only by this user. Back it up:
-        # without it the ledger can no longer be looked up by subject id.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
-        log.warning("generated a new pseudonymisation key in %s; back it up", path)
+    text = _key_file_text(path, config.pseudonym_key_file is not None, "pseudonymisation",
+                          "without it the ledger can no longer be looked up by subject id")
     try:
-        return parse_key_ring(path.read_text())
+        return parse_key_ring(text)
     except ValueError as exc:
         raise ConfigError(f"pseudonymisation key file {path}: {exc}") from None
+
+
+def load_master_keys(config: ServeConfig) -> MasterKeys:
+    """The master key ring that wraps per-subject keys (docs/security.md)."""
+    try:
+        if config.master_key is not None:
+            return MasterKeys([("m1", config.master_key)])
+        path = config.master_key_path
+        text = _key_file_text(path, config.master_key_file is not None, "master",
+                              "without it no sealed evidence or birth date can be read")
+        return parse_master_ring(text)
+    except ValueError as exc:
+        raise ConfigError(f"master key: {exc}") from None
 
 
 def open_ledger(url: str | None, data_dir: Path, read_only: bool = False) -> Ledger:
@@ -70,6 +96,27 @@ def open_ledger(url: str | None, data_dir: Path, read_only: bool = False) -> Led
     if url:
         return PostgresLedger(url)
     return SqliteLedger(data_dir / "ledger.db", read_only=read_only)
+
+
+def open_for_reading(url: str | None, data_dir: Path, master_key_file: Path | None) -> Ledger:
+    """The ledger as offline readers (audit --data-dir, policy diff) open it: read-only,
+    and opening sealed values when the master key ring is at hand (else they stay sealed)."""
+    inner = open_ledger(url, data_dir, read_only=True)
+    path = master_key_file or data_dir / "keys" / "master.key"
+    keys = data_dir / "subject_keys.db"
+    if not path.is_file() or (not url and not keys.is_file()):
+        return inner
+    try:
+        master = parse_master_ring(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"master key file {path}: {exc}") from None
+    store = PostgresKeyStore(url) if url else SqliteKeyStore(keys, read_only=True)
+    return SealingLedger(inner, Sealer(master, store))
+
+
+def open_key_store(url: str | None, data_dir: Path) -> KeyStore:
+    """Where the wrapped per-subject keys live: beside the ledger, but not append-only."""
+    return PostgresKeyStore(url) if url else SqliteKeyStore(data_dir / "subject_keys.db")
 
 
 def compile_policy(directory: Path) -> CompiledPolicy:
@@ -130,7 +177,10 @@ class App:
                                       debounce=config.watch_debounce)
                         if config.watch_policies else None)
         pseudonymize = load_key(config)
-        self.ledger = open_ledger(config.ledger_url, data)
+        # Evidence and birth dates are sealed under per-subject keys (consent/sealing.py).
+        self.ledger = SealingLedger(
+            open_ledger(config.ledger_url, data),
+            Sealer(load_master_keys(config), open_key_store(config.ledger_url, data)))
         self.decision_store = SqliteDecisionLog(
             data / "decisions.db", fsync=config.decision_log_fsync,
             max_segment_bytes=config.decision_log_segment_bytes,
@@ -161,13 +211,19 @@ class App:
         self.consent = ConsentService(
             self.ledger, self.cache, pseudonymize,
             lambda: self.policy().policy.taxonomy, utc_now, self.metrics,
-            freshness=self.freshness, shared=self.redis)
+            freshness=self.freshness, shared=self.redis, erase_keys=self.ledger.erase)
         self.checker = Checker(self.consent, self.policy, self.decision_log,
                                utc_now, self.metrics)
         self.audit = Auditor(self.decision_store, self.ledger, self.policy_store, pseudonymize,
                              utc_now)
-        self.server = GrpcServer(self.checker, self.consent, self.audit,
-                                 lambda: self.policy.status, config.listen, config.workers)
+        # Transport and callers (docs/security.md): plaintext only on loopback; with
+        # callers configured, every call is authenticated and checked by callers/ policy.
+        self.server = GrpcServer(
+            self.checker, self.consent, self.audit, lambda: self.policy.status,
+            config.listen, config.workers, tls=load_tls(config), loopback=config.loopback,
+            guard=caller_guard(load_callers(config.callers_file) if config.callers_file
+                               else (), read_caller_policy(config.policy_dir),
+                               self.policy().policy.taxonomy))
 
     def _component(self, name: str) -> Callable[[bool], None]:
         def changed(serving: bool) -> None:
@@ -214,13 +270,18 @@ class App:
         return self.metrics_endpoint.port if self.metrics_endpoint else None
 
     def start(self) -> None:
-        if self.config.loopback:
-            log.info("listening in plaintext on loopback")
+        if self.config.tls_cert is None:  # GrpcServer refused this off loopback
+            log.warning("listening in plaintext on loopback %s: only this machine can "
+                        "connect (--tls-cert and --tls-key to serve others)", self.config.listen)
         else:
-            log.warning("listening in plaintext on a non-loopback address %s",
-                        self.config.listen)
-        log.warning("no callers configured: every call is from 'anonymous' and may do "
-                    "everything")
+            log.info("listening with %s on %s", "mutual TLS" if self.config.client_ca
+                     else "TLS (no client certificates)", self.config.listen)
+        if self.config.callers_file is None:
+            log.warning("no callers configured: every call is from 'anonymous' and may do "
+                        "everything")
+        else:
+            log.info("callers from %s, caller policy from %s/callers", self.config.callers_file,
+                     self.config.policy_dir)
         # Before the gRPC server: a port clash fails the start before any call is served.
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.start()
@@ -232,8 +293,8 @@ class App:
         self.server.start()
         if self.redis is not None:
             self.server.set_component(COMPONENT_REDIS, self.redis.ping())
-        if self.config.ledger_url:
-            self.server.set_component(COMPONENT_LEDGER, True)
+        if isinstance(self.freshness, LedgerPoller):
+            self._component(COMPONENT_LEDGER)(self.freshness.healthy)
         if self.retention is not None:
             self.retention.start()
         if self.watcher is not None:

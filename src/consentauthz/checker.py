@@ -1,6 +1,8 @@
 """The callers' use case: state from consent/, decide with engine/, append to decisionlog/.
 
-No decision leaves this module unless its decision-log entry was accepted first.
+No decision leaves this module unless its decision-log entry was accepted first, and a
+failure anywhere on the way (consent state, policy, engine, decision log) is raised,
+never turned into an answer: the server maps it to UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from .consent import ConsentService
 from .decisionlog import DecisionLog
 from .domain import CheckOutcome, CheckRequest, DecisionRecord, new_id
 from .engine import CompiledPolicy
-from .errors import InvalidArgument
+from .errors import ConsentAuthzError, InvalidArgument, Unavailable
 from .metrics import NO_METRICS, Metrics, Rpc
 from .telemetry import (
     ATTR_BATCH_SIZE,
@@ -37,6 +39,8 @@ from .telemetry import (
 from .validation import validate_batch_size, validate_check
 
 BatchItem = CheckOutcome | InvalidArgument
+#: A batch item's result when one item may be unavailable alone (`check_each`).
+ItemResult = CheckOutcome | InvalidArgument | Unavailable
 
 
 class Checker:
@@ -51,23 +55,50 @@ class Checker:
 
     def check(self, request: CheckRequest, caller: str) -> CheckOutcome:
         result = self._run([request], caller, prefix=False)[0]
-        if isinstance(result, InvalidArgument):
+        if not isinstance(result, CheckOutcome):
             raise result
         return result
 
     def check_batch(self, requests: Sequence[CheckRequest | InvalidArgument],
                     caller: str) -> list[BatchItem]:
         """One result per item, in order; an item that already failed conversion at the
-        edge is passed in as its InvalidArgument and comes back unchanged."""
-        validate_batch_size(len(requests))
-        return self._run(requests, caller, prefix=True)
+        edge is passed in as its InvalidArgument and comes back unchanged. Should any
+        item be unavailable, the whole batch is (Unavailable is raised)."""
+        out: list[BatchItem] = []
+        for result in self._run(requests, caller, prefix=True, isolate=False):
+            if isinstance(result, Unavailable):  # not isolated: _run raised it instead
+                raise result
+            out.append(result)
+        return out
+
+    def check_each(self, requests: Sequence[CheckRequest | InvalidArgument],
+                   caller: str) -> list[ItemResult]:
+        """`check_batch`, except that an item whose consistency_token is ahead of what the
+        consent ledger holds comes back as its own Unavailable while the other items are
+        answered. Any other failure still fails the whole batch: a ledger that is down
+        would fail every item, and each only after its own timeout."""
+        return self._run(requests, caller, prefix=True, isolate=True)
 
     def _run(self, requests: Sequence[CheckRequest | InvalidArgument], caller: str,
-             prefix: bool) -> list[BatchItem]:
+             prefix: bool, isolate: bool = False) -> list[ItemResult]:
+        try:
+            return self._run_unguarded(requests, caller, prefix, isolate)
+        except (InvalidArgument, Unavailable):
+            raise
+        except ConsentAuthzError as exc:
+            # Any other error of ours on the way (a policy that cannot be had, ...) means
+            # no decision can be made now: that is unavailability, never an answer.
+            # Unexpected exceptions (bugs) pass as they are, for the server to log.
+            raise Unavailable("no decision can be made now") from exc
+
+    def _run_unguarded(self, requests: Sequence[CheckRequest | InvalidArgument], caller: str,
+                       prefix: bool, isolate: bool) -> list[ItemResult]:
+        if prefix:
+            validate_batch_size(len(requests))
         compiled = self._policy()  # one policy version for the whole batch
         rpc: Rpc = "BatchCheck" if prefix else "Check"
         taxonomy = compiled.policy.taxonomy
-        results: list[BatchItem | None] = [None] * len(requests)
+        results: list[ItemResult | None] = [None] * len(requests)
         pending: list[tuple[int, CheckOutcome]] = []
         for i, request in enumerate(requests):
             if isinstance(request, InvalidArgument):
@@ -78,7 +109,14 @@ class Checker:
             except InvalidArgument as exc:
                 results[i] = exc
                 continue
-            pending.append((i, self._decide(request, caller, compiled, rpc)))
+            try:
+                pending.append((i, self._decide(request, caller, compiled, rpc)))
+            except Unavailable as exc:
+                # Only a token this replica has not seen can be ahead of the ledger (the
+                # watermark never passes the ledger head); anything else is an outage.
+                if not isolate or request.consistency_token <= self._consent.watermark:
+                    raise
+                results[i] = exc
         if pending:
             with tracer().start_as_current_span("decisionlog.Append") as span:
                 span.set_attribute(ATTR_BATCH_SIZE, len(pending))
@@ -87,8 +125,11 @@ class Checker:
                 results[i] = CheckOutcome(outcome.decision, record)
                 # Counted only now: a decision whose log entry was refused is never answered.
                 self._metrics.decision(outcome.decision, record.purpose)
-        assert all(r is not None for r in results)
-        return [r for r in results if r is not None]
+        done = [r for r in results if r is not None]
+        if len(done) != len(requests):
+            # Never an answer for some items and silence for others.
+            raise Unavailable("a batch item was left without a result")
+        return done
 
     def _decide(self, request: CheckRequest, caller: str,
                 compiled: CompiledPolicy, rpc: Rpc) -> CheckOutcome:

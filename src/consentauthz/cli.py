@@ -18,7 +18,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from . import cli_audit
+from . import cli_audit, cli_channel
 from . import config as cfg
 from .errors import ConsentAuthzError
 from .v1 import (
@@ -47,8 +47,8 @@ _METHODS = {
 
 
 class Client:
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, security: cfg.ClientSecurity | None = None) -> None:
+        self.channel = cli_channel.open_channel(target, security or cfg.ClientSecurity())
         self.decisions = decision_pb2_grpc.DecisionServiceStub(self.channel)
         self.consent = consent_pb2_grpc.ConsentServiceStub(self.channel)
         self.policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
@@ -205,7 +205,7 @@ def cmd_policy_test(ns: argparse.Namespace) -> int:
 
 
 def cmd_policy_diff(ns: argparse.Namespace) -> int:
-    from .app import compile_policy, open_ledger
+    from .app import compile_policy, open_for_reading
     from .authoring.diff import diff, format_report, report_json
     from .decisionlog import SqliteDecisionLog
     from .domain import DecisionQuery
@@ -213,7 +213,7 @@ def cmd_policy_diff(ns: argparse.Namespace) -> int:
     data = Path(ns.data_dir or cfg.DEFAULT_DATA_DIR)
     candidate = compile_policy(Path(ns.candidate))
     log = SqliteDecisionLog(data / "decisions.db", read_only=True)
-    ledger = open_ledger(cfg.ledger_url(ns.ledger), data, read_only=True)
+    ledger = open_for_reading(cfg.ledger_url(ns.ledger), data, None)
     try:
         report = diff(log, ledger, candidate,
                       DecisionQuery(purpose=ns.purpose or "", start=_dt(ns.since),
@@ -304,6 +304,7 @@ def _common_client(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help=f"server address (default {cfg.DEFAULT_TARGET}, "
                    f"or ${cfg.ENV_PREFIX}TARGET)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
+    cli_channel.add_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(ns, "run"):
             run: Callable[[argparse.Namespace], int] = ns.run
             return run(ns)
-        client = Client(cfg.client_target(ns))
+        client = Client(cfg.client_target(ns), cfg.client_security(ns))
         try:
             command: Callable[[Client, argparse.Namespace], int] = ns.client
             return command(client, ns)

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
+from . import cli_channel
 from . import config as cfg
 from .errors import ConfigError
 from .v1 import audit_pb2, audit_pb2_grpc, consent_pb2, decision_pb2
@@ -27,8 +27,9 @@ _DECISIONS = {"allow": decision_pb2.DECISION_ALLOW, "deny": decision_pb2.DECISIO
 class OfflineAudit:
     """AuditService's methods, answered from files: the same Auditor the server uses."""
 
-    def __init__(self, data_dir: Path, key_file: Path | None, ledger_url: str | None) -> None:
-        from .app import open_ledger
+    def __init__(self, data_dir: Path, key_file: Path | None, ledger_url: str | None,
+                 master_key_file: Path | None = None) -> None:
+        from .app import open_for_reading
         from .auditing import Auditor
         from .decisionlog import SqliteDecisionLog
         from .policy import PolicyStore
@@ -42,7 +43,7 @@ class OfflineAudit:
                 else Pseudonymizer(b"\0" * 32, "none"))
         self.auditor = Auditor(
             SqliteDecisionLog(data_dir / "decisions.db", read_only=True),
-            open_ledger(ledger_url, data_dir, read_only=True),
+            open_for_reading(ledger_url, data_dir, master_key_file),
             PolicyStore(data_dir / "policies"), ring, lambda: datetime.now(UTC))
 
     def _need_key(self, subject_id: str) -> None:
@@ -83,9 +84,10 @@ def _port(ns: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
     if ns.data_dir:
         offline = OfflineAudit(Path(ns.data_dir),
                                Path(ns.pseudonym_key_file) if ns.pseudonym_key_file else None,
-                               cfg.ledger_url(ns.ledger))
+                               cfg.ledger_url(ns.ledger),
+                               Path(ns.master_key_file) if ns.master_key_file else None)
         return offline, lambda: None
-    channel = grpc.insecure_channel(cfg.client_target(ns))
+    channel = cli_channel.open_channel(cfg.client_target(ns), cfg.client_security(ns))
     return audit_pb2_grpc.AuditServiceStub(channel), channel.close
 
 
@@ -322,7 +324,10 @@ def _source(p: argparse.ArgumentParser) -> None:
                    "(default DATA_DIR/keys/pseudonym.key)")
     p.add_argument("--ledger", metavar="URL", help="with --data-dir: the postgresql:// "
                    "ledger the server used (default: DATA_DIR/ledger.db)")
+    p.add_argument("--master-key-file", help="with --data-dir: the master key ring, to read "
+                   "sealed evidence (default DATA_DIR/keys/master.key when present)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
+    cli_channel.add_flags(p)
 
 
 def register(sub: Any) -> None:

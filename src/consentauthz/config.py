@@ -214,3 +214,210 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
 def client_target(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     return str(ns.target or _env(env, "TARGET") or DEFAULT_TARGET)
+
+
+# --- transport security and callers (docs/security.md) ---------------------------------
+
+#: A caller's name as it appears in the caller policy and in every decision-log entry.
+CALLER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
+#: The identity of every call when no callers are configured; not a configurable name.
+RESERVED_CALLER = "anonymous"
+CALLER_POLICY_DIR = "callers"
+CALLER_MODEL_FILE = "model.conf"
+CALLER_POLICY_FILE = "policy.csv"
+
+
+@dataclass(frozen=True, slots=True)
+class CallerConfig:
+    """One entry of the callers file: who a caller is, and how it proves it."""
+
+    name: str
+    #: Client-certificate names (SAN DNS/URI/IP entries, or the CN of a certificate
+    #: without SANs) that authenticate as this caller under mutual TLS.
+    certificate_names: tuple[str, ...] = ()
+    #: SHA-256 (lower-case hex) of each bearer token accepted for this caller; more than
+    #: one while a token is being rotated.
+    token_sha256: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """The PEM contents behind --tls-cert, --tls-key and --client-ca, checked to parse."""
+
+    cert_chain: bytes
+    private_key: bytes
+    #: Set: mutual TLS, client certificates must chain to one of these.
+    client_ca: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallerPolicyText:
+    """The caller policy in `<policy dir>/callers/`, as written."""
+
+    model_text: str
+    policy_text: str
+    source: str
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where} must be a list of non-empty strings")
+    return tuple(value)
+
+
+def load_callers(path: Path) -> tuple[CallerConfig, ...]:
+    """Parse the callers file (format: policies/callers/callers.example.yaml). Every problem
+    is a ConfigError naming the entry, never a token hash's value."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"callers file {path}: {exc.strerror or exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise ConfigError(f"callers file {path}: not valid YAML") from None
+    if not isinstance(data, dict) or set(data) != {"callers"} \
+            or not isinstance(data["callers"], list) or not data["callers"]:
+        raise ConfigError(f"callers file {path}: must be a mapping with one key, 'callers', "
+                          "a non-empty list")
+    callers: list[CallerConfig] = []
+    seen_names: set[str] = set()
+    owner: dict[str, str] = {}
+    for i, entry in enumerate(data["callers"]):
+        where = f"callers file {path}: callers[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a mapping")
+        unknown = set(entry) - {"name", "certificate_names", "token_sha256"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not CALLER_NAME.match(name):
+            raise ConfigError(f"{where}: name must be 1-64 characters of a-z 0-9 . _ - "
+                              "(starting with a letter or digit)")
+        if name == RESERVED_CALLER:
+            raise ConfigError(f"{where}: {RESERVED_CALLER!r} is reserved for unauthenticated "
+                              "calls when no callers are configured")
+        if name in seen_names:
+            raise ConfigError(f"{where}: caller {name!r} is listed twice")
+        seen_names.add(name)
+        cert_names = _strings(entry.get("certificate_names"), f"{where}.certificate_names")
+        hashes = _strings(entry.get("token_sha256"), f"{where}.token_sha256")
+        if not cert_names and not hashes:
+            raise ConfigError(f"{where}: caller {name!r} has neither certificate_names nor "
+                              "token_sha256, so it can never authenticate")
+        if any(not _SHA256_HEX.match(h) for h in hashes):
+            raise ConfigError(f"{where}: token_sha256 entries must be 64 lower-case hex "
+                              "digits: the SHA-256 of the token, never the token itself")
+        for cert in cert_names:
+            if owner.setdefault(f"cert:{cert}", name) != name:
+                raise ConfigError(f"{where}: certificate name {cert!r} also belongs to "
+                                  f"{owner[f'cert:{cert}']!r}")
+        for h in hashes:
+            if owner.setdefault(f"token:{h}", name) != name:
+                raise ConfigError(f"{where}: a token hash of {name!r} also belongs to "
+                                  f"{owner[f'token:{h}']!r}")
+        callers.append(CallerConfig(name, cert_names, hashes))
+    return tuple(callers)
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
+
+
+def load_tls(config: ServeConfig) -> TlsFiles | None:
+    """The server's TLS material, parsed and checked, so a wrong file fails the start with
+    a clear message instead of every handshake later. None: plaintext."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    chain = _read_file(config.tls_cert, "--tls-cert")
+    key = _read_file(config.tls_key, "--tls-key")
+    try:
+        certs = x509.load_pem_x509_certificates(chain)
+    except ValueError:
+        raise ConfigError(f"--tls-cert {config.tls_cert}: not a PEM certificate chain") from None
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"--tls-key {config.tls_key}: not an unencrypted PEM private "
+                          "key") from None
+    leaf = certs[0]
+    if private.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo) != \
+            leaf.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo):
+        raise ConfigError(f"--tls-key {config.tls_key} does not belong to the first "
+                          f"certificate in --tls-cert {config.tls_cert}")
+    moment = datetime.now(UTC)
+    if not leaf.not_valid_before_utc <= moment <= leaf.not_valid_after_utc:
+        raise ConfigError(f"--tls-cert {config.tls_cert}: the certificate is valid from "
+                          f"{leaf.not_valid_before_utc.isoformat()} to "
+                          f"{leaf.not_valid_after_utc.isoformat()}, not now")
+    client_ca = None
+    if config.client_ca is not None:
+        client_ca = _read_file(config.client_ca, "--client-ca")
+        try:
+            x509.load_pem_x509_certificates(client_ca)
+        except ValueError:
+            raise ConfigError(f"--client-ca {config.client_ca}: not a PEM certificate "
+                              "bundle") from None
+    return TlsFiles(chain, key, client_ca)
+
+
+def read_caller_policy(policy_dir: Path) -> CallerPolicyText | None:
+    """`<policy dir>/callers/{model.conf,policy.csv}`; None when the folder is absent."""
+    folder = policy_dir / CALLER_POLICY_DIR
+    if not folder.is_dir():
+        return None
+    texts = []
+    for name in (CALLER_MODEL_FILE, CALLER_POLICY_FILE):
+        try:
+            texts.append((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(f"caller policy {folder}: {name} is missing or not UTF-8 "
+                              "text") from None
+    return CallerPolicyText(texts[0], texts[1], str(folder))
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ClientSecurity:
+    """How a client command reaches a secured server: TLS (with these roots, else the
+    system's), a client certificate for mutual TLS, a bearer token. PEM contents."""
+
+    tls: bool = False
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    token: str | None = None
+
+    def __repr__(self) -> str:  # never the key or the token
+        return (f"ClientSecurity(tls={self.tls}, ca={self.ca is not None}, "
+                f"cert={self.cert is not None}, token={self.token is not None})")
+
+
+def client_security(ns: argparse.Namespace, env: Mapping[str, str] | None = None) \
+        -> ClientSecurity:
+    """--ca/--cert/--key/--tls/--auth-token, or CONSENTAUTHZ_CA, _CERT, _KEY, _TOKEN."""
+    env = os.environ if env is None else env
+    ca = getattr(ns, "ca", None) or _env(env, "CA")
+    cert = getattr(ns, "cert", None) or _env(env, "CERT")
+    key = getattr(ns, "key", None) or _env(env, "KEY")
+    token = getattr(ns, "auth_token", None) or _env(env, "TOKEN")
+    if bool(cert) != bool(key):
+        raise ConfigError("--cert and --key go together")
+    return ClientSecurity(
+        tls=bool(getattr(ns, "tls", False) or ca or cert),
+        ca=_read_file(Path(ca), "--ca") if ca else None,
+        cert=_read_file(Path(cert), "--cert") if cert else None,
+        key=_read_file(Path(key), "--key") if key else None,
+        token=token.strip() if token else None)

@@ -115,7 +115,12 @@ class CheckRequest:
 @dataclass(frozen=True, slots=True)
 class SubjectProfile:
     jurisdiction: str = ""
+    #: In the clear only in memory and the caches; the ledger holds `sealed_birth_date`.
     birth_date: date | None = None
+    #: The birth date encrypted under the subject's key (consent/sealing.py).
+    sealed_birth_date: str = ""
+    #: When the subject was erased (GDPR Art. 17); erasure is final.
+    erased_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +140,10 @@ class ConsentEvent:
     source: str
     notice_version: str
     recorded_at: datetime
+    #: In the clear only in memory, and only until the subject's key is destroyed.
     evidence: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
+    #: The evidence encrypted under the subject's key: what the ledger stores.
+    sealed_evidence: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,10 @@ class Unavailable(ConsentAuthzError):
     """A dependency (ledger, decision log) cannot serve now; the caller may retry."""
 
 
+class SubjectErased(ConsentAuthzError):
+    """The subject was erased (GDPR Art. 17): nothing more is recorded about them."""
+
+
 class PolicyError(ConsentAuthzError):
     """A policy pack does not load or validate. Carries `file:line: message` entries."""
 

@@ -1,8 +1,13 @@
 """Input rules for every request: lengths, character sets, taxonomy keys, time ranges.
 
 Shared by the checker and the consent service, so in-process callers get the same
-answers as gRPC callers. Every violation names its field; nothing is written before
-validation has passed.
+answers as gRPC callers. Every violation names its field, and one error names every bad
+field of a request (a caller fixes a request in one round trip, not one field per try);
+nothing is written before validation has passed.
+
+Each rule comes in two forms: `check_*`/`read_*` add to a `Violations` and carry on, so a
+caller can judge all fields first; `validate_*`/`parse_*` raise `InvalidArgument` at once
+(for a request that has nothing else to report).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from .domain import (
     CheckRequest,
     CollectionMethod,
     ConsentWrite,
+    DecisionQuery,
     SubjectUpsert,
 )
 from .errors import FieldViolation, InvalidArgument
@@ -44,6 +50,10 @@ MAX_PAGE_SIZE = 1000
 CLOCK_SKEW = timedelta(minutes=5)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+#: What the gRPC edge puts in `CheckRequest.consistency_token` for a token it could not
+#: parse: validate_check then reports it together with the request's other bad fields.
+NOT_A_TOKEN = -1
+_NOT_A_POSITION = "is not a consistency token from this service"
 
 _JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?\Z")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]*\Z")
@@ -124,7 +134,7 @@ def validate_check(req: CheckRequest, taxonomy: Taxonomy, prefix: str = "") -> N
                 v.add(f"context[{key}]",
                       f"must be one of {', '.join(sorted(KNOWN_CONTEXT[key]))}")
     if req.consistency_token < 0:
-        v.add("consistency_token", "must not be negative")
+        v.add("consistency_token", _NOT_A_POSITION)
     v.raise_if_any()
 
 
@@ -146,42 +156,56 @@ def _check_time(v: Violations, field: str, value: datetime | None) -> None:
 
 def validate_write(w: ConsentWrite, taxonomy: Taxonomy, now: datetime) -> None:
     v = Violations()
+    check_write(v, w, taxonomy, now)
+    v.raise_if_any()
+
+
+def check_write(v: Violations, w: ConsentWrite, taxonomy: Taxonomy | None, now: datetime,
+                unknown: frozenset[str] = frozenset()) -> None:
+    """`unknown`: fields the edge could not convert (and has reported); `w` holds
+    placeholders there, so no rule that depends on them is applied. Without a
+    `taxonomy`, purposes and categories are checked for form only."""
+    action = None if "action" in unknown else w.action
+    permission = action in PERMISSION_ACTIONS
     check_subject_id(v, w.subject_id)
-    check_purpose(v, taxonomy, w.purpose,
-                  required=w.action in PURPOSE_REQUIRED_ACTIONS)
+    if taxonomy is not None:
+        check_purpose(v, taxonomy, w.purpose, required=action in PURPOSE_REQUIRED_ACTIONS)
+    else:
+        _text(v, "purpose", w.purpose, MAX_KEY, required=action in PURPOSE_REQUIRED_ACTIONS)
     if len(w.data_categories) > MAX_CATEGORIES:
         v.add("data_categories", f"has more than {MAX_CATEGORIES} entries")
     else:
         for i, cat in enumerate(w.data_categories):
-            check_category(v, taxonomy, cat, f"data_categories[{i}]")
+            if taxonomy is not None:
+                check_category(v, taxonomy, cat, f"data_categories[{i}]")
+            else:
+                _text(v, f"data_categories[{i}]", cat, MAX_KEY, required=True)
         if len(set(w.data_categories)) != len(w.data_categories):
             v.add("data_categories", "has duplicates")
     check_jurisdiction(v, w.jurisdiction)
-    if w.action in PERMISSION_ACTIONS and w.method is CollectionMethod.UNSPECIFIED:
+    if (permission and "method" not in unknown
+            and w.method is CollectionMethod.UNSPECIFIED):
         v.add("method", "is required for a grant or opt-in (how was it collected?)")
-    if w.explicit and w.action not in PERMISSION_ACTIONS:
+    if w.explicit and action is not None and not permission:
         v.add("explicit", "only applies to a grant or opt-in")
-    _check_time(v, "collected_at", w.collected_at)
-    _check_time(v, "expires_at", w.expires_at)
-    if w.collected_at is not None and w.collected_at.tzinfo and w.collected_at > now + CLOCK_SKEW:
+    collected = None if "collected_at" in unknown else w.collected_at
+    expires = None if "expires_at" in unknown else w.expires_at
+    _check_time(v, "collected_at", collected)
+    _check_time(v, "expires_at", expires)
+    if collected is not None and collected.tzinfo and collected > now + CLOCK_SKEW:
         v.add("collected_at", "is in the future")
-    if w.expires_at is not None:
-        if w.action not in PERMISSION_ACTIONS:
+    if expires is not None:
+        if action is not None and not permission:
             v.add("expires_at", "only applies to a grant or opt-in")
-        start = w.collected_at or now
-        if w.expires_at.tzinfo and start.tzinfo and w.expires_at <= start:
+        start = None if "collected_at" in unknown else (collected or now)
+        if start is not None and expires.tzinfo and start.tzinfo and expires <= start:
             v.add("expires_at", "must be after collected_at")
-    if w.action in PERMISSION_ACTIONS:
-        # Art. 7(1): a controller must be able to show which notice and channel.
-        _text(v, "source", w.source, MAX_SOURCE, required=True)
-        _text(v, "notice_version", w.notice_version, MAX_NOTICE_VERSION, required=True)
-    else:
-        _text(v, "source", w.source, MAX_SOURCE, required=False)
-        _text(v, "notice_version", w.notice_version, MAX_NOTICE_VERSION, required=False)
+    # Art. 7(1): a controller must be able to show which notice and channel.
+    _text(v, "source", w.source, MAX_SOURCE, required=permission)
+    _text(v, "notice_version", w.notice_version, MAX_NOTICE_VERSION, required=permission)
     _check_evidence(v, w.evidence)
     if w.idempotency_key:
         _text(v, "idempotency_key", w.idempotency_key, MAX_IDEMPOTENCY_KEY, required=False)
-    v.raise_if_any()
 
 
 def _check_evidence(v: Violations, evidence: Mapping[str, str]) -> None:
@@ -198,24 +222,45 @@ def _check_evidence(v: Violations, evidence: Mapping[str, str]) -> None:
 
 def validate_upsert(u: SubjectUpsert, today: date) -> None:
     v = Violations()
+    check_upsert(v, u, today)
+    v.raise_if_any()
+
+
+def check_upsert(v: Violations, u: SubjectUpsert, today: date) -> None:
     check_subject_id(v, u.subject_id)
     check_jurisdiction(v, u.jurisdiction)
     if u.birth_date is not None and not date(1900, 1, 1) <= u.birth_date <= today:
         v.add("birth_date", "must be between 1900-01-01 and today")
-    v.raise_if_any()
 
 
-def parse_token(value: str, field: str = "consistency_token") -> int:
-    """Consistency tokens are ledger positions written as decimal strings."""
+def token_value(value: str) -> int | None:
+    """The ledger position a consistency token names (decimal; empty is 0); None when
+    `value` is not a token."""
     if not value:
         return 0
     if (len(value) > MAX_TOKEN_DIGITS or not value.isascii() or not value.isdigit()
             or int(value) > MAX_TOKEN):
-        raise InvalidArgument.single(field, "is not a consistency token from this service")
+        return None
     return int(value)
 
 
-def parse_birth_date(value: str, field: str = "birth_date") -> date | None:
+def read_token(v: Violations, value: str, field: str = "consistency_token") -> int:
+    """Consistency tokens are ledger positions written as decimal strings (0 when bad)."""
+    position = token_value(value)
+    if position is None:
+        v.add(field, _NOT_A_POSITION)
+        return 0
+    return position
+
+
+def parse_token(value: str, field: str = "consistency_token") -> int:
+    v = Violations()
+    position = read_token(v, value, field)
+    v.raise_if_any()
+    return position
+
+
+def read_birth_date(v: Violations, value: str, field: str = "birth_date") -> date | None:
     if not value:
         return None
     try:
@@ -224,13 +269,28 @@ def parse_birth_date(value: str, field: str = "birth_date") -> date | None:
             raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError:
-        raise InvalidArgument.single(field, "must be a date as YYYY-MM-DD") from None
+        v.add(field, "must be a date as YYYY-MM-DD")
+        return None
+
+
+def parse_birth_date(value: str, field: str = "birth_date") -> date | None:
+    v = Violations()
+    parsed = read_birth_date(v, value, field)
+    v.raise_if_any()
+    return parsed
+
+
+def read_page_size(v: Violations, size: int, field: str = "page_size") -> int:
+    if size < 0:
+        v.add(field, "must not be negative")
+    return min(max(size, 0) or 100, MAX_PAGE_SIZE)
 
 
 def check_page_size(size: int, field: str = "page_size") -> int:
-    if size < 0:
-        raise InvalidArgument.single(field, "must not be negative")
-    return min(size or 100, MAX_PAGE_SIZE)
+    v = Violations()
+    limit = read_page_size(v, size, field)
+    v.raise_if_any()
+    return limit
 
 
 def check_subject_only(subject_id: str) -> None:
@@ -238,3 +298,44 @@ def check_subject_only(subject_id: str) -> None:
     check_subject_id(v, subject_id)
     v.raise_if_any()
 
+
+def validate_state_read(subject_id: str, token: str) -> int:
+    """GetConsentState: the subject, and the ledger position the answer must include."""
+    v = Violations()
+    check_subject_id(v, subject_id)
+    position = read_token(v, token)
+    v.raise_if_any()
+    return position
+
+
+def validate_history(subject_id: str, page_size: int, page_token: str) -> tuple[int, int]:
+    """ListConsentEvents: (page size, position after which the page starts)."""
+    v = Violations()
+    check_subject_id(v, subject_id)
+    size = read_page_size(v, page_size)
+    after = read_token(v, page_token, "page_token")
+    v.raise_if_any()
+    return size, after
+
+
+def check_query(v: Violations, query: DecisionQuery, subject_id: str) -> None:
+    """QueryDecisions' filters (`subject_id` is optional there)."""
+    if subject_id:
+        check_subject_id(v, subject_id)
+    for field, value in (("purpose", query.purpose), ("data_category", query.data_category),
+                         ("reason", query.reason), ("caller", query.caller)):
+        if len(value) > MAX_KEY:
+            v.add(field, f"is longer than {MAX_KEY} characters")
+    if query.start and query.end and query.end <= query.start:
+        v.add("end_time", "must be after start_time")
+
+
+def validate_query(query: DecisionQuery, subject_id: str, page_size: int,
+                   page_token: str) -> tuple[int, int]:
+    """QueryDecisions: (page size, sequence the page ends before)."""
+    v = Violations()
+    check_query(v, query, subject_id)
+    size = read_page_size(v, page_size)
+    before = read_token(v, page_token, "page_token")
+    v.raise_if_any()
+    return size, before

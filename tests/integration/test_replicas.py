@@ -22,7 +22,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from consentauthz.v1 import consent_pb2_grpc, decision_pb2, decision_pb2_grpc
+from consentauthz.v1 import consent_pb2, consent_pb2_grpc, decision_pb2, decision_pb2_grpc
 from tests.pg import fresh_database
 from tests.redis_server import RedisServer
 from tests.scenario import check, decision_name, record
@@ -33,6 +33,7 @@ EMAIL = "marketing.communications.email"
 CATEGORY = "user.contact.email"
 MAX_STALENESS = 1.0
 KEY = "ab" * 32
+MASTER = "cd" * 32
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Replica:
 
 
 def start_replica(name: str, workdir: Path, dsn: str, redis_url: str) -> Replica:
-    env = dict(os.environ, CONSENTAUTHZ_PSEUDONYM_KEY=KEY)
+    env = dict(os.environ, CONSENTAUTHZ_PSEUDONYM_KEY=KEY, CONSENTAUTHZ_MASTER_KEY=MASTER)
     proc = subprocess.Popen(
         [str(BIN), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(workdir / name),
          "--no-watch", "--ledger", dsn, "--redis-url", redis_url,
@@ -153,6 +154,23 @@ def test_withdraw_on_a_is_denied_on_b_without_a_token_within_the_bound(
     withdraw(cluster.a, "bound-subject")
     took = until(lambda: decide(cluster.b, "bound-subject") == "DENY", MAX_STALENESS * 3)
     print(f"withdrawal on A honoured on B without a token after {took * 1000:.1f} ms")
+
+
+def test_erasure_on_a_is_honoured_on_b_and_c(cluster: Cluster) -> None:
+    token = grant(cluster.a, "erased-subject")
+    until(lambda: decide(cluster.b, "erased-subject") == "ALLOW", MAX_STALENESS * 5)
+    erased = cluster.a.consent.EraseSubject(consent_pb2.EraseSubjectRequest(
+        subject_id="erased-subject"), timeout=10)
+    assert int(erased.consistency_token) > int(token)
+    for r in (cluster.b, cluster.c):
+        resp = r.decisions.Check(decision_pb2.CheckRequest(
+            subject_id="erased-subject", purpose=EMAIL, data_category=CATEGORY,
+            jurisdiction="DE", consistency_token=erased.consistency_token), timeout=10)
+        assert decision_name(resp) == "DENY"
+        assert resp.reason == "SUBJECT_ERASED"
+    with pytest.raises(grpc.RpcError) as err:  # nothing more is recorded about them
+        grant(cluster.c, "erased-subject")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_health_is_serving_with_redis_up(cluster: Cluster) -> None:

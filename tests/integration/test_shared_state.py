@@ -21,6 +21,7 @@ from consentauthz.consent import (
     InvalidationListener,
     LedgerPoller,
     LocalCache,
+    MemoryLedger,
     PostgresLedger,
     RedisStateCache,
 )
@@ -28,12 +29,14 @@ from consentauthz.domain import (
     CollectionMethod,
     ConsentAction,
     ConsentWrite,
+    SubjectProfile,
     SubjectState,
 )
 from consentauthz.engine import CompiledPolicy
 from consentauthz.errors import Unavailable
 from consentauthz.pseudonym import Pseudonymizer
 from consentauthz.telemetry import ATTR_CACHE_TIER
+from tests.pg import fresh_database
 from tests.redis_server import RedisServer
 
 EMAIL = "marketing.communications.email"
@@ -283,3 +286,101 @@ def test_hung_redis_times_out_and_the_ledger_answers(
     c = make_replica(redis_server.url)
     c.poller.poll_once()
     assert read(c, spans, token)[0] == [ConsentAction.WITHDRAW]
+
+
+# -- found in review: what must never be read as current ------------------------------
+
+
+def test_a_ledger_that_went_back_is_never_read_through_the_old_redis(
+        make_replica: Callable[..., Replica], redis_server: RedisServer,
+        shipped_policy: CompiledPolicy, spans: InMemorySpanExporter) -> None:
+    a = make_replica(redis_server.url)
+    for i in range(5):
+        grant(a, f"filler-{i}")
+    grant(a)  # Redis head is now at 6 with alice granted
+    with fresh_database() as other:  # a restored or replaced database: positions reused
+        ledger = PostgresLedger(other)
+        cache = LocalCache(100, watermark=0)
+        poller = LedgerPoller(ledger, cache, 1.0)
+        shared = RedisStateCache(redis_server.url, utc_now, timeout=0.2)
+        c = ConsentService(ledger, cache, PSEUDONYMS, lambda: shipped_policy.policy.taxonomy,
+                           utc_now, freshness=poller, shared=shared)
+        poller.poll_once()
+        c_replica = Replica(ledger, cache, shared, poller, None, c)
+        try:
+            grant(c_replica)
+            token = withdraw(c_replica)  # position 2, far below Redis's 6
+            assert read(c_replica, spans, token)[0] == [ConsentAction.WITHDRAW]
+            cache.clear(cache.watermark)
+            assert read(c_replica, spans)[0] == [ConsentAction.WITHDRAW]
+        finally:
+            c_replica.close()
+
+
+def test_a_poll_that_sees_the_ledger_go_back_drops_every_cached_state() -> None:
+    class Rewound(MemoryLedger):
+        head_override: int | None = None
+
+        def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+            if self.head_override is not None:
+                return self.head_override, []
+            return super().changes(after_sequence, limit)
+
+    ledger = Rewound()
+    cache = LocalCache(10)
+    poller = LedgerPoller(ledger, cache, 1.0)
+    for i in range(3):
+        ledger.append_profile("s", SubjectProfile("DE"), f"r{i}", utc_now())
+    poller.poll_once()
+    cache.put("s", SubjectState(sequence=3, version=3))
+    ledger.head_override = 1
+    poller.poll_once()
+    assert cache.get("s") is None and cache.watermark == 1 and poller.floor() == 1
+
+
+def test_an_entry_populated_under_an_older_head_reports_its_own_position(
+        make_replica: Callable[..., Replica], redis_server: RedisServer,
+        spans: InMemorySpanExporter) -> None:
+    a = make_replica(redis_server.url)
+    grant(a, "y")  # head g:1
+    no_redis = make_replica()
+    token = grant(no_redis, "x")  # position 2; Redis misses it
+    clock = Clock()
+    b = make_replica(redis_server.url, clock=clock)
+    clock.now += 5  # b's freshness proof aged out: it reads the ledger and populates
+    assert read(b, spans, subject="x")[1] == "ledger"
+    c = make_replica(redis_server.url)
+    state = c.service.state_of(c.service.subject_key("x"), 0)
+    # Logged as the position the state is current as of, so replay finds the same state.
+    assert state.sequence >= int(token) and actions(state) == [ConsentAction.GRANT]
+
+
+def test_an_unreadable_entry_is_a_miss_not_an_error(
+        make_replica: Callable[..., Replica], redis_server: RedisServer,
+        spans: InMemorySpanExporter) -> None:
+    a = make_replica(redis_server.url)
+    token = grant(a)
+    assert a.redis is not None
+    key = a.redis.entry_key(a.service.subject_key(SUBJECT))
+    client = redis_server.client()
+    gen = client.get(b"ca:head").split(b":")[0]  # type: ignore[union-attr]
+    client.set(key, gen + b":1:1:z-not-zlib")
+    b = make_replica(redis_server.url)
+    assert read(b, spans, token) == ([ConsentAction.GRANT], "ledger")
+    assert b.redis is not None and b.redis.available  # one bad entry is not an outage
+    c = make_replica(redis_server.url)
+    assert read(c, spans, token) == ([ConsentAction.GRANT], "redis")  # repaired
+
+
+def test_a_malformed_invalidation_message_does_not_stop_the_listener(
+        make_replica: Callable[..., Replica], redis_server: RedisServer,
+        spans: InMemorySpanExporter) -> None:
+    a, b = make_replica(redis_server.url), make_replica(redis_server.url)
+    client = redis_server.client()
+    client.publish(b"ca:inv", b"\xff\xfe")
+    client.publish(b"ca:inv", "²:x".encode())
+    grant(a)
+    b.service.state_of(b.service.subject_key(SUBJECT))
+    token = withdraw(a)
+    wait_for(lambda: b.cache.watermark >= int(token))
+    assert read(b, spans)[0] == [ConsentAction.WITHDRAW]

@@ -196,8 +196,9 @@ def requests_and_states(compiled: CompiledPolicy) -> st.SearchStrategy[
                 jurisdiction=draw(st.one_of(st.just(""), jurisdictions)),
                 collected_at=collected, expires_at=expires, source="property-test",
                 notice_version="v1", recorded_at=max(collected, NOW - timedelta(days=1000))))
-        profile = SubjectProfile(jurisdiction=draw(jurisdictions),
-                                 birth_date=draw(_birth_dates()))
+        profile = SubjectProfile(
+            jurisdiction=draw(jurisdictions), birth_date=draw(_birth_dates()),
+            erased_at=NOW - timedelta(days=1) if draw(st.integers(0, 9)) == 0 else None)
         state = SubjectState(profile=profile, events=tuple(events), sequence=sequence,
                              version=sequence)
         context = draw(st.sampled_from([{}, {"gpc": "0"}, {"gpc": "1"}]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
 from ..chain import ChainReport
 from ..consent import Ledger
@@ -14,6 +15,7 @@ from ..domain import ConsentEvent, DecisionQuery, DecisionRecord
 from ..policy import PolicyStore
 from ..pseudonym import Pseudonymizer
 from ..validation import check_subject_only
+from .export import export_document
 from .reader import AuditReader
 from .replay import Replay, Replayer
 from .report import SubjectReport, build_report
@@ -54,11 +56,17 @@ class Auditor(AuditReader):
                 return
             before = page[-1].sequence
 
-    def subject_report(self, subject_id: str) -> SubjectReport:
+    def export(self, subject_id: str) -> dict[str, Any]:
+        """Everything held on the subject (GDPR Art. 15/20), under every key of the ring."""
         check_subject_only(subject_id)
         pseudonyms = self._pseudonymize.all(subject_id)
-        decisions = heapq.merge(*(self._all_decisions(p) for p in pseudonyms),
-                                key=lambda r: -r.sequence)
+        held = [(p, self._ledger.load(p)) for p in pseudonyms]
+        decisions = sorted((d for p in pseudonyms for d in self._all_decisions(p)),
+                           key=lambda r: r.sequence)
+        return export_document(subject_id, held, self._history(pseudonyms), decisions,
+                               self._clock())
+
+    def _history(self, pseudonyms: Sequence[str]) -> list[ConsentEvent]:
         history: list[ConsentEvent] = []
         for p in pseudonyms:
             after = 0
@@ -69,5 +77,12 @@ class Auditor(AuditReader):
                     break
                 after = page[-1].sequence
         history.sort(key=lambda e: e.sequence)
-        return build_report(decisions, history, self._clock())
+        return history
+
+    def subject_report(self, subject_id: str) -> SubjectReport:
+        check_subject_only(subject_id)
+        pseudonyms = self._pseudonymize.all(subject_id)
+        decisions = heapq.merge(*(self._all_decisions(p) for p in pseudonyms),
+                                key=lambda r: -r.sequence)
+        return build_report(decisions, self._history(pseudonyms), self._clock())
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..consent.projection import apply_event, apply_profile
@@ -64,7 +64,9 @@ class RunResult:
 
 def state_for(case: Case) -> SubjectState:
     """The subject's state as the ledger would project it from the case's records."""
-    state = apply_profile(SubjectState(), SubjectProfile(case.jurisdiction, case.birth_date), 1)
+    state = apply_profile(SubjectState(), SubjectProfile(
+        case.jurisdiction, case.birth_date,
+        erased_at=case.now - timedelta(days=1) if case.erased else None), 1)
     for i, spec in enumerate(case.events, start=2):
         state = apply_event(state, ConsentEvent(
             record_id=f"record-{i - 1}", sequence=i, action=spec.action, purpose=spec.purpose,

@@ -5,7 +5,7 @@ name: GDPR consent lifecycle
 now: 2026-06-01T12:00:00Z            # default decision time of every case
 cases:
   - name: a grant allows
-    subject: {jurisdiction: DE, age: 14}          # or birth_date: 2012-01-31
+    subject: {jurisdiction: DE, age: 14}          # or birth_date: 2012-01-31; erased: true
     consent:                                      # ledger records, oldest first
       - {action: grant, purpose: marketing, method: affirmative, explicit: false,
          categories: [user.contact.email], collected_at: 2026-05-01T00:00:00Z,
@@ -77,6 +77,8 @@ class Case:
     context: Mapping[str, str]
     now: datetime
     expect: Expectation
+    #: The subject was erased (before `now`).
+    erased: bool = False
 
     @property
     def id(self) -> str:
@@ -175,7 +177,7 @@ def _case(d: Any, suite: str, rel: str, default_now: datetime | None) -> Case:
     if now is None:
         raise PolicyError([f"{where}: no 'now' (set it on the check or the suite)"])
     subject = d.get("subject") or {}
-    _check_keys(subject, {"jurisdiction", "birth_date", "age"}, where)
+    _check_keys(subject, {"jurisdiction", "birth_date", "age", "erased"}, where)
     try:
         decision = Effect(str(expect["decision"]).upper())
         reason = Reason(str(expect["reason"]))
@@ -196,7 +198,8 @@ def _case(d: Any, suite: str, rel: str, default_now: datetime | None) -> Case:
         expect=Expectation(decision, reason,
                            None if "legal_basis" not in expect else str(expect["legal_basis"]
                                                                          or ""),
-                           None if "rule" not in expect else str(expect["rule"])))
+                           None if "rule" not in expect else str(expect["rule"])),
+        erased=bool(subject.get("erased", False)))
 
 
 def load_suites(root: Path) -> list[Suite]:

@@ -5,6 +5,16 @@ from .freshness import Freshness, LedgerPoller, SoleWriter
 from .ledger import AppendResult, Idempotency, Ledger, MemoryLedger
 from .postgres import PostgresLedger
 from .redis_cache import InvalidationListener, RedisStateCache
+from .sealing import (
+    KeyStore,
+    MasterKeys,
+    MemoryKeyStore,
+    PostgresKeyStore,
+    Sealer,
+    SealingLedger,
+    SqliteKeyStore,
+    parse_master_ring,
+)
 from .service import ConsentService
 from .sqlite import SqliteLedger
 
@@ -14,12 +24,20 @@ __all__ = [
     "Freshness",
     "Idempotency",
     "InvalidationListener",
+    "KeyStore",
     "Ledger",
     "LedgerPoller",
     "LocalCache",
+    "MasterKeys",
+    "MemoryKeyStore",
     "MemoryLedger",
+    "PostgresKeyStore",
     "PostgresLedger",
     "RedisStateCache",
+    "Sealer",
+    "SealingLedger",
     "SoleWriter",
+    "SqliteKeyStore",
     "SqliteLedger",
+    "parse_master_ring",
 ]

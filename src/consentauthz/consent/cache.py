@@ -108,6 +108,13 @@ class LocalCache:
             self._entries.clear()
             self._advance(head)
 
+    def reset(self, head: int) -> None:
+        """The ledger went back to `head`: forget everything, the watermark included."""
+        with self._lock:
+            self._entries.clear()
+            self._pending.clear()
+            self._watermark = head
+
     def _advance(self, head: int) -> None:
         if head > self._watermark:
             self._watermark = head

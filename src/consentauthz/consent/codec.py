@@ -34,6 +34,8 @@ def event_to_dict(ev: ConsentEvent) -> dict[str, Any]:
         "notice_version": ev.notice_version,
         "recorded_at": _ts(ev.recorded_at),
         "evidence": dict(ev.evidence),
+        # Only when present: records written before sealing hash exactly as they did.
+        **({"sealed_evidence": ev.sealed_evidence} if ev.sealed_evidence else {}),
     }
 
 
@@ -56,18 +58,27 @@ def event_from_dict(d: dict[str, Any]) -> ConsentEvent:
         notice_version=d["notice_version"],
         recorded_at=recorded,
         evidence=dict(d.get("evidence") or {}),
+        sealed_evidence=str(d.get("sealed_evidence") or ""),
     )
 
 
 def profile_to_dict(p: SubjectProfile) -> dict[str, Any]:
-    return {"jurisdiction": p.jurisdiction,
-            "birth_date": p.birth_date.isoformat() if p.birth_date else None}
+    d: dict[str, Any] = {"jurisdiction": p.jurisdiction,
+                         "birth_date": p.birth_date.isoformat() if p.birth_date else None}
+    # Only when present: older records hash exactly as they did.
+    if p.sealed_birth_date:
+        d["sealed_birth_date"] = p.sealed_birth_date
+    if p.erased_at is not None:
+        d["erased_at"] = p.erased_at.isoformat()
+    return d
 
 
 def profile_from_dict(d: dict[str, Any]) -> SubjectProfile:
     birth = d.get("birth_date")
     return SubjectProfile(jurisdiction=d.get("jurisdiction") or "",
-                          birth_date=date.fromisoformat(birth) if birth else None)
+                          birth_date=date.fromisoformat(birth) if birth else None,
+                          sealed_birth_date=str(d.get("sealed_birth_date") or ""),
+                          erased_at=_parse_ts(d.get("erased_at")))
 
 
 def state_to_json(state: SubjectState) -> str:
@@ -111,6 +122,7 @@ def state_to_bytes(state: SubjectState) -> bytes:
         state.version,
         p.jurisdiction,
         p.birth_date.isoformat() if p.birth_date else None,
+        _us(p.erased_at),
         [[e.record_id, e.sequence, e.action.value, e.purpose, list(e.data_categories),
           e.explicit, e.method.value, e.jurisdiction, _us(e.collected_at), _us(e.expires_at),
           e.source, e.notice_version, _us(e.recorded_at)] for e in state.events],
@@ -127,10 +139,11 @@ def state_from_bytes(data: bytes, sequence: int) -> SubjectState:
         raw = data[1:]
     else:
         raise ValueError("unknown cached state format")
-    version, jurisdiction, birth, events = json.loads(raw)
+    version, jurisdiction, birth, erased, events = json.loads(raw)
     return SubjectState(
         profile=SubjectProfile(jurisdiction=jurisdiction,
-                               birth_date=date.fromisoformat(birth) if birth else None),
+                               birth_date=date.fromisoformat(birth) if birth else None,
+                               erased_at=_from_us(erased)),
         events=tuple(ConsentEvent(
             record_id=rid, sequence=seq, action=ConsentAction(action), purpose=purpose,
             data_categories=tuple(cats), explicit=explicit, method=CollectionMethod(method),

@@ -79,6 +79,11 @@ class LedgerPoller:
         self._thread: threading.Thread | None = None
 
     @property
+    def healthy(self) -> bool:
+        """Whether the newest poll succeeded."""
+        return self._healthy
+
+    @property
     def max_staleness(self) -> float:
         return self._max_staleness
 
@@ -91,13 +96,19 @@ class LedgerPoller:
         except ConsentAuthzError:
             self._set_healthy(False)
             return False
-        if len(changes) >= POLL_BATCH:
+        if head < self._polled:
+            # The ledger went back (a restore, a failover that lost commits, another
+            # database): positions are being reused, so nothing cached can be trusted.
+            log.critical("the consent ledger's head went back from %d to %d: dropping every "
+                         "cached state", self._polled, head)
+            self._cache.reset(head)
+        elif len(changes) >= POLL_BATCH:
             self._cache.clear(head)
         else:
             self._cache.note_writes(changes, head)
         with self._lock:
-            self._polled = max(self._polled, head)
-            self._proof = (started, self._polled)
+            self._polled = head
+            self._proof = (started, head)
         self._set_healthy(True)
         return True
 

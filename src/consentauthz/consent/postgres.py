@@ -109,7 +109,12 @@ def _conninfo(dsn: str, connect_timeout: float, statement_timeout: float) -> str
     return make_conninfo(
         # libpq takes whole seconds and treats anything below 2 as 2.
         dsn, connect_timeout=max(2, math.ceil(connect_timeout)),
-        options=f"{options} -c statement_timeout={int(statement_timeout * 1000)}".strip(),
+        # The server's side too: a session-level advisory lock held by a vanished writer
+        # must be released within seconds, not after the kernel's two-hour default.
+        options=(f"{options} -c statement_timeout={int(statement_timeout * 1000)} "
+                 "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
+                 "-c tcp_keepalives_count=3 -c tcp_user_timeout=15000").strip(),
+        tcp_user_timeout=15000,
         # A peer that vanished (network partition) is noticed within about half a minute
         # instead of the kernel's default two hours.
         keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)

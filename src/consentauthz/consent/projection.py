@@ -49,7 +49,10 @@ def apply_event(state: SubjectState, ev: ConsentEvent) -> SubjectState:
 def apply_profile(state: SubjectState, profile: SubjectProfile, sequence: int) -> SubjectState:
     """An upsert sets the fields it carries and keeps the others: updating a jurisdiction
     must not erase a recorded birth date (which would turn a known minor into an adult)."""
+    old = state.profile
     merged = SubjectProfile(
-        jurisdiction=profile.jurisdiction or state.profile.jurisdiction,
-        birth_date=profile.birth_date or state.profile.birth_date)
+        jurisdiction=profile.jurisdiction or old.jurisdiction,
+        birth_date=profile.birth_date or old.birth_date,
+        sealed_birth_date=profile.sealed_birth_date or old.sealed_birth_date,
+        erased_at=old.erased_at or profile.erased_at)  # the first erasure stands
     return replace(state, profile=merged, version=sequence)

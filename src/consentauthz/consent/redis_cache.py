@@ -4,9 +4,10 @@ Layout (PREFIX defaults to `ca:`):
 - `PREFIX head` = `<generation>:<position>`: every entry of this generation is current as
   of ledger position `position`. Only ledger writers move it, one at a time, in ledger
   order (they hold the ledger's global write order while they do, `Ledger.exclusive`).
-- `PREFIX s:<key id>:<20-byte digest>` = `<generation>:<version>:<state>`: one subject's
-  state (consent/codec.py's compact form, no evidence). The subject is its keyed HMAC
-  pseudonym, fixed length: no subject id can collide with another's key.
+- `PREFIX s:<key id>:<20-byte digest>` = `<generation>:<as of>:<version>:<state>`: one
+  subject's state (consent/codec.py's compact form, no evidence), current as of ledger
+  position `as of` and, while its generation lasts, as of the head too. The subject is its
+  keyed HMAC pseudonym, fixed length: no subject id can collide with another's key.
 - channel `PREFIX inv`: `<sequence>:<pseudonym>` for each write, published by the same
   script that writes it through, so replicas receive them in ledger order.
 
@@ -28,6 +29,7 @@ import logging
 import secrets
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,20 +55,19 @@ if head then
   gen, pos = string.match(head, '^(%w+):(%d+)$')
   pos = tonumber(pos)
 end
-if (not head) or (not pos) or pos < seq - 1 then
+-- Behind: Redis missed writes. Ahead: a late command after a timeout, or a ledger that
+-- went back. Either way the old generation is not to be trusted: start a new one.
+if (not head) or (not pos) or pos < seq - 1 or pos > seq then
   gen = ARGV[1]
-elseif pos > seq then
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
-  return 0
 end
 redis.call('SET', KEYS[1], gen .. ':' .. seq)
-redis.call('SET', KEYS[2], gen .. ':' .. seq .. ':' .. ARGV[3], 'PX', ARGV[4])
+redis.call('SET', KEYS[2], gen .. ':' .. seq .. ':' .. seq .. ':' .. ARGV[3], 'PX', ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
-# KEYS: head, entry. ARGV: head seen (or ''), bump (1/0), new generation, ledger position,
-# subject version, state, ttl ms.
+# KEYS: head, entry. ARGV: head seen (or ''), bump (1/0), new generation, ledger position
+# the state is current as of, subject version, state, ttl ms.
 _POPULATE = """
 local head = redis.call('GET', KEYS[1])
 if (not head) or (ARGV[2] == '1' and head == ARGV[1]) then
@@ -79,12 +80,13 @@ if (not pos) or tonumber(pos) > tonumber(ARGV[4]) then
 end
 local current = redis.call('GET', KEYS[2])
 if current then
-  local cgen, cver = string.match(current, '^(%w+):(%d+):')
+  local cgen, casof, cver = string.match(current, '^(%w+):(%d+):(%d+):')
   if cgen == gen and tonumber(cver) > tonumber(ARGV[5]) then
     return 0
   end
 end
-redis.call('SET', KEYS[2], gen .. ':' .. ARGV[5] .. ':' .. ARGV[6], 'PX', ARGV[7])
+redis.call('SET', KEYS[2], gen .. ':' .. ARGV[4] .. ':' .. ARGV[5] .. ':' .. ARGV[6],
+           'PX', ARGV[7])
 return 1
 """
 
@@ -95,8 +97,24 @@ class RedisRead:
     head: str
     #: Every entry of the head's generation is current as of this position (-1: no head).
     position: int
-    #: The subject's cached state (sequence = position); None when not cached.
+    #: The subject's cached state, its sequence the position it is known current as of;
+    #: None when not cached (or unreadable: a miss, repaired by the next populate).
     state: SubjectState | None
+
+
+def _decode_entry(raw: bytes, gen: str, position: int) -> SubjectState | None:
+    """An entry of generation `gen`; None for another generation or anything unreadable
+    (treated as a miss: the ledger answers and the next populate overwrites it)."""
+    try:
+        egen, asof, _version, blob = raw.split(b":", 3)
+        if egen.decode() != gen:
+            return None
+        # Current as of its own position, and as of the head while its generation lasts.
+        return state_from_bytes(blob, max(position, int(asof)))
+    except (ValueError, TypeError, KeyError, IndexError, zlib.error):
+        # Any corruption is a miss: never an error, never an answer.
+        log.warning("ignored an unreadable consent cache entry")
+        return None
 
 
 def _parse_head(raw: bytes | None) -> tuple[str, str, int]:
@@ -129,6 +147,7 @@ class RedisStateCache:
         self._head_key = self._prefix + b"head"
         self.channel = self._prefix + b"inv"
         self._lock = threading.Lock()
+        self._notify_lock = threading.Lock()
         self._down_until = 0.0
         self._available = True
         self._stop = threading.Event()
@@ -171,17 +190,18 @@ class RedisStateCache:
         return result
 
     def _set_available(self, available: bool, why: str) -> None:
-        with self._lock:
-            changed = available != self._available
+        # One lock around the change and its notification: health never ends up showing
+        # the opposite of the last change.
+        with self._notify_lock:
+            if available == self._available:
+                return
             self._available = available
-        if not changed:
-            return
-        if available:
-            log.warning("redis reachable again: consent cache back in use")
-        else:
-            log.warning("redis unavailable (%s): answering from the ledger", why)
-        if self._on_change is not None:
-            self._on_change(available)
+            if available:
+                log.warning("redis reachable again: consent cache back in use")
+            else:
+                log.warning("redis unavailable (%s): answering from the ledger", why)
+            if self._on_change is not None:
+                self._on_change(available)
 
     def ping(self) -> bool:
         """Probe Redis even while the breaker is open (the health loop calls this)."""
@@ -200,10 +220,7 @@ class RedisStateCache:
             head, gen, position = _parse_head(raw_head)
             state = None
             if raw_entry is not None and position >= 0:
-                egen, _, rest = bytes(raw_entry).partition(b":")
-                _, _, blob = rest.partition(b":")
-                if egen.decode() == gen:
-                    state = state_from_bytes(blob, position)
+                state = _decode_entry(bytes(raw_entry), gen, position)
             return RedisRead(head, position, state)
 
         result: RedisRead | None = self._call("read", run)
@@ -260,7 +277,7 @@ class InvalidationListener:
     def __init__(self, url: str, channel: bytes, cache: LocalCache,
                  on_message: Callable[[], None] | None = None) -> None:
         self._client = redis.Redis.from_url(url, socket_connect_timeout=1.0,
-                                            health_check_interval=5)
+                                            socket_keepalive=True, health_check_interval=5)
         self._channel = channel
         self._cache = cache
         self._on_message = on_message
@@ -290,18 +307,19 @@ class InvalidationListener:
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None:
                         self._apply(message["data"])
-            except (redis.RedisError, OSError):
-                self._subscribed.clear()
+            except Exception:  # never let the listener die; the poller covers the gap
+                log.warning("invalidation channel lost; resubscribing", exc_info=True)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
+                self._subscribed.clear()
                 if pubsub is not None:
                     with contextlib.suppress(redis.RedisError, OSError):
                         pubsub.close()
 
     def _apply(self, data: bytes) -> None:
-        seq, _, subject = bytes(data).decode().partition(":")
-        if not seq.isdigit() or not subject:
+        seq, _, subject = bytes(data).decode("utf-8", "replace").partition(":")
+        if not (seq.isascii() and seq.isdigit()) or not subject:
             log.warning("ignored a malformed invalidation message")
             return
         self._cache.note_write(subject, int(seq))

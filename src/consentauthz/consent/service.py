@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -36,6 +37,8 @@ from .freshness import Freshness, SoleWriter
 from .ledger import AppendResult, Idempotency, Ledger
 from .redis_cache import RedisStateCache
 
+log = logging.getLogger("consentauthz.consent")
+
 #: Bound on remembered key-ring resolutions (stable, so forgetting only costs a lookup).
 _MAX_RESOLVED = 100_000
 
@@ -48,7 +51,8 @@ class ConsentService:
     def __init__(self, ledger: Ledger, cache: LocalCache, pseudonymize: Pseudonymizer,
                  taxonomy: Callable[[], Taxonomy], clock: Callable[[], datetime],
                  metrics: Metrics = NO_METRICS, freshness: Freshness | None = None,
-                 shared: RedisStateCache | None = None) -> None:
+                 shared: RedisStateCache | None = None,
+                 erase_keys: Callable[[str], None] | None = None) -> None:
         self._ledger = ledger
         self._cache = cache
         self._pseudonymize = pseudonymize
@@ -58,7 +62,10 @@ class ConsentService:
         self._freshness = freshness if freshness is not None else SoleWriter(cache)
         self._sole_writer = isinstance(self._freshness, SoleWriter)
         self._redis = shared
+        #: Destroys a subject's data key (consent/sealing.py); None: nothing is sealed.
+        self._erase_keys = erase_keys
         self._write_lock = threading.Lock()
+        self._resolved_lock = threading.Lock()  # never the write lock: checks must not wait
         #: current-key pseudonym -> the pseudonym the subject's records live under
         self._resolved: dict[str, str] = {}
         # An empty cache has applied every write made so far.
@@ -79,7 +86,7 @@ class ConsentService:
             return found
         found = next((p for p in reversed(candidates[1:]) if self._ledger.has_subject(p)),
                      current)
-        with self._write_lock:
+        with self._resolved_lock:
             if len(self._resolved) >= _MAX_RESOLVED:
                 self._resolved.clear()
             self._resolved[current] = found
@@ -107,9 +114,13 @@ class ConsentService:
             if state.sequence < min_sequence:
                 raise Unavailable("consistency_token is ahead of the consent ledger")
             if self._redis is not None:
-                # Seen behind the floor: Redis missed writes, so start a new generation.
-                behind = seen is not None and floor is not None and seen.position < floor
-                self._redis.populate(subject, state, seen, behind)
+                # Redis behind the floor missed writes; Redis ahead of the ledger belongs to
+                # a ledger that went back (a restore, a failover that lost commits, another
+                # database): either way its generation must not be read again.
+                stale = seen is not None and (
+                    (floor is not None and seen.position < floor)
+                    or seen.position > state.sequence)
+                self._redis.populate(subject, state, seen, stale)
             self._cache.put(subject, state)
             return self._answer(span, "ledger", state)
 
@@ -173,6 +184,29 @@ class ConsentService:
             self._after_write(subject, result)
         return WriteResult(result.record_id, result.sequence)
 
+    def erase(self, subject_id: str) -> WriteResult:
+        """GDPR Art. 17: destroy the subject's data key (their evidence and birth date can
+        never be read again; the ledger and its hash chain stay intact), then record the
+        erasure, after which checks deny with SUBJECT_ERASED except on a legal obligation
+        and nothing more is recorded about them. Erasing twice changes nothing."""
+        check_subject_only(subject_id)
+        subject = self.subject_key(subject_id)
+        now = self._clock()
+        with tracer().start_as_current_span("consent.EraseSubject"), self._write_lock, \
+                self._ledger.exclusive():
+            if self._erase_keys is not None:
+                # First: should recording the marker fail, nothing readable is left, and a
+                # retry completes the erasure.
+                for pseudonym in {subject, *self._pseudonymize.all(subject_id)}:
+                    self._erase_keys(pseudonym)
+            current = self._ledger.load(subject)
+            if current.profile.erased_at is not None:
+                return WriteResult("", current.version)
+            result = self._ledger.append_profile(subject, SubjectProfile(erased_at=now),
+                                                 new_id(), now)
+            self._after_write(subject, result)
+        return WriteResult(result.record_id, result.sequence)
+
     def _after_write(self, subject: str, result: AppendResult) -> None:
         """Still inside the ledger's write order: Redis sees writes in ledger order."""
         if self._sole_writer:
@@ -180,8 +214,12 @@ class ConsentService:
         self._cache.put(subject, result.state)
         if self._redis is not None and not result.replayed:
             # Ledger first: a failed write-through leaves Redis behind, never ahead, and
-            # the next write-through starts a new generation (redis_cache.py).
-            self._redis.write_through(subject, result.state, result.sequence)
+            # the next write-through starts a new generation (redis_cache.py). The write
+            # is committed: nothing that goes wrong with the cache may report it failed.
+            try:
+                self._redis.write_through(subject, result.state, result.sequence)
+            except Exception:
+                log.exception("write-through to redis failed; the ledger has the write")
 
     @staticmethod
     def _request_hash(subject: str, w: ConsentWrite) -> str:

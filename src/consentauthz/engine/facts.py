@@ -35,6 +35,8 @@ FACTS: Mapping[str, str] = {
         "the subject is below the CCPA parental age and no parent opted in",
     "sale_minor_opt_in_required": "the subject is a CCPA minor who has not opted in",
     "sensitive_limited": "the subject asked to limit the use of sensitive personal information",
+    "erased": "the subject was erased (GDPR Art. 17, CCPA §1798.105): only a legal "
+              "obligation still stands",
 }
 
 _CONSENT_CHANNEL = (ConsentAction.GRANT, ConsentAction.WITHDRAW, ConsentAction.OBJECT)
@@ -92,6 +94,9 @@ def derive_facts(
 
     birth = state.profile.birth_date
     age = age_on(birth, now.date()) if birth is not None else None
+    if state.profile.erased_at is not None:
+        add("erased")
+        notes.append(f"the subject was erased at {state.profile.erased_at.isoformat()}")
 
     consent: ConsentEvent | None = None
     invalid: ConsentEvent | None = None

@@ -1,7 +1,14 @@
-"""protobuf <-> domain. The only place (with the CLI client) that knows both."""
+"""protobuf <-> domain. The only place (with the CLI client) that knows both.
+
+A request that cannot be converted (an unknown enum value, a time out of range) is
+rejected here, and with it every other field that is bad too: one INVALID_ARGUMENT names
+them all. What conversion need not reject is left to validation.py, where the core
+checks it (a consistency token that is not one travels as NOT_A_TOKEN for that reason).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
@@ -23,9 +30,18 @@ from ..domain import (
     PolicyStatus,
     SubjectUpsert,
 )
-from ..errors import InvalidArgument
 from ..v1 import audit_pb2, consent_pb2, decision_pb2, policy_pb2
-from ..validation import parse_birth_date, parse_token
+from ..validation import (
+    NOT_A_TOKEN,
+    Violations,
+    check_query,
+    check_upsert,
+    check_write,
+    read_birth_date,
+    read_page_size,
+    read_token,
+    token_value,
+)
 
 _ACTIONS = {
     consent_pb2.CONSENT_ACTION_GRANT: ConsentAction.GRANT,
@@ -55,22 +71,34 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def from_timestamp(msg: object, field: str) -> datetime | None:
+def read_time(v: Violations, msg: object, field: str, name: str = "") -> datetime | None:
+    """The Timestamp `field` of `msg`; None when unset, or when it is no representable
+    time (reported as `name`, default `field`)."""
     if not msg.HasField(field):  # type: ignore[attr-defined]
         return None
     ts = getattr(msg, field)
     try:
         return datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000)
     except (ValueError, OverflowError, OSError):
-        raise InvalidArgument.single(field, "is not a representable time") from None
+        v.add(name or field, "is not a representable time")
+        return None
+
+
+def from_timestamp(msg: object, field: str) -> datetime | None:
+    v = Violations()
+    value = read_time(v, msg, field)
+    v.raise_if_any()
+    return value
 
 
 def check_request(msg: decision_pb2.CheckRequest, prefix: str = "") -> CheckRequest:
+    """Never fails: the checker validates the request, the token included, and names
+    every bad field (under the item's prefix in a batch; `prefix` is not needed here)."""
+    token = token_value(msg.consistency_token)
     return CheckRequest(
         subject_id=msg.subject_id, purpose=msg.purpose, data_category=msg.data_category,
         jurisdiction=msg.jurisdiction, context=dict(msg.context),
-        consistency_token=parse_token(msg.consistency_token, prefix + "consistency_token"),
-        explain=msg.explain)
+        consistency_token=NOT_A_TOKEN if token is None else token, explain=msg.explain)
 
 
 def check_response(decision: Decision, record: DecisionRecord) -> decision_pb2.CheckResponse:
@@ -84,24 +112,41 @@ def check_response(decision: Decision, record: DecisionRecord) -> decision_pb2.C
 
 
 def consent_write(msg: consent_pb2.RecordConsentRequest) -> ConsentWrite:
+    v = Violations()
     action = _ACTIONS.get(msg.action)
     if action is None:
-        raise InvalidArgument.single("action", "is required (CONSENT_ACTION_GRANT, ...)")
+        v.add("action", "is required (CONSENT_ACTION_GRANT, ...)" if not msg.action
+              else "is not a known consent action")
     method = _METHODS.get(msg.method)
     if method is None:
-        raise InvalidArgument.single("method", "is not a known collection method")
-    return ConsentWrite(
-        subject_id=msg.subject_id, action=action, purpose=msg.purpose,
-        data_categories=tuple(msg.data_categories), explicit=msg.explicit, method=method,
-        jurisdiction=msg.jurisdiction, collected_at=from_timestamp(msg, "collected_at"),
-        expires_at=from_timestamp(msg, "expires_at"), source=msg.source,
+        v.add("method", "is not a known collection method")
+    collected_at = read_time(v, msg, "collected_at")
+    expires_at = read_time(v, msg, "expires_at")
+    write = ConsentWrite(
+        subject_id=msg.subject_id, action=action or ConsentAction.GRANT, purpose=msg.purpose,
+        data_categories=tuple(msg.data_categories), explicit=msg.explicit,
+        method=method or CollectionMethod.UNSPECIFIED, jurisdiction=msg.jurisdiction,
+        collected_at=collected_at, expires_at=expires_at, source=msg.source,
         notice_version=msg.notice_version, evidence=dict(msg.evidence),
         idempotency_key=msg.idempotency_key)
+    if v.items:
+        # The consent service never sees this request, so judge the other fields here,
+        # as far as they can be without the fields that failed (their placeholders are
+        # ignored) and without the live taxonomy (keys are checked for form only).
+        unknown = frozenset(x.field for x in v.items)
+        check_write(v, write, None, datetime.now(UTC), unknown)
+        v.raise_if_any()
+    return write
 
 
 def subject_upsert(msg: consent_pb2.UpsertSubjectRequest) -> SubjectUpsert:
-    return SubjectUpsert(subject_id=msg.subject_id, jurisdiction=msg.jurisdiction,
-                         birth_date=parse_birth_date(msg.birth_date))
+    v = Violations()
+    upsert = SubjectUpsert(subject_id=msg.subject_id, jurisdiction=msg.jurisdiction,
+                           birth_date=read_birth_date(v, msg.birth_date))
+    if v.items:  # the consent service never sees it: report its other bad fields too
+        check_upsert(v, upsert, datetime.now(UTC).date())
+        v.raise_if_any()
+    return upsert
 
 
 def consent_record(ev: ConsentEvent) -> consent_pb2.ConsentRecord:
@@ -127,14 +172,22 @@ def decision_record(r: DecisionRecord) -> audit_pb2.DecisionRecord:
 
 
 def decision_query(msg: audit_pb2.QueryDecisionsRequest) -> DecisionQuery:
+    """The query's filters; the whole request (paging included) is validated here, so
+    one error names every bad field (the reader checks its arguments again)."""
+    v = Violations()
     effect = {decision_pb2.DECISION_ALLOW: Effect.ALLOW,
               decision_pb2.DECISION_DENY: Effect.DENY}.get(msg.decision)
     if msg.decision and effect is None:
-        raise InvalidArgument.single("decision", "is not a known decision")
-    return DecisionQuery(purpose=msg.purpose, data_category=msg.data_category,
-                         decision=effect, reason=msg.reason, caller=msg.caller,
-                         start=from_timestamp(msg, "start_time"),
-                         end=from_timestamp(msg, "end_time"))
+        v.add("decision", "is not a known decision")
+    query = DecisionQuery(purpose=msg.purpose, data_category=msg.data_category,
+                          decision=effect, reason=msg.reason, caller=msg.caller,
+                          start=read_time(v, msg, "start_time"),
+                          end=read_time(v, msg, "end_time"))
+    check_query(v, query, msg.subject_id)
+    read_page_size(v, msg.page_size)
+    read_token(v, msg.page_token, "page_token")
+    v.raise_if_any()
+    return query
 
 
 def policy_status(s: PolicyStatus) -> policy_pb2.PolicyStatus:
@@ -216,6 +269,25 @@ def checkpoint(c: Checkpoint) -> audit_pb2.Checkpoint:
 
 
 def checkpoint_from(msg: audit_pb2.Checkpoint, field: str = "checkpoints") -> Checkpoint:
+    v = Violations()
+    checkpoint = _read_checkpoint(v, msg, field, "time")
+    v.raise_if_any()
+    return checkpoint
+
+
+def checkpoints_from(msgs: Sequence[audit_pb2.Checkpoint],
+                     field: str = "checkpoints") -> list[Checkpoint]:
+    """Every held checkpoint, each bad one named by its index."""
+    v = Violations()
+    out = [_read_checkpoint(v, msg, f"{field}[{i}]", f"{field}[{i}].time")
+           for i, msg in enumerate(msgs)]
+    v.raise_if_any()
+    return out
+
+
+def _read_checkpoint(v: Violations, msg: audit_pb2.Checkpoint, field: str,
+                     time_field: str) -> Checkpoint:
     if msg.sequence < 0 or len(msg.entry_hash) != 64:
-        raise InvalidArgument.single(field, "is not a decision-log checkpoint")
-    return Checkpoint(msg.sequence, msg.entry_hash, msg.count, from_timestamp(msg, "time"))
+        v.add(field, "is not a decision-log checkpoint")
+    time = read_time(v, msg, "time", time_field)
+    return Checkpoint(msg.sequence, msg.entry_hash, msg.count, time)

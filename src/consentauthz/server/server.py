@@ -1,9 +1,11 @@
-"""The gRPC server: listener, services, health and reflection."""
+"""The gRPC server: listener (plaintext on loopback only, TLS, mutual TLS), the caller
+interceptor, services, health and reflection."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent import futures
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,16 +15,10 @@ from ..auditing import Auditor
 from ..checker import Checker
 from ..consent import ConsentService
 from ..domain import PolicyStatus
-from ..v1 import (
-    audit_pb2,
-    audit_pb2_grpc,
-    consent_pb2,
-    consent_pb2_grpc,
-    decision_pb2,
-    decision_pb2_grpc,
-    policy_pb2,
-    policy_pb2_grpc,
-)
+from ..errors import ConfigError
+from ..v1 import audit_pb2, consent_pb2, decision_pb2, policy_pb2
+from .auth import CallerGuard
+from .registration import register
 from .servicers import AuditServicer, ConsentServicer, DecisionServicer, PolicyServicer
 
 SERVICE_NAMES = (
@@ -38,27 +34,56 @@ COMPONENT_LEDGER = "consentauthz.ledger"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
+class ServerTls(Protocol):
+    """PEM contents (config.TlsFiles)."""
+
+    @property
+    def cert_chain(self) -> bytes: ...
+    @property
+    def private_key(self) -> bytes: ...
+    @property
+    def client_ca(self) -> bytes | None: ...
+
+
 class GrpcServer:
+    """`tls` None is plaintext, refused unless `loopback` (the listen address is one);
+    with `tls.client_ca`, clients must present a certificate that chains to it. `guard`
+    None: no callers configured, every call is `anonymous`, again only on loopback."""
+
     def __init__(self, checker: Checker, consent: ConsentService, audit: Auditor,
-                 policy_status: Callable[[], PolicyStatus], listen: str, workers: int) -> None:
+                 policy_status: Callable[[], PolicyStatus], listen: str, workers: int, *,
+                 tls: ServerTls | None = None, loopback: bool = False,
+                 guard: CallerGuard | None = None) -> None:
+        if tls is None and not loopback:
+            raise ConfigError(f"refusing to listen in plaintext on the non-loopback address "
+                              f"{listen}: pass --tls-cert and --tls-key (and --client-ca for "
+                              "mutual TLS), or listen on 127.0.0.1 (docs/security.md)")
+        if guard is None and not loopback:
+            raise ConfigError(f"refusing to serve anonymous callers on the non-loopback address "
+                              f"{listen}: name the callers with --callers (docs/security.md), "
+                              "or listen on 127.0.0.1")
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+            interceptors=[guard] if guard is not None else None,
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)])
-        decision_pb2_grpc.add_DecisionServiceServicer_to_server(
-            DecisionServicer(checker), self._server)
-        consent_pb2_grpc.add_ConsentServiceServicer_to_server(
-            ConsentServicer(consent), self._server)
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), self._server)
-        policy_pb2_grpc.add_PolicyServiceServicer_to_server(
-            PolicyServicer(policy_status), self._server)
+        # Not the generated add_*_to_server: requests that do not parse get
+        # INVALID_ARGUMENT instead of grpcio's INTERNAL (registration.py).
+        register(self._server, DecisionServicer(checker),
+                 ConsentServicer(consent, audit.export), AuditServicer(audit),
+                 PolicyServicer(policy_status))
         self.health = health.HealthServicer()
         self._components: dict[str, bool] = {}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
-        self.port = self._server.add_insecure_port(listen)
+        if tls is None:
+            self.port = self._server.add_insecure_port(listen)
+        else:
+            self.port = self._server.add_secure_port(listen, grpc.ssl_server_credentials(
+                [(tls.private_key, tls.cert_chain)], root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None))
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
 

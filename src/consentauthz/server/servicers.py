@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -84,8 +85,10 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
 
 
 class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
-    def __init__(self, consent: ConsentService) -> None:
+    def __init__(self, consent: ConsentService, export: Callable[[str], dict[str, Any]]
+                 ) -> None:
         self._consent = consent
+        self._export = export
 
     def RecordConsent(self, request: consent_pb2.RecordConsentRequest,
                       context: grpc.ServicerContext) -> Any:
@@ -110,7 +113,27 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
                 birth_date=state.profile.birth_date.isoformat() if state.profile.birth_date
                 else "",
                 records=[convert.consent_record(e) for e in state.events],
-                consistency_token=str(state.sequence))
+                consistency_token=str(state.sequence),
+                erased_at=convert.timestamp(state.profile.erased_at)
+                if state.profile.erased_at else None)
+
+    def EraseSubject(self, request: consent_pb2.EraseSubjectRequest,
+                     context: grpc.ServicerContext) -> Any:
+        with rpc(context, "EraseSubject"):
+            result = self._consent.erase(request.subject_id)
+            state = self._consent.get_state(request.subject_id)
+            return consent_pb2.EraseSubjectResponse(
+                consistency_token=str(result.consistency_token),
+                erased_at=convert.timestamp(state.profile.erased_at)
+                if state.profile.erased_at else None)
+
+    def ExportSubject(self, request: consent_pb2.ExportSubjectRequest,
+                      context: grpc.ServicerContext) -> Any:
+        with rpc(context, "ExportSubject"):
+            document = self._export(request.subject_id)
+            return consent_pb2.ExportSubjectResponse(
+                json=json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False),
+                content_type="application/json")
 
     def ListConsentEvents(self, request: consent_pb2.ListConsentEventsRequest,
                           context: grpc.ServicerContext) -> Any:

@@ -149,16 +149,46 @@ class ConsentRecord(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., purpose: _Optional[str] = ..., data_categories: _Optional[_Iterable[str]] = ..., action: _Optional[_Union[ConsentAction, str]] = ..., explicit: _Optional[bool] = ..., jurisdiction: _Optional[str] = ..., collected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., notice_version: _Optional[str] = ..., method: _Optional[_Union[CollectionMethod, str]] = ..., evidence: _Optional[_Mapping[str, str]] = ..., consistency_token: _Optional[str] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ConsentState(_message.Message):
-    __slots__ = ("jurisdiction", "birth_date", "records", "consistency_token")
+    __slots__ = ("jurisdiction", "birth_date", "records", "consistency_token", "erased_at")
     JURISDICTION_FIELD_NUMBER: _ClassVar[int]
     BIRTH_DATE_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ERASED_AT_FIELD_NUMBER: _ClassVar[int]
     jurisdiction: str
     birth_date: str
     records: _containers.RepeatedCompositeFieldContainer[ConsentRecord]
     consistency_token: str
-    def __init__(self, jurisdiction: _Optional[str] = ..., birth_date: _Optional[str] = ..., records: _Optional[_Iterable[_Union[ConsentRecord, _Mapping]]] = ..., consistency_token: _Optional[str] = ...) -> None: ...
+    erased_at: _timestamp_pb2.Timestamp
+    def __init__(self, jurisdiction: _Optional[str] = ..., birth_date: _Optional[str] = ..., records: _Optional[_Iterable[_Union[ConsentRecord, _Mapping]]] = ..., consistency_token: _Optional[str] = ..., erased_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class EraseSubjectRequest(_message.Message):
+    __slots__ = ("subject_id",)
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    def __init__(self, subject_id: _Optional[str] = ...) -> None: ...
+
+class EraseSubjectResponse(_message.Message):
+    __slots__ = ("consistency_token", "erased_at")
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ERASED_AT_FIELD_NUMBER: _ClassVar[int]
+    consistency_token: str
+    erased_at: _timestamp_pb2.Timestamp
+    def __init__(self, consistency_token: _Optional[str] = ..., erased_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ExportSubjectRequest(_message.Message):
+    __slots__ = ("subject_id",)
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    def __init__(self, subject_id: _Optional[str] = ...) -> None: ...
+
+class ExportSubjectResponse(_message.Message):
+    __slots__ = ("json", "content_type")
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    content_type: str
+    def __init__(self, json: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class ListConsentEventsRequest(_message.Message):
     __slots__ = ("subject_id", "page_size", "page_token")

@@ -56,6 +56,16 @@ class ConsentServiceStub:
                 request_serializer=consentauthz_dot_v1_dot_consent__pb2.ListConsentEventsRequest.SerializeToString,
                 response_deserializer=consentauthz_dot_v1_dot_consent__pb2.ListConsentEventsResponse.FromString,
                 _registered_method=True)
+        self.EraseSubject = channel.unary_unary(
+                '/consentauthz.v1.ConsentService/EraseSubject',
+                request_serializer=consentauthz_dot_v1_dot_consent__pb2.EraseSubjectRequest.SerializeToString,
+                response_deserializer=consentauthz_dot_v1_dot_consent__pb2.EraseSubjectResponse.FromString,
+                _registered_method=True)
+        self.ExportSubject = channel.unary_unary(
+                '/consentauthz.v1.ConsentService/ExportSubject',
+                request_serializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectRequest.SerializeToString,
+                response_deserializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -87,6 +97,23 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseSubject(self, request, context):
+        """GDPR Art. 17 / CCPA §1798.105: destroys the subject's key (their evidence and birth
+        date become unreadable; the ledger and its hash chain stay intact) and records the
+        erasure. Afterwards checks deny with SUBJECT_ERASED except on a legal obligation, and
+        writes for the subject fail with FAILED_PRECONDITION. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSubject(self, request, context):
+        """GDPR Art. 15 / 20: everything held on the subject, as one JSON document.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +136,16 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.ListConsentEvents,
                     request_deserializer=consentauthz_dot_v1_dot_consent__pb2.ListConsentEventsRequest.FromString,
                     response_serializer=consentauthz_dot_v1_dot_consent__pb2.ListConsentEventsResponse.SerializeToString,
+            ),
+            'EraseSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseSubject,
+                    request_deserializer=consentauthz_dot_v1_dot_consent__pb2.EraseSubjectRequest.FromString,
+                    response_serializer=consentauthz_dot_v1_dot_consent__pb2.EraseSubjectResponse.SerializeToString,
+            ),
+            'ExportSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportSubject,
+                    request_deserializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectRequest.FromString,
+                    response_serializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +258,60 @@ class ConsentService:
             '/consentauthz.v1.ConsentService/ListConsentEvents',
             consentauthz_dot_v1_dot_consent__pb2.ListConsentEventsRequest.SerializeToString,
             consentauthz_dot_v1_dot_consent__pb2.ListConsentEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consentauthz.v1.ConsentService/EraseSubject',
+            consentauthz_dot_v1_dot_consent__pb2.EraseSubjectRequest.SerializeToString,
+            consentauthz_dot_v1_dot_consent__pb2.EraseSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consentauthz.v1.ConsentService/ExportSubject',
+            consentauthz_dot_v1_dot_consent__pb2.ExportSubjectRequest.SerializeToString,
+            consentauthz_dot_v1_dot_consent__pb2.ExportSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

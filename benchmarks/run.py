@@ -1,0 +1,662 @@
+"""`make bench` (python -m benchmarks): every scenario of issue 7 in one run, one table.
+
+Order: synthetic packs -> engine in-process (and plain casbin) -> the authoring gate and
+`serve` start-up with the largest pack -> subject datasets (loaded once, then reused) ->
+a redis-server and the no-op floor server of this run's own -> for each dataset a real
+`consentauthz serve` on its PostgreSQL ledger and the Redis, measured against the floor
+(interleaved rounds, same run) -> consent writes, two replicas, decision-log variants and
+the py-spy profile on the large dataset -> the table on stdout and in
+docs/performance.md (between its markers), raw numbers in var/bench/results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from consentauthz.policy import load_policy_set
+from consentauthz.v1 import consent_pb2, consent_pb2_grpc, decision_pb2, decision_pb2_grpc
+
+from . import engine as eng
+from . import load, packs, report, subjects
+from . import profile as prof
+from .report import Row, met, ms, rate, us, x
+from .services import ROOT, RedisProcess, Server, start_noop, start_serve, start_variant
+
+POLICIES = ROOT / "policies"
+WORK = ROOT / "var" / "bench"
+DOC = ROOT / "docs" / "performance.md"
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    pack_sizes: tuple[int, ...]
+    casbin_samples: dict[str, int]
+    engine_decisions: int
+    gate_pack: int
+    datasets: tuple[int, int]
+    seq_rounds: int
+    seq_per_round: int
+    conc_rounds: int
+    conc_seconds: float
+    cold_samples: int
+    batch_rounds: int
+    write_calls: int
+    write_seconds: float
+    replica_trials: int
+    log_rounds: int
+    log_seconds: float
+    profile_seconds: float
+    warm_subjects: int = 2_000
+    clients: int = 8
+
+
+FULL = Plan(False, (100, 1_000, 10_000, 100_000),
+            {"shipped": 300, "100": 300, "1000": 100, "10000": 10, "100000": 3},
+            3_000, 100_000, (100_000, 1_000_000), 8, 500, 6, 1.5, 2_000, 4, 300, 4.0, 30,
+            4, 1.5, 10.0)
+QUICK = Plan(True, (100, 1_000, 10_000),
+             {"shipped": 100, "100": 100, "1000": 30, "10000": 3},
+             1_000, 10_000, (10_000, 50_000), 4, 250, 3, 1.0, 500, 2, 100, 2.0, 10,
+             2, 1.0, 4.0, warm_subjects=1_000)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = ""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal"):
+            mem = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                capture_output=True, text=True, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src", "policies"], cwd=ROOT,
+                               capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        commit, dirty = "", ""
+    redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
+                             check=False).stdout.split()
+    return {
+        "nproc": os.cpu_count(), "cpu": cpu, "memory": mem,
+        "load_average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "commit": commit + (" (with uncommitted changes in src/ or policies/)" if dirty
+                            else ""),
+        "redis": next((w.split("=", 1)[1] for w in redis_v if w.startswith("v=")), ""),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+@dataclass
+class Results:
+    plan: Plan
+    machine: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+    profile: prof.Profile | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# -- the engine, in-process -------------------------------------------------------------------
+
+def run_engine(plan: Plan, res: Results) -> dict[int, packs.PackInfo]:
+    log("generating synthetic packs")
+    infos = {n: packs.generate_pack(WORK / "packs" / f"rules-{n}", n, POLICIES)
+             for n in plan.pack_sizes}
+    results = []
+    log("engine in-process: shipped pack")
+    results.append(eng.bench_pack("shipped pack", POLICIES, None, plan.engine_decisions,
+                                  plan.casbin_samples.get("shipped", 0)))
+    for n, info in infos.items():
+        log(f"engine in-process: {n:,} synthetic rules")
+        results.append(eng.bench_pack(f"{n:,} synthetic rules", info.path, list(info.probes),
+                                      plan.engine_decisions,
+                                      plan.casbin_samples.get(str(n), 0)))
+    res.raw["engine"] = [asdict(r) for r in results]
+    for r in results:
+        res.rows.append(Row(
+            "Engine, in-process", f"decision, warm: {r.pack} ({r.rules:,} rules, "
+            f"{r.jurisdictions:,} jurisdictions)",
+            f"p50 {us(r.p50_us)}, mean {us(r.mean_us)}, p99 {us(r.p99_us)}",
+            f"plain casbin.Enforcer {ms(r.casbin_ms)} (n={r.casbin_samples})"
+            if r.casbin_ms is not None else "",
+            f"{x(r.casbin_ms * 1000 / r.p50_us)} faster" if r.casbin_ms else "",
+            "≤ 10 µs", met(r.p50_us <= 10.0)))
+    synthetic = [r for r in results if "synthetic" in r.pack]
+    if len(synthetic) >= 2:
+        lo, hi = synthetic[0], synthetic[-1]
+        spread = hi.p50_us / lo.p50_us
+        res.rows.append(Row(
+            "Engine, in-process", f"flat in rules: {lo.rules:,} -> {hi.rules:,} rules",
+            f"p50 {us(lo.p50_us)} -> {us(hi.p50_us)}", "", x(spread),
+            "flat (≤ 1.5x)", met(spread <= 1.5)))
+    at10k = next((r for r in results if r.rules >= 10_000 and r.casbin_ms), None)
+    if at10k is not None:
+        speedup = at10k.casbin_ms * 1000 / at10k.p50_us
+        res.rows.append(Row(
+            "Engine, in-process", f"vs plain casbin.Enforcer at {at10k.rules:,} rules",
+            f"engine p50 {us(at10k.p50_us)}", f"Enforcer {ms(at10k.casbin_ms)}",
+            x(speedup), "≥ 1,000x", met(speedup >= 1000)))
+    disagree = [r.pack for r in results if r.agree is False]
+    if disagree:
+        res.notes.append(f"engine and plain casbin disagreed on some samples: {disagree}")
+    cold = results[-1]
+    res.rows.append(Row("Engine, in-process",
+                        f"decision, first use of a key ({cold.rules:,} rules)",
+                        f"p50 {us(cold.cold_p50_us)}", "", "", "", ""))
+    return infos
+
+
+def run_startup(plan: Plan, res: Results, infos: dict[int, packs.PackInfo]) -> None:
+    big = infos[plan.gate_pack]
+    log(f"authoring gate, step by step, {plan.gate_pack:,} rules")
+    gate = eng.gate_breakdown(big.path)
+    res.raw["gate"] = asdict(gate)
+    no_casbin = (f"; the same suites without the casbin cross-check "
+                 f"{gate.suites_no_casbin_s:.2f} s" if gate.suites_no_casbin_s is not None
+                 else "")
+    res.rows.append(Row(
+        "Start-up", f"authoring gate, {gate.rules:,} rules, {gate.cases} test cases",
+        f"load {gate.load_s:.2f} s, compile {gate.compile_s:.2f} s, lint {gate.lint_s:.1f} s, "
+        f"suites {gate.suites_s:.1f} s{no_casbin}", "", "", "", ""))
+    ready: dict[str, tuple[float, float]] = {}
+    for name, directory in (("shipped", POLICIES), (f"{plan.gate_pack:,}", big.path)):
+        log(f"serve start-up with the {name} pack")
+        data = WORK / f"data-ready-{name.replace(',', '')}"
+        shutil.rmtree(data, ignore_errors=True)
+        server = start_serve("ready", data, policies=directory, timeout=600)
+        rss, _ = server.rss()
+        ready[name] = (server.ready_seconds, rss)
+        server.stop()
+    res.raw["ready"] = ready
+    base_s, base_rss = ready["shipped"]
+    big_s, big_rss = ready[f"{plan.gate_pack:,}"]
+    res.rows.append(Row(
+        "Start-up", f"`serve` ready with {plan.gate_pack:,} rules (spawn -> serving)",
+        f"{big_s:.1f} s", f"shipped pack {base_s:.1f} s", x(big_s / base_s), "≤ 3 s",
+        met(big_s <= 3.0)))
+    res.rows.append(Row(
+        "Start-up", f"`serve` RSS with {plan.gate_pack:,} rules, ready",
+        f"{big_rss:.0f} MB", f"shipped pack {base_rss:.0f} MB", x(big_rss / base_rss),
+        "≤ 300 MB", met(big_rss <= 300)))
+
+
+# -- the gRPC stack -----------------------------------------------------------------------------
+
+@dataclass
+class Stubs:
+    target: str
+    check: list[Callable[[Any], Any]]
+    batch: list[Callable[[Any], Any]]
+    record: list[Callable[[Any], Any]]
+    channels: list[Any]
+
+    @classmethod
+    def open(cls, target: str, n: int) -> Stubs:
+        check, batch, record, channels = [], [], [], []
+        for _ in range(n):
+            ch = load.channel(target)
+            d = decision_pb2_grpc.DecisionServiceStub(ch)
+            c = consent_pb2_grpc.ConsentServiceStub(ch)
+            check.append(lambda r, d=d: d.Check(r, timeout=load.TIMEOUT))
+            batch.append(lambda r, d=d: d.BatchCheck(r, timeout=load.TIMEOUT))
+            record.append(lambda r, c=c: c.RecordConsent(r, timeout=load.TIMEOUT))
+            channels.append(ch)
+        return cls(target, check, batch, record, channels)
+
+    def close(self) -> None:
+        for ch in self.channels:
+            ch.close()
+
+
+def warm_up(stubs: Stubs, subjects_: Sequence[int], clients: int) -> int:
+    """Read every subject once (fills this replica's cache); the number of Checks made."""
+    reqs = [load.check_request(i) for i in subjects_]
+    parts = list(load.chunks(reqs, clients))
+    threads = [threading.Thread(target=lambda k=k: [stubs.check[k](r) for r in parts[k]])
+               for k in range(len(parts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(len(p) for p in parts)
+
+
+def run_cold(plan: Plan, res: Results, label: str, server: Server, floor: Stubs,
+             warm: Sequence[int], redis_cold: Sequence[int], ledger_cold: Sequence[int]
+             ) -> dict[str, load.Run]:
+    stubs = Stubs.open(server.target, 1)
+    try:
+        warm_up(stubs, warm, 1)
+        rounds = max(1, plan.seq_rounds)
+        per = plan.cold_samples // rounds
+        warm_reqs = load.check_requests(warm, plan.cold_samples)
+
+        def block(reqs: Sequence[Any], stub: Callable[[Any], Any]) -> Callable[[int], load.Run]:
+            return lambda r: load.sequential(stub, reqs[r * per:(r + 1) * per])
+
+        runs = load.interleave(rounds, {
+            "floor": block(warm_reqs, floor.check[0]),
+            "warm": block(warm_reqs, stubs.check[0]),
+            "redis": block([load.check_request(i) for i in redis_cold], stubs.check[0]),
+            "ledger": block([load.check_request(i) for i in ledger_cold], stubs.check[0]),
+        })
+    finally:
+        stubs.close()
+    res.raw.setdefault("cold", {})[label] = {k: _summary(v) for k, v in runs.items()}
+    w = runs["warm"]
+    for key, what, target, limit in (
+            ("redis", "local miss, Redis hit", "adds ≤ 0.15 ms", 0.15),
+            ("ledger", "local and Redis miss, ledger hit", "adds ≤ 1 ms", 1.0)):
+        r = runs[key]
+        added = r.p50 - w.p50
+        res.rows.append(Row(
+            "Check, cold", f"{what}, 1 client ({label})",
+            f"p50 {ms(r.p50)}, p99 {ms(r.p99)}", f"warm p50 {ms(w.p50)}",
+            f"+{ms(added)}", target, met(added <= limit)))
+    return runs
+
+
+def _summary(run: load.Run) -> dict[str, Any]:
+    return {"p50_ms": run.p50, "p99_ms": run.p99, "calls": run.calls, "seconds": run.seconds,
+            "calls_per_s": run.rate, "items_per_s": run.item_rate, "errors": run.errors}
+
+
+def run_warm(plan: Plan, res: Results, server: Server, noop: Server) -> None:
+    warm = list(range(plan.warm_subjects))
+    stubs = Stubs.open(server.target, plan.clients)
+    floor = Stubs.open(noop.target, plan.clients)
+    try:
+        n = plan.clients
+        warm_up(stubs, warm, n)
+        reqs = load.check_requests(warm, plan.seq_rounds * plan.seq_per_round)
+        for _ in range(200):
+            floor.check[0](reqs[0])
+        per = plan.seq_per_round
+
+        def seq(stub: Callable[[Any], Any]) -> Callable[[int], load.Run]:
+            return lambda r: load.sequential(stub, reqs[r * per:(r + 1) * per])
+
+        log("Check, 1 client, warm vs floor")
+        one = load.interleave(plan.seq_rounds, {"floor": seq(floor.check[0]),
+                                                "check": seq(stubs.check[0])})
+        f1, c1 = one["floor"], one["check"]
+        res.rows.append(Row("Check, warm", "no-op call on the same server stack (the floor), "
+                            "1 client", f"p50 {ms(f1.p50)}, p99 {ms(f1.p99)}", "", "", "",
+                            ""))
+        res.rows.append(Row("Check, warm", "Check, 1 client, p50",
+                            ms(c1.p50), f"floor {ms(f1.p50)}", x(c1.p50 / f1.p50), "≤ 1.3x",
+                            met(c1.p50 / f1.p50 <= 1.3)))
+        res.rows.append(Row("Check, warm", "Check, 1 client, p99",
+                            ms(c1.p99), f"floor {ms(f1.p99)}", x(c1.p99 / f1.p99), "≤ 1.5x",
+                            met(c1.p99 / f1.p99 <= 1.5)))
+
+        log(f"Check, {n} clients, warm vs floor")
+        parts = list(load.chunks(reqs, n))
+        conc = load.interleave(plan.conc_rounds, {
+            "floor": lambda r: load.concurrent(floor.check, parts, plan.conc_seconds),
+            "check": lambda r: load.concurrent(stubs.check, parts, plan.conc_seconds)})
+        f8, c8 = conc["floor"], conc["check"]
+        res.rows.append(Row("Check, warm", f"no-op call (the floor), {n} clients",
+                            f"{rate(f8.rate)}, p50 {ms(f8.p50)}, p99 {ms(f8.p99)}", "", "", "",
+                            ""))
+        res.rows.append(Row("Check, warm", f"Check, {n} clients, throughput",
+                            rate(c8.rate), f"floor {rate(f8.rate)}", x(c8.rate / f8.rate),
+                            "≥ 0.75x", met(c8.rate / f8.rate >= 0.75)))
+        res.rows.append(Row("Check, warm", f"Check, {n} clients, p99",
+                            f"{ms(c8.p99)} (p50 {ms(c8.p50)})", f"floor {ms(f8.p99)}",
+                            x(c8.p99 / f8.p99), "≤ 5 ms", met(c8.p99 <= 5.0)))
+        if c8.errors or c1.errors:
+            res.notes.append(f"Check errors: {c1.errors + c8.errors}")
+
+        log("BatchCheck 100 and 1,000 vs floor")
+        batches = {size: [load.batch_request(warm, size, k * size) for k in range(4)]
+                   for size in (100, 1000)}
+        calls = {100: 10, 1000: 2} if not plan.quick else {100: 5, 1000: 1}
+
+        def bblock(stub: Callable[[Any], Any], size: int) -> Callable[[int], load.Run]:
+            return lambda r: load.sequential(
+                stub, [batches[size][(r + j) % 4] for j in range(calls[size])], items=size)
+
+        b = load.interleave(plan.batch_rounds, {
+            f"{kind}{size}": bblock((floor if kind == "floor" else stubs).batch[0], size)
+            for size in (100, 1000) for kind in ("floor", "check")})
+        for size in (100, 1000):
+            fb, cb = b[f"floor{size}"], b[f"check{size}"]
+            target, status = ("≥ 100,000 decisions/s", met(cb.item_rate >= 100_000)) \
+                if size == 1000 else ("", "")
+            res.rows.append(Row(
+                "BatchCheck", f"{size:,} items, 1 client",
+                f"{rate(cb.item_rate, 'decisions/s')} ({1e6 / cb.item_rate:.0f} µs/item, "
+                f"p50 {ms(cb.p50)} per call)",
+                f"floor {rate(fb.item_rate, 'items/s')} ({1e6 / fb.item_rate:.1f} µs/item)",
+                x(cb.item_rate / fb.item_rate), target, status))
+        res.raw["warm"] = {"one": {k: _summary(v) for k, v in one.items()},
+                           "eight": {k: _summary(v) for k, v in conc.items()},
+                           "batch": {k: _summary(v) for k, v in b.items()}}
+
+        if prof.py_spy() is None:
+            res.profile = prof.Profile(0, error="py-spy is not installed (`make bench` "
+                                                "installs it; `pip install py-spy`)")
+        else:
+            log(f"py-spy profile of {n}-client Check ({plan.profile_seconds:.0f} s)")
+            out = WORK / "profile-check-8-clients.txt"
+            spy = prof.record(server.pid, plan.profile_seconds, out)
+            time.sleep(0.5)
+            during = load.concurrent(stubs.check, parts, plan.profile_seconds + 1.0)
+            spy_out, _ = spy.communicate(timeout=120)
+            if out.exists():
+                res.profile = prof.summarise(out)
+                res.profile.raw_path = str(out.relative_to(ROOT))
+                res.raw["profile_run"] = _summary(during)
+            else:
+                res.profile = prof.Profile(0, error=f"py-spy failed: {spy_out[-500:]}")
+    finally:
+        stubs.close()
+        floor.close()
+
+
+def run_writes(plan: Plan, res: Results, server: Server, write_subjects: Sequence[int]) -> None:
+    log("RecordConsent, 1 and 8 clients")
+    stubs = Stubs.open(server.target, plan.clients)
+    try:
+        ids = [subjects.subject_id(i) for i in write_subjects]
+        one = load.sequential(stubs.record[0], [load.grant_request(ids[j % len(ids)], j)
+                                                for j in range(plan.write_calls)])
+        parts = list(load.chunks([load.grant_request(s, j) for j, s in enumerate(ids)],
+                                 plan.clients))
+        many = load.concurrent(stubs.record, parts, plan.write_seconds)
+    finally:
+        stubs.close()
+    res.raw["writes"] = {"one": _summary(one), "eight": _summary(many)}
+    res.rows.append(Row("Consent writes", "RecordConsent, 1 client",
+                        f"p50 {ms(one.p50)}, p99 {ms(one.p99)} ({rate(one.rate, 'writes/s')})",
+                        "", "", "", ""))
+    res.rows.append(Row("Consent writes", f"RecordConsent, {plan.clients} clients",
+                        f"{rate(many.rate, 'writes/s')}, p50 {ms(many.p50)}, "
+                        f"p99 {ms(many.p99)}", "", "", "",
+                        "" if not many.errors else f"{many.errors} errors"))
+
+
+def run_replicas(plan: Plan, res: Results, a: Server, ledger: str, redis_url: str) -> None:
+    log("withdrawal on replica A -> enforced on replica B")
+    data = WORK / "data-replica-b"
+    shutil.rmtree(data, ignore_errors=True)
+    b = start_serve("replica-b", data, ledger=ledger, redis_url=redis_url)
+    sa, sb = Stubs.open(a.target, 1), Stubs.open(b.target, 1)
+    purpose, category = subjects.REQUESTS[0]
+    run_id = secrets.token_hex(3)
+    after_ack: list[float] = []
+    with_token: list[float] = []
+    wrong = 0
+    try:
+        for t in range(plan.replica_trials):
+            sid = f"replica-{run_id}-{t}"
+
+            def check(stub: Stubs, token: str = "", sid: str = sid) -> int:
+                resp = stub.check[0](decision_pb2.CheckRequest(
+                    subject_id=sid, purpose=purpose, data_category=category,
+                    jurisdiction="DE", consistency_token=token))
+                return int(resp.decision)
+
+            grant = sa.record[0](consent_pb2.RecordConsentRequest(
+                subject_id=sid, purpose=purpose, data_categories=[category],
+                action=consent_pb2.CONSENT_ACTION_GRANT, jurisdiction="DE",
+                method=consent_pb2.COLLECTION_METHOD_AFFIRMATIVE, source="web-form",
+                notice_version="2026-01"))
+            assert check(sb, grant.consistency_token) == decision_pb2.DECISION_ALLOW
+            assert check(sb) == decision_pb2.DECISION_ALLOW  # now in B's local cache
+            withdrawn = sa.record[0](consent_pb2.RecordConsentRequest(
+                subject_id=sid, purpose=purpose, data_categories=[category],
+                action=consent_pb2.CONSENT_ACTION_WITHDRAW))
+            acked = time.perf_counter()
+            deadline = acked + 10
+            while check(sb) != decision_pb2.DECISION_DENY:
+                if time.perf_counter() > deadline:
+                    wrong += 1
+                    break
+            after_ack.append((time.perf_counter() - acked) * 1000)
+            t0 = time.perf_counter()
+            if check(sb, withdrawn.consistency_token) != decision_pb2.DECISION_DENY:
+                wrong += 1
+            with_token.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.02)
+    finally:
+        sa.close()
+        sb.close()
+        b.stop()
+    after_ack.sort()
+    with_token.sort()
+
+    def q(v: list[float], p: float) -> float:
+        return v[min(len(v) - 1, int(p * len(v)))]
+
+    res.raw["replicas"] = {"after_ack_ms": after_ack, "with_token_ms": with_token,
+                           "not_enforced": wrong}
+    res.rows.append(Row(
+        "Replicas", "withdrawal on A -> first DENY on B, no token (from A's ack)",
+        f"p50 {ms(q(after_ack, .5))}, p99 {ms(q(after_ack, .99))}, "
+        f"max {ms(after_ack[-1])} (n={len(after_ack)})", "staleness bound 1 s", "", "",
+        "" if not wrong else f"**{wrong} not enforced**"))
+    res.rows.append(Row(
+        "Replicas", "Check on B with the withdrawal's consistency token",
+        f"DENY on the first call; p50 {ms(q(with_token, .5))}", "", "", "", ""))
+
+
+def run_log_variants(plan: Plan, res: Results, ledger: str, redis_url: str) -> None:
+    log("decision log: memory (off) vs SQLite vs SQLite + fsync (durable)")
+    servers: dict[str, Server] = {}
+    stubs: dict[str, Stubs] = {}
+    made: dict[str, int] = {}
+    warm = list(range(plan.warm_subjects))
+    try:
+        for kind in ("memory", "sqlite", "sqlite-fsync"):
+            data = WORK / f"data-log-{kind}"
+            shutil.rmtree(data, ignore_errors=True)
+            servers[kind] = start_variant(f"log-{kind}", data, kind, ledger=ledger,
+                                          redis_url=redis_url)
+            stubs[kind] = Stubs.open(servers[kind].target, plan.clients)
+            made[kind] = warm_up(stubs[kind], warm, plan.clients)
+        reqs = load.check_requests(warm, 4_000)
+        parts = list(load.chunks(reqs, plan.clients))
+        runs = load.interleave(plan.log_rounds, {
+            kind: (lambda r, kind=kind: load.concurrent(stubs[kind].check, parts,
+                                                        plan.log_seconds))
+            for kind in servers})
+        for kind, run in runs.items():
+            made[kind] += run.calls
+    finally:
+        for s in stubs.values():
+            s.close()
+        for s in servers.values():
+            s.stop()
+    stats = {}
+    for kind, server in servers.items():
+        line = next((ln for ln in server.output if ln.startswith("variant-stats ")), "")
+        stats[kind] = json.loads(line.split(" ", 1)[1]) if line else {}
+    res.raw["log"] = {"runs": {k: _summary(v) for k, v in runs.items()}, "stats": stats,
+                      "answered": made}
+    off = runs["memory"]
+    for kind, label in (("sqlite", "SQLite, no fsync (the default)"),
+                        ("sqlite-fsync", "SQLite + fsync (durable)")):
+        run = runs[kind]
+        cost = 1 - run.rate / off.rate
+        logged = stats.get(kind, {}).get("logged")
+        dropped = stats.get(kind, {}).get("dropped")
+        complete = logged == made[kind] and dropped == 0
+        durable = kind == "sqlite-fsync"
+        res.rows.append(Row(
+            "Decision log", f"{label}, {plan.clients} clients",
+            f"{rate(run.rate)}; {logged:,} logged of {made[kind]:,} answered, "
+            f"{dropped} dropped" if logged is not None else rate(run.rate),
+            f"in-memory log (off) {rate(off.rate)}", f"-{100 * cost:.0f}%",
+            "≤ 15% cost, zero drops" if durable else "",
+            met(cost <= 0.15 and complete) if durable else
+            ("" if complete else "**entries missing**")))
+
+
+def run_dataset(plan: Plan, res: Results, ds: subjects.Dataset, redis: RedisProcess,
+                noop: Server, full: bool) -> None:
+    label = f"{ds.subjects:,} subjects"
+    client = redis.client()
+    client.flushall()
+    before = redis.used_memory()
+    cached = int(ds.subjects * 0.9)
+    renderer = subjects.Renderer(ds.base)
+    log(f"{label}: caching {cached:,} of them in Redis")
+    t = time.perf_counter()
+    subjects.populate_redis(redis.url, renderer, 0, cached, ds.head)
+    per_subject = (redis.used_memory() - before) / cached
+    res.raw.setdefault("redis", {})[label] = {"subjects": cached, "bytes_per_subject":
+                                              per_subject,
+                                              "seconds": time.perf_counter() - t}
+    res.rows.append(Row("Redis", f"memory per subject, 5 consent events ({cached:,} cached)",
+                        f"{per_subject:.0f} bytes", "", "", "≤ 300 bytes",
+                        met(per_subject <= 300)))
+    data = WORK / f"data-a-{ds.subjects}"
+    shutil.rmtree(data, ignore_errors=True)
+    log(f"{label}: starting replica A")
+    a = start_serve("replica-a", data, ledger=ds.url, redis_url=redis.url)
+    try:
+        warm = range(plan.warm_subjects)
+        n = plan.cold_samples
+        redis_cold = range(cached // 2, cached // 2 + n)
+        ledger_cold = range(cached, min(ds.subjects, cached + n))
+        floor = Stubs.open(noop.target, 1)
+        try:
+            log(f"{label}: cold paths")
+            run_cold(plan, res, label, a, floor, list(warm), list(redis_cold),
+                     list(ledger_cold))
+        finally:
+            floor.close()
+        if full:
+            run_warm(plan, res, a, noop)
+            writes = range(cached // 4, cached // 4 + 3_000)
+            run_writes(plan, res, a, list(writes))
+            run_replicas(plan, res, a, ds.url, redis.url)
+        rss, hwm = a.rss()
+        res.raw.setdefault("rss", {})[label] = {"rss_mb": rss, "hwm_mb": hwm,
+                                                "ready_s": a.ready_seconds}
+        res.rows.append(Row("Server", f"replica A RSS after the runs ({label} in the ledger)",
+                            f"{rss:.0f} MB (peak {hwm:.0f} MB); ready in "
+                            f"{a.ready_seconds:.1f} s", "", "", "", ""))
+    finally:
+        code = a.stop()
+        if code:
+            res.notes.append(f"replica A ({label}) exited with {code}")
+    if full:
+        run_log_variants(plan, res, ds.url, redis.url)
+
+
+def generated(res: Results) -> str:
+    m = res.machine
+    lines = [
+        f"Run of {m['date']}{' (BENCH_QUICK=1: scaled down)' if res.plan.quick else ''}: "
+        f"{m['nproc']} cores, {m['cpu']}, {m['memory']}; load average at start "
+        f"{m['load_average']}; Python {m['python']}; redis-server {m['redis']}; "
+        f"commit {m['commit']}.",
+        "",
+        report.table(res.rows),
+        "",
+    ]
+    p = res.profile
+    if p is not None:
+        lines.append(f"Profile of the {res.plan.clients}-client warm Check run "
+                     f"(py-spy, GIL-holding samples only, {p.samples:,} samples; raw stacks "
+                     f"in `{p.raw_path or '-'}`):")
+        lines.append("")
+        if p.error:
+            lines.append(f"- not taken: {p.error}")
+        else:
+            lines.append("| Self time (function, where the GIL was held) | share |")
+            lines.append("|---|---|")
+            lines += [f"| `{name}` | {share:.1f}% |" for name, share in p.self_time]
+            lines.append("")
+            lines.append("| Inclusive time (consentauthz functions) | share |")
+            lines.append("|---|---|")
+            lines += [f"| `{name}` | {share:.1f}% |" for name, share in p.inclusive]
+        lines.append("")
+    if res.notes:
+        lines += ["Notes from the run:", ""] + [f"- {n}" for n in res.notes] + [""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="a ~1 minute smoke run (also BENCH_QUICK=1)")
+    parser.add_argument("--drop-data", action="store_true",
+                        help="drop the cached subject databases and exit")
+    parser.add_argument("--no-docs", action="store_true",
+                        help="do not rewrite the table in docs/performance.md")
+    ns = parser.parse_args(argv)
+    if ns.drop_data:
+        for name in subjects.bench_databases():
+            subjects.drop_database(name)
+            log(f"dropped {name}")
+        return 0
+    plan = QUICK if (ns.quick or os.environ.get("BENCH_QUICK") == "1") else FULL
+    started = time.perf_counter()
+    WORK.mkdir(parents=True, exist_ok=True)
+    res = Results(plan, machine())
+    log(f"{'quick' if plan.quick else 'full'} run on {res.machine['nproc']} cores, "
+        f"{res.machine['cpu']}")
+    infos = run_engine(plan, res)
+    run_startup(plan, res, infos)
+    taxonomy = load_policy_set(POLICIES).taxonomy
+    datasets = []
+    for n in plan.datasets:
+        log(f"subjects: {n:,}")
+        datasets.append(subjects.ensure_dataset(n, taxonomy, log))
+    res.raw["datasets"] = [asdict(d) | {"base": d.base.isoformat()} for d in datasets]
+    redis = RedisProcess(WORK / "redis")
+    noop = start_noop()
+    try:
+        for k, ds in enumerate(datasets):
+            run_dataset(plan, res, ds, redis, noop, full=k == len(datasets) - 1)
+    finally:
+        noop.stop()
+        redis.stop()
+    took = time.perf_counter() - started
+    gen = [d.generated_seconds for d in datasets if d.generated_seconds]
+    res.notes.append(f"the run took {took / 60:.1f} min"
+                     + (f", of which {sum(gen) / 60:.1f} min loading subjects (reused by the "
+                        "next run)" if gen else " (subject databases reused)"))
+    res.raw["seconds"] = took
+    res.raw["machine"] = res.machine
+    res.raw["profile"] = asdict(res.profile) if res.profile else None
+    (WORK / "results.json").write_text(json.dumps(res.raw, indent=2, default=str))
+    print(report.plain(res.rows))
+    if res.profile and not res.profile.error:
+        print("\nprofile, self time:")
+        for name, share in res.profile.self_time[:8]:
+            print(f"  {share:5.1f}%  {name}")
+    for note in res.notes:
+        print(f"note: {note}")
+    if not ns.no_docs:
+        report.write_section(DOC, generated(res))
+        log(f"wrote the table to {DOC.relative_to(ROOT)}")
+    return 0

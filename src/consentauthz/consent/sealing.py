@@ -1,0 +1,427 @@
+"""Encryption at rest of what identifies a person in the ledger, and crypto-shredding.
+
+Evidence (IP address, user agent, form payload, e-mail...) and the birth date are
+encrypted with a key of the subject's own (AES-256-GCM, the subject's pseudonym and the
+field as associated data, so a sealed value cannot be moved to another subject or field).
+That data key is stored wrapped (AES-256-GCM) under the master key ring from
+configuration, in a key store that is NOT append-only. Erasure (GDPR Art. 17) destroys the
+subject's data key: the sealed values in the append-only ledger stay where they are, so
+the hash chains still verify, but nobody can read them again.
+
+`SealingLedger` wraps any Ledger: it seals on the way in and opens on the way out, so
+everything above it (the consent service, the auditors' replay, the policy diff) sees the
+clear values while the subject's key exists, and never after.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..chain import ChainReport
+from ..domain import ConsentEvent, SubjectProfile, SubjectState
+from ..errors import SubjectErased, Unavailable
+from ..sqlite_files import open_database
+from .ledger import AppendResult, Idempotency, Ledger
+
+_NONCE = 12
+_VERSION = "v1"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class MasterKeys:
+    """The key ring that wraps subject keys: oldest first, the last wraps new keys. Older
+    keys stay to unwrap what they wrapped (docs/security.md: rotation)."""
+
+    __slots__ = ("_current", "_keys")
+
+    def __init__(self, ring: Sequence[tuple[str, bytes]]) -> None:
+        if not ring:
+            raise ValueError("the master key ring is empty")
+        for kid, key in ring:
+            if len(key) != 32:
+                raise ValueError("a master key is 32 bytes (64 hex digits)")
+            if not kid or ":" in kid:
+                raise ValueError("a key id is a short name without ':'")
+        if len({kid for kid, _ in ring}) != len(ring):
+            raise ValueError("key ids must be unique")
+        self._keys = dict(ring)
+        self._current = ring[-1][0]
+
+    def wrap(self, data_key: bytes, subject: str) -> str:
+        nonce = os.urandom(_NONCE)
+        sealed = AESGCM(self._keys[self._current]).encrypt(
+            nonce, data_key, b"subject-key:" + subject.encode())
+        return f"{self._current}:{_b64(nonce + sealed)}"
+
+    def unwrap(self, wrapped: str, subject: str) -> bytes:
+        kid, _, body = wrapped.partition(":")
+        key = self._keys.get(kid)
+        if key is None:
+            raise Unavailable(f"subject key wrapped under unknown master key {kid!r}")
+        raw = _unb64(body)
+        try:
+            return AESGCM(key).decrypt(raw[:_NONCE], raw[_NONCE:],
+                                       b"subject-key:" + subject.encode())
+        except InvalidTag as exc:
+            raise Unavailable("a subject key does not unwrap (wrong master key?)") from exc
+
+    @property
+    def current(self) -> str:
+        return self._current
+
+    def __repr__(self) -> str:  # never print a key
+        return f"MasterKeys(key_ids={list(self._keys)!r})"
+
+
+def parse_master_ring(text: str) -> MasterKeys:
+    """One key per line, oldest first: `<key id>:<64 hex>` or just `<64 hex>` (id m1)."""
+    ring: list[tuple[str, bytes]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        kid, sep, hexkey = line.rpartition(":")
+        try:
+            ring.append((kid if sep else "m1", bytes.fromhex(hexkey)))
+        except ValueError:
+            raise ValueError("a master key line is '<key id>:<hex>'") from None
+    return MasterKeys(ring)
+
+
+# -- where the wrapped subject keys live ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    #: The wrapped data key; None once destroyed (the subject was erased).
+    wrapped: str | None
+
+
+class KeyStore(Protocol):
+    def get(self, subject: str) -> KeyRecord | None: ...
+
+    def create(self, subject: str, wrapped: str) -> KeyRecord:
+        """Store `wrapped` unless the subject has a record already; return what is stored."""
+        ...
+
+    def destroy(self, subject: str) -> None:
+        """Forget the subject's key for good (and remember that it was destroyed)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MemoryKeyStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, str | None] = {}
+
+    def get(self, subject: str) -> KeyRecord | None:
+        with self._lock:
+            return KeyRecord(self._keys[subject]) if subject in self._keys else None
+
+    def create(self, subject: str, wrapped: str) -> KeyRecord:
+        with self._lock:
+            return KeyRecord(self._keys.setdefault(subject, wrapped))
+
+    def destroy(self, subject: str) -> None:
+        with self._lock:
+            self._keys[subject] = None
+
+    def close(self) -> None:
+        pass
+
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS subject_keys (
+    subject TEXT PRIMARY KEY,
+    wrapped TEXT,
+    destroyed_at TEXT
+);
+"""
+
+
+class SqliteKeyStore:
+    """A file of its own beside the ledger: the ledger is append-only, this is not.
+    `secure_delete` overwrites a destroyed key's bytes, and the WAL is truncated after a
+    destruction so no older copy of the page survives there either."""
+
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        self._lock = threading.Lock()
+        try:
+            self._conn = open_database(path, _SQLITE_SCHEMA, fsync=True, read_only=read_only)
+            if not read_only:
+                self._conn.execute("PRAGMA secure_delete=ON")
+        except sqlite3.Error as exc:
+            raise Unavailable(f"subject key store cannot be opened: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise Unavailable("subject key store unavailable") from exc
+
+    def get(self, subject: str) -> KeyRecord | None:
+        with self._locked() as conn:
+            row = conn.execute("SELECT wrapped FROM subject_keys WHERE subject = ?",
+                               (subject,)).fetchone()
+        return KeyRecord(row[0]) if row else None
+
+    def create(self, subject: str, wrapped: str) -> KeyRecord:
+        with self._locked() as conn:
+            conn.execute("INSERT OR IGNORE INTO subject_keys (subject, wrapped) VALUES (?, ?)",
+                         (subject, wrapped))
+            row = conn.execute("SELECT wrapped FROM subject_keys WHERE subject = ?",
+                               (subject,)).fetchone()
+        return KeyRecord(row[0])
+
+    def destroy(self, subject: str) -> None:
+        now = datetime.now(UTC).isoformat()
+        with self._locked() as conn:
+            conn.execute(
+                "INSERT INTO subject_keys (subject, wrapped, destroyed_at) VALUES (?, NULL, ?) "
+                "ON CONFLICT (subject) DO UPDATE SET wrapped = NULL, "
+                "destroyed_at = COALESCE(subject_keys.destroyed_at, excluded.destroyed_at)",
+                (subject, now))
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS subject_keys (
+    subject TEXT PRIMARY KEY,
+    wrapped TEXT,
+    destroyed_at TIMESTAMPTZ
+)
+"""
+
+
+class PostgresKeyStore:
+    """A table beside the PostgreSQL ledger. After a destruction PostgreSQL keeps the old
+    row version until VACUUM; docs/security.md says to run it (autovacuum does, too)."""
+
+    def __init__(self, dsn: str) -> None:
+        from psycopg_pool import ConnectionPool
+
+        from .postgres import CONNECT_TIMEOUT, STATEMENT_TIMEOUT, _conninfo, _translated
+
+        self._translated = _translated
+        with _translated():
+            self._pool: ConnectionPool = ConnectionPool(
+                _conninfo(dsn, CONNECT_TIMEOUT, STATEMENT_TIMEOUT), min_size=1, max_size=4,
+                open=False, timeout=CONNECT_TIMEOUT, kwargs={"autocommit": True},
+                name="subject-keys")
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+            with self._pool.connection() as conn:
+                conn.execute(_PG_SCHEMA)
+
+    def get(self, subject: str) -> KeyRecord | None:
+        with self._translated(), self._pool.connection() as conn:
+            row = conn.execute("SELECT wrapped FROM subject_keys WHERE subject = %s",
+                               (subject,)).fetchone()
+        return KeyRecord(row[0]) if row else None
+
+    def create(self, subject: str, wrapped: str) -> KeyRecord:
+        with self._translated(), self._pool.connection() as conn:
+            conn.execute("INSERT INTO subject_keys (subject, wrapped) VALUES (%s, %s) "
+                         "ON CONFLICT (subject) DO NOTHING", (subject, wrapped))
+            row = conn.execute("SELECT wrapped FROM subject_keys WHERE subject = %s",
+                               (subject,)).fetchone()
+        assert row is not None
+        return KeyRecord(row[0])
+
+    def destroy(self, subject: str) -> None:
+        with self._translated(), self._pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO subject_keys (subject, wrapped, destroyed_at) "
+                "VALUES (%s, NULL, now()) ON CONFLICT (subject) DO UPDATE SET wrapped = NULL, "
+                "destroyed_at = COALESCE(subject_keys.destroyed_at, excluded.destroyed_at)",
+                (subject,))
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+# -- sealing ----------------------------------------------------------------------------
+
+
+class Sealer:
+    def __init__(self, master: MasterKeys, store: KeyStore) -> None:
+        self._master = master
+        self._store = store
+
+    def key_for_write(self, subject: str) -> AESGCM:
+        record = self._store.get(subject)
+        if record is None:
+            record = self._store.create(subject, self._master.wrap(os.urandom(32), subject))
+        if record.wrapped is None:
+            raise SubjectErased("the subject was erased; nothing more is recorded about them")
+        return AESGCM(self._master.unwrap(record.wrapped, subject))
+
+    def key_for_read(self, subject: str) -> AESGCM | None:
+        record = self._store.get(subject)
+        if record is None or record.wrapped is None:
+            return None
+        return AESGCM(self._master.unwrap(record.wrapped, subject))
+
+    def is_erased(self, subject: str) -> bool:
+        record = self._store.get(subject)
+        return record is not None and record.wrapped is None
+
+    @staticmethod
+    def seal(key: AESGCM, subject: str, field: str, plain: bytes) -> str:
+        nonce = os.urandom(_NONCE)
+        sealed = key.encrypt(nonce, plain, f"{field}:{subject}".encode())
+        return f"{_VERSION}:{_b64(nonce + sealed)}"
+
+    @staticmethod
+    def open(key: AESGCM, subject: str, field: str, sealed: str) -> bytes:
+        version, _, body = sealed.partition(":")
+        if version != _VERSION:
+            raise Unavailable("sealed value of an unknown version")
+        raw = _unb64(body)
+        try:
+            return key.decrypt(raw[:_NONCE], raw[_NONCE:], f"{field}:{subject}".encode())
+        except InvalidTag as exc:
+            raise Unavailable("a sealed value does not open (tampered?)") from exc
+
+    def destroy(self, subject: str) -> None:
+        self._store.destroy(subject)
+
+    def close(self) -> None:
+        self._store.close()
+
+
+_EVIDENCE = "evidence"
+_BIRTH = "birth_date"
+
+
+class SealingLedger:
+    """A Ledger that stores evidence and birth dates sealed and reads them back opened."""
+
+    def __init__(self, inner: Ledger, sealer: Sealer) -> None:
+        self._inner = inner
+        self._sealer = sealer
+
+    # -- sealing on the way in ------------------------------------------------------------
+
+    def append_consent(self, subject: str, event: ConsentEvent,
+                       idempotency: Idempotency | None = None) -> AppendResult:
+        key = self._sealer.key_for_write(subject)  # refuses an erased subject
+        sealed = ""
+        if event.evidence:
+            plain = json.dumps(dict(event.evidence), sort_keys=True).encode()
+            sealed = Sealer.seal(key, subject, _EVIDENCE, plain)
+        result = self._inner.append_consent(
+            subject, replace(event, evidence={}, sealed_evidence=sealed), idempotency)
+        return replace(result, state=self._open_state(subject, result.state, key))
+
+    def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
+                       recorded_at: datetime) -> AppendResult:
+        if profile.erased_at is not None:  # the erasure marker carries nothing to seal
+            result = self._inner.append_profile(subject, profile, record_id, recorded_at)
+            return replace(result, state=self._reveal(subject, result.state))
+        key = self._sealer.key_for_write(subject)
+        sealed = profile.sealed_birth_date
+        if profile.birth_date is not None:
+            sealed = Sealer.seal(key, subject, _BIRTH, profile.birth_date.isoformat().encode())
+        result = self._inner.append_profile(
+            subject, replace(profile, birth_date=None, sealed_birth_date=sealed),
+            record_id, recorded_at)
+        return replace(result, state=self._open_state(subject, result.state, key))
+
+    # -- opening on the way out -----------------------------------------------------------
+
+    def _open_event(self, subject: str, ev: ConsentEvent, key: AESGCM | None) -> ConsentEvent:
+        if not ev.sealed_evidence or key is None:
+            return ev
+        plain = Sealer.open(key, subject, _EVIDENCE, ev.sealed_evidence)
+        evidence: Mapping[str, str] = json.loads(plain)
+        return replace(ev, evidence=dict(evidence))
+
+    def _open_state(self, subject: str, state: SubjectState, key: AESGCM | None
+                    ) -> SubjectState:
+        profile = state.profile
+        if key is not None and profile.sealed_birth_date:
+            birth = Sealer.open(key, subject, _BIRTH, profile.sealed_birth_date)
+            profile = replace(profile, birth_date=date.fromisoformat(birth.decode()))
+        elif key is None:
+            profile = replace(profile, birth_date=None)
+        return replace(state, profile=profile,
+                       events=tuple(self._open_event(subject, e, key) for e in state.events))
+
+    @staticmethod
+    def _has_sealed(state: SubjectState) -> bool:
+        return bool(state.profile.sealed_birth_date) or any(
+            e.sealed_evidence for e in state.events)
+
+    def _reveal(self, subject: str, state: SubjectState) -> SubjectState:
+        if not self._has_sealed(state):
+            return state
+        return self._open_state(subject, state, self._sealer.key_for_read(subject))
+
+    def load(self, subject: str) -> SubjectState:
+        return self._reveal(subject, self._inner.load(subject))
+
+    def state_at(self, subject: str, sequence: int) -> SubjectState:
+        return self._reveal(subject, self._inner.state_at(subject, sequence))
+
+    def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]:
+        events = self._inner.history(subject, after_sequence, limit)
+        if not any(e.sealed_evidence for e in events):
+            return events
+        key = self._sealer.key_for_read(subject)
+        return [self._open_event(subject, e, key) for e in events]
+
+    # -- erasure and pass-through ---------------------------------------------------------
+
+    def erase(self, subject: str) -> None:
+        """Destroy the subject's key: their sealed values can never be read again."""
+        self._sealer.destroy(subject)
+
+    def is_erased(self, subject: str) -> bool:
+        return self._sealer.is_erased(subject)
+
+    def head(self) -> int:
+        return self._inner.head()
+
+    def has_subject(self, subject: str) -> bool:
+        return self._inner.has_subject(subject)
+
+    def verify(self) -> ChainReport:
+        return self._inner.verify()
+
+    def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+        return self._inner.changes(after_sequence, limit)
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return self._inner.exclusive()
+
+    def close(self) -> None:
+        self._inner.close()
+        self._sealer.close()
