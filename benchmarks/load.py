@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import cycle
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -78,6 +79,8 @@ class Run:
     calls: int = 0
     items: int = 0  # decisions, for batches
     errors: int = 0
+    #: CPU seconds the server process used meanwhile (user + system, all its threads)
+    cpu: float = 0.0
 
     def merge(self, other: Run) -> None:
         self.latencies += other.latencies
@@ -85,6 +88,11 @@ class Run:
         self.calls += other.calls
         self.items += other.items
         self.errors += other.errors
+        self.cpu += other.cpu
+
+    @property
+    def cpu_per_call_ms(self) -> float:
+        return 1000 * self.cpu / self.calls if self.calls else float("nan")
 
     def quantile(self, q: float) -> float:
         """In milliseconds."""
@@ -121,6 +129,25 @@ def sequential(call: Callable[[Any], Any], requests: Sequence[Any], items: int =
         run.latencies.append(perf() - t)
     run.seconds = (perf() - started) / 1e9
     run.calls = len(requests)
+    run.items = run.calls * items
+    return run
+
+
+def for_seconds(call: Callable[[Any], Any], requests: Sequence[Any], seconds: float,
+                items: int = 1) -> Run:
+    """One caller cycling through `requests` for `seconds`."""
+    run = Run()
+    perf = time.perf_counter_ns
+    started = perf()
+    stop = started + int(seconds * 1e9)
+    for req in cycle(requests):
+        t = perf()
+        if t >= stop:
+            break
+        call(req)
+        run.latencies.append(perf() - t)
+    run.seconds = (perf() - started) / 1e9
+    run.calls = len(run.latencies)
     run.items = run.calls * items
     return run
 
@@ -165,6 +192,24 @@ def concurrent(calls: Sequence[Callable[[Any], Any]], requests: Sequence[Sequenc
     total.calls = len(total.latencies)
     total.items = total.calls * items
     return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all threads)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def on(pid: int, block: Callable[[int], Run]) -> Callable[[int], Run]:
+    """`block`, also counting the CPU time process `pid` used while it ran."""
+    def run(r: int) -> Run:
+        before = cpu_seconds(pid)
+        out = block(r)
+        out.cpu = cpu_seconds(pid) - before
+        return out
+    return run
 
 
 def interleave(rounds: int, blocks: dict[str, Callable[[int], Run]]) -> dict[str, Run]:

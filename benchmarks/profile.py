@@ -57,10 +57,16 @@ class Profile:
     inclusive: list[tuple[str, float]] = field(default_factory=list)
     raw_path: str = ""
     error: str = ""
+    #: calls the server answered while it was sampled (set by the caller)
+    calls: float = 0.0
 
     @property
     def gil_seconds(self) -> float:
         return self.samples / self.rate if self.rate else 0.0
+
+    @property
+    def gil_us_per_call(self) -> float:
+        return 1e6 * self.gil_seconds / self.calls if self.calls else float("nan")
 
 
 def record(pid: int, seconds: float, output: Path, rate: int = 250) -> subprocess.Popen[str]:

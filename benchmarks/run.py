@@ -30,12 +30,14 @@ from consentauthz.policy import load_policy_set
 from consentauthz.v1 import consent_pb2, consent_pb2_grpc, decision_pb2, decision_pb2_grpc
 
 from . import engine as eng
+from . import inprocess as inproc
 from . import load, packs, report, subjects
 from . import profile as prof
 from .report import Row, met, ms, rate, us, x
 from .services import ROOT, RedisProcess, Server, start_noop, start_serve, start_variant
 
 POLICIES = ROOT / "policies"
+SECTIONS = ("engine", "startup", "inprocess", "grpc")
 WORK = ROOT / "var" / "bench"
 DOC = ROOT / "docs" / "performance.md"
 
@@ -114,7 +116,8 @@ class Results:
     machine: dict[str, Any]
     rows: list[Row] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
-    profile: prof.Profile | None = None
+    profiles: dict[str, prof.Profile] = field(default_factory=dict)
+    profile_error: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -202,6 +205,24 @@ def run_startup(plan: Plan, res: Results, infos: dict[int, packs.PackInfo]) -> N
         "≤ 300 MB", met(big_rss <= 300)))
 
 
+def run_inprocess(plan: Plan, res: Results) -> None:
+    log("Checker in-process: with and without spans and the durable log")
+    data = WORK / "data-inprocess"
+    shutil.rmtree(data, ignore_errors=True)
+    r = inproc.bench_checker(data, POLICIES, 40 if plan.quick else 100,
+                             1_000 if plan.quick else 3_000)
+    res.raw["inprocess"] = {"variants": {k: [asdict(a), asdict(b)]
+                                         for k, (a, b) in r.variants.items()},
+                            "parts": {k: asdict(v) for k, v in r.parts.items()}}
+    for name, (one, item) in r.variants.items():
+        res.rows.append(Row("Checker in-process (diagnosis)", f"Checker, warm: {name}",
+                            f"check p50 {us(one.p50_us)}; check_batch {us(item.mean_us)}/item",
+                            "", "", "", ""))
+    for name, t in r.parts.items():
+        res.rows.append(Row("Checker in-process (diagnosis)", name, f"p50 {us(t.p50_us)}",
+                            "", "", "", ""))
+
+
 # -- the gRPC stack -----------------------------------------------------------------------------
 
 @dataclass
@@ -244,36 +265,62 @@ def warm_up(stubs: Stubs, subjects_: Sequence[int], clients: int) -> int:
 
 
 def run_cold(plan: Plan, res: Results, label: str, server: Server, floor: Stubs,
-             warm: Sequence[int], redis_cold: Sequence[int], ledger_cold: Sequence[int]
-             ) -> dict[str, load.Run]:
+             redis: RedisProcess, warm: Sequence[int], redis_cold: Sequence[int],
+             ledger_cold: Sequence[int]) -> dict[str, load.Run]:
+    """Warm, Redis-hit and ledger-hit Checks (each cold subject asked once), interleaved
+    with the floor. Redis' own counters say which tier answered: a Redis hit reads the
+    head and the entry (2 hits), a ledger read misses the entry (1 miss)."""
     stubs = Stubs.open(server.target, 1)
+    client = redis.client()
+    tiers: dict[str, list[int]] = {"warm": [0, 0], "redis": [0, 0], "ledger": [0, 0]}
+
+    def counters() -> tuple[int, int]:
+        info = client.info("stats")
+        return int(info["keyspace_hits"]), int(info["keyspace_misses"])
+
     try:
         warm_up(stubs, warm, 1)
         rounds = max(1, plan.seq_rounds)
         per = plan.cold_samples // rounds
         warm_reqs = load.check_requests(warm, plan.cold_samples)
 
-        def block(reqs: Sequence[Any], stub: Callable[[Any], Any]) -> Callable[[int], load.Run]:
-            return lambda r: load.sequential(stub, reqs[r * per:(r + 1) * per])
+        def block(name: str, reqs: Sequence[Any], stub: Callable[[Any], Any]
+                  ) -> Callable[[int], load.Run]:
+            def run(r: int) -> load.Run:
+                hits, misses = counters()
+                out = load.sequential(stub, reqs[r * per:(r + 1) * per])
+                if name in tiers:
+                    h, m = counters()
+                    tiers[name][0] += h - hits
+                    tiers[name][1] += m - misses
+                return out
+            return run
 
         runs = load.interleave(rounds, {
-            "floor": block(warm_reqs, floor.check[0]),
-            "warm": block(warm_reqs, stubs.check[0]),
-            "redis": block([load.check_request(i) for i in redis_cold], stubs.check[0]),
-            "ledger": block([load.check_request(i) for i in ledger_cold], stubs.check[0]),
+            "floor": block("floor", warm_reqs, floor.check[0]),
+            "warm": block("warm", warm_reqs, stubs.check[0]),
+            "redis": block("redis", [load.check_request(i) for i in redis_cold],
+                           stubs.check[0]),
+            "ledger": block("ledger", [load.check_request(i) for i in ledger_cold],
+                            stubs.check[0]),
         })
     finally:
         stubs.close()
+        client.close()
     res.raw.setdefault("cold", {})[label] = {k: _summary(v) for k, v in runs.items()}
+    res.raw.setdefault("cold_tiers", {})[label] = tiers
     w = runs["warm"]
     for key, what, target, limit in (
             ("redis", "local miss, Redis hit", "adds ≤ 0.15 ms", 0.15),
             ("ledger", "local and Redis miss, ledger hit", "adds ≤ 1 ms", 1.0)):
         r = runs[key]
         added = r.p50 - w.p50
+        hits, misses = tiers[key]
+        seen = (f"Redis hits {hits / max(r.calls, 1):.1f}/call, misses "
+                f"{misses / max(r.calls, 1):.1f}/call")
         res.rows.append(Row(
             "Check, cold", f"{what}, 1 client ({label})",
-            f"p50 {ms(r.p50)}, p99 {ms(r.p99)}", f"warm p50 {ms(w.p50)}",
+            f"p50 {ms(r.p50)}, p99 {ms(r.p99)} ({seen})", f"warm p50 {ms(w.p50)}",
             f"+{ms(added)}", target, met(added <= limit)))
     return runs
 
@@ -299,14 +346,17 @@ def run_warm(plan: Plan, res: Results, server: Server, noop: Server) -> None:
             return lambda r: load.sequential(stub, reqs[r * per:(r + 1) * per])
 
         log("Check, 1 client, warm vs floor")
-        one = load.interleave(plan.seq_rounds, {"floor": seq(floor.check[0]),
-                                                "check": seq(stubs.check[0])})
+        one = load.interleave(plan.seq_rounds, {
+            "floor": load.on(noop.pid, seq(floor.check[0])),
+            "check": load.on(server.pid, seq(stubs.check[0]))})
         f1, c1 = one["floor"], one["check"]
-        res.rows.append(Row("Check, warm", "no-op call on the same server stack (the floor), "
-                            "1 client", f"p50 {ms(f1.p50)}, p99 {ms(f1.p99)}", "", "", "",
-                            ""))
+        res.rows.append(Row(
+            "Check, warm", "no-op call on the same server stack (the floor), 1 client",
+            f"p50 {ms(f1.p50)}, p99 {ms(f1.p99)}; server CPU {ms(f1.cpu_per_call_ms)}/call",
+            "", "", "", ""))
         res.rows.append(Row("Check, warm", "Check, 1 client, p50",
-                            ms(c1.p50), f"floor {ms(f1.p50)}", x(c1.p50 / f1.p50), "≤ 1.3x",
+                            f"{ms(c1.p50)}; server CPU {ms(c1.cpu_per_call_ms)}/call",
+                            f"floor {ms(f1.p50)}", x(c1.p50 / f1.p50), "≤ 1.3x",
                             met(c1.p50 / f1.p50 <= 1.3)))
         res.rows.append(Row("Check, warm", "Check, 1 client, p99",
                             ms(c1.p99), f"floor {ms(f1.p99)}", x(c1.p99 / f1.p99), "≤ 1.5x",
@@ -315,14 +365,18 @@ def run_warm(plan: Plan, res: Results, server: Server, noop: Server) -> None:
         log(f"Check, {n} clients, warm vs floor")
         parts = list(load.chunks(reqs, n))
         conc = load.interleave(plan.conc_rounds, {
-            "floor": lambda r: load.concurrent(floor.check, parts, plan.conc_seconds),
-            "check": lambda r: load.concurrent(stubs.check, parts, plan.conc_seconds)})
+            "floor": load.on(noop.pid, lambda r: load.concurrent(floor.check, parts,
+                                                                 plan.conc_seconds)),
+            "check": load.on(server.pid, lambda r: load.concurrent(stubs.check, parts,
+                                                                   plan.conc_seconds))})
         f8, c8 = conc["floor"], conc["check"]
-        res.rows.append(Row("Check, warm", f"no-op call (the floor), {n} clients",
-                            f"{rate(f8.rate)}, p50 {ms(f8.p50)}, p99 {ms(f8.p99)}", "", "", "",
-                            ""))
+        res.rows.append(Row(
+            "Check, warm", f"no-op call (the floor), {n} clients",
+            f"{rate(f8.rate)}, p50 {ms(f8.p50)}, p99 {ms(f8.p99)}; server CPU "
+            f"{ms(f8.cpu_per_call_ms)}/call", "", "", "", ""))
         res.rows.append(Row("Check, warm", f"Check, {n} clients, throughput",
-                            rate(c8.rate), f"floor {rate(f8.rate)}", x(c8.rate / f8.rate),
+                            f"{rate(c8.rate)}; server CPU {ms(c8.cpu_per_call_ms)}/call",
+                            f"floor {rate(f8.rate)}", x(c8.rate / f8.rate),
                             "≥ 0.75x", met(c8.rate / f8.rate >= 0.75)))
         res.rows.append(Row("Check, warm", f"Check, {n} clients, p99",
                             f"{ms(c8.p99)} (p50 {ms(c8.p50)})", f"floor {ms(f8.p99)}",
@@ -340,7 +394,8 @@ def run_warm(plan: Plan, res: Results, server: Server, noop: Server) -> None:
                 stub, [batches[size][(r + j) % 4] for j in range(calls[size])], items=size)
 
         b = load.interleave(plan.batch_rounds, {
-            f"{kind}{size}": bblock((floor if kind == "floor" else stubs).batch[0], size)
+            f"{kind}{size}": load.on((noop if kind == "floor" else server).pid, bblock(
+                (floor if kind == "floor" else stubs).batch[0], size))
             for size in (100, 1000) for kind in ("floor", "check")})
         for size in (100, 1000):
             fb, cb = b[f"floor{size}"], b[f"check{size}"]
@@ -349,32 +404,51 @@ def run_warm(plan: Plan, res: Results, server: Server, noop: Server) -> None:
             res.rows.append(Row(
                 "BatchCheck", f"{size:,} items, 1 client",
                 f"{rate(cb.item_rate, 'decisions/s')} ({1e6 / cb.item_rate:.0f} µs/item, "
-                f"p50 {ms(cb.p50)} per call)",
+                f"p50 {ms(cb.p50)} per call; server CPU "
+                f"{1e6 * cb.cpu / max(cb.items, 1):.0f} µs/item)",
                 f"floor {rate(fb.item_rate, 'items/s')} ({1e6 / fb.item_rate:.1f} µs/item)",
                 x(cb.item_rate / fb.item_rate), target, status))
         res.raw["warm"] = {"one": {k: _summary(v) for k, v in one.items()},
                            "eight": {k: _summary(v) for k, v in conc.items()},
                            "batch": {k: _summary(v) for k, v in b.items()}}
-
-        if prof.py_spy() is None:
-            res.profile = prof.Profile(0, error="py-spy is not installed (`make bench` "
-                                                "installs it; `pip install py-spy`)")
-        else:
-            log(f"py-spy profile of {n}-client Check ({plan.profile_seconds:.0f} s)")
-            out = WORK / "profile-check-8-clients.txt"
-            spy = prof.record(server.pid, plan.profile_seconds, out)
-            time.sleep(0.5)
-            during = load.concurrent(stubs.check, parts, plan.profile_seconds + 1.0)
-            spy_out, _ = spy.communicate(timeout=120)
-            if out.exists():
-                res.profile = prof.summarise(out)
-                res.profile.raw_path = str(out.relative_to(ROOT))
-                res.raw["profile_run"] = _summary(during)
-            else:
-                res.profile = prof.Profile(0, error=f"py-spy failed: {spy_out[-500:]}")
+        run_profiles(plan, res, server, noop, stubs, floor, parts, batches[1000])
     finally:
         stubs.close()
         floor.close()
+
+
+def run_profiles(plan: Plan, res: Results, server: Server, noop: Server, stubs: Stubs,
+                 floor: Stubs, parts: list[Sequence[Any]], batches: list[Any]) -> None:
+    if prof.py_spy() is None:
+        res.profile_error = ("py-spy is not installed (`make bench` installs it; "
+                             "`pip install py-spy`)")
+        return
+    secs = plan.profile_seconds
+    jobs: list[tuple[str, Server, Callable[[], load.Run]]] = [
+        (f"Check, {plan.clients} clients", server,
+         lambda: load.concurrent(stubs.check, parts, secs + 1.0)),
+        ("BatchCheck 1,000", server,
+         lambda: load.for_seconds(stubs.batch[0], batches, secs + 1.0, items=1000)),
+        (f"floor, {plan.clients} clients", noop,
+         lambda: load.concurrent(floor.check, parts, secs + 1.0)),
+    ]
+    for name, target, job in jobs:
+        log(f"py-spy profile: {name} ({secs:.0f} s)")
+        slug = name.split(",")[0].lower().replace(" ", "-").replace(",", "")
+        out = WORK / f"profile-{slug}-{'batch' if 'Batch' in name else plan.clients}.txt"
+        spy = prof.record(target.pid, secs, out)
+        time.sleep(0.7)  # py-spy attaches
+        during = job()
+        spy_out, _ = spy.communicate(timeout=120)
+        if not out.exists():
+            res.profile_error = f"py-spy failed: {spy_out.strip()[-300:]}"
+            return
+        p = prof.summarise(out, 250, secs)
+        p.raw_path = str(out.relative_to(ROOT))
+        # Calls while py-spy sampled (the load ran a little longer on both sides).
+        p.calls = during.rate * secs
+        res.profiles[name] = p
+        res.raw.setdefault("profile_runs", {})[name] = _summary(during)
 
 
 def run_writes(plan: Plan, res: Results, server: Server, write_subjects: Sequence[int]) -> None:
@@ -528,12 +602,17 @@ def run_dataset(plan: Plan, res: Results, ds: subjects.Dataset, redis: RedisProc
     t = time.perf_counter()
     subjects.populate_redis(redis.url, renderer, 0, cached, ds.head)
     per_subject = (redis.used_memory() - before) / cached
+    sizes = subjects.redis_entry_stats(redis.url, renderer,
+                                       list(range(0, cached, max(1, cached // 200))))
     res.raw.setdefault("redis", {})[label] = {"subjects": cached, "bytes_per_subject":
-                                              per_subject,
+                                              per_subject, "sizes": sizes,
                                               "seconds": time.perf_counter() - t}
-    res.rows.append(Row("Redis", f"memory per subject, 5 consent events ({cached:,} cached)",
-                        f"{per_subject:.0f} bytes", "", "", "≤ 300 bytes",
-                        met(per_subject <= 300)))
+    res.rows.append(Row(
+        "Redis", f"memory per subject, 5 consent events ({cached:,} cached)",
+        f"{per_subject:.0f} bytes (used_memory delta / subjects)",
+        f"entry: key {sizes['key_bytes']:.0f} B + value {sizes['value_bytes']:.0f} B "
+        f"(state {sizes['state_bytes']:.0f} B compressed); MEMORY USAGE "
+        f"{sizes['memory_usage']:.0f} B", "", "≤ 300 bytes", met(per_subject <= 300)))
     data = WORK / f"data-a-{ds.subjects}"
     shutil.rmtree(data, ignore_errors=True)
     log(f"{label}: starting replica A")
@@ -546,11 +625,18 @@ def run_dataset(plan: Plan, res: Results, ds: subjects.Dataset, redis: RedisProc
         floor = Stubs.open(noop.target, 1)
         try:
             log(f"{label}: cold paths")
-            run_cold(plan, res, label, a, floor, list(warm), list(redis_cold),
+            run_cold(plan, res, label, a, floor, redis, list(warm), list(redis_cold),
                      list(ledger_cold))
         finally:
             floor.close()
         if full:
+            log(f"{label}: the steps of the cold paths, one by one")
+            steps = inproc.bench_cold_steps(ds.url, redis.url, renderer,
+                                            list(range(cached // 3, cached // 3 + 500)))
+            res.raw["cold_steps"] = {k: asdict(v) for k, v in steps.items()}
+            for name, t in steps.items():
+                res.rows.append(Row("Check, cold", f"step: {name}", f"p50 {us(t.p50_us)}",
+                                    "", "", "", ""))
             run_warm(plan, res, a, noop)
             writes = range(cached // 4, cached // 4 + 3_000)
             run_writes(plan, res, a, list(writes))
@@ -569,6 +655,38 @@ def run_dataset(plan: Plan, res: Results, ds: subjects.Dataset, redis: RedisProc
         run_log_variants(plan, res, ds.url, redis.url)
 
 
+def profile_section(res: Results) -> list[str]:
+    if res.profile_error or not res.profiles:
+        return [f"Profile: not taken: {res.profile_error or 'no profile run'}", ""]
+    names = list(res.profiles)
+    out = ["Profiles (py-spy `--gil --nonblocking`: only samples in which a thread held the "
+           "GIL; raw collapsed stacks in "
+           + ", ".join(f"`{p.raw_path}`" for p in res.profiles.values()) + "). Each sample "
+           "is charged to the innermost component on its stack:", "",
+           "| Component | " + " | ".join(names) + " |",
+           "|---|" + "---|" * len(names),
+           "| **GIL time per call** | " + " | ".join(
+               f"**{p.gil_us_per_call:,.0f} µs**" for p in res.profiles.values()) + " |"]
+    components: list[str] = []
+    for p in res.profiles.values():
+        components += [c for c, _ in p.components if c not in components]
+    for c in components:
+        cells = []
+        for p in res.profiles.values():
+            share = dict(p.components).get(c)
+            cells.append(f"{share:.0f}% ({share * p.gil_us_per_call / 100:,.0f} µs)"
+                         if share else "-")
+        out.append(f"| {c} | " + " | ".join(cells) + " |")
+    first = res.profiles[names[0]]
+    out += ["", f"{names[0]}: the functions where the GIL was held longest (self time):", "",
+            "| Function | share |", "|---|---|"]
+    out += [f"| `{name}` | {share:.1f}% |" for name, share in first.self_time]
+    out += ["", f"{names[0]}: consentauthz functions by inclusive time:", "",
+            "| Function | share |", "|---|---|"]
+    out += [f"| `{name}` | {share:.1f}% |" for name, share in first.inclusive]
+    return [*out, ""]
+
+
 def generated(res: Results) -> str:
     m = res.machine
     lines = [
@@ -580,23 +698,7 @@ def generated(res: Results) -> str:
         report.table(res.rows),
         "",
     ]
-    p = res.profile
-    if p is not None:
-        lines.append(f"Profile of the {res.plan.clients}-client warm Check run "
-                     f"(py-spy, GIL-holding samples only, {p.samples:,} samples; raw stacks "
-                     f"in `{p.raw_path or '-'}`):")
-        lines.append("")
-        if p.error:
-            lines.append(f"- not taken: {p.error}")
-        else:
-            lines.append("| Self time (function, where the GIL was held) | share |")
-            lines.append("|---|---|")
-            lines += [f"| `{name}` | {share:.1f}% |" for name, share in p.self_time]
-            lines.append("")
-            lines.append("| Inclusive time (consentauthz functions) | share |")
-            lines.append("|---|---|")
-            lines += [f"| `{name}` | {share:.1f}% |" for name, share in p.inclusive]
-        lines.append("")
+    lines += profile_section(res)
     if res.notes:
         lines += ["Notes from the run:", ""] + [f"- {n}" for n in res.notes] + [""]
     return "\n".join(lines)
@@ -612,7 +714,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="drop the cached subject databases and exit")
     parser.add_argument("--no-docs", action="store_true",
                         help="do not rewrite the table in docs/performance.md")
+    parser.add_argument("--only", action="append", choices=SECTIONS,
+                        help="run only these sections (repeatable; the docs are then left "
+                             "alone)")
     ns = parser.parse_args(argv)
+    only = set(ns.only or SECTIONS)
     if ns.drop_data:
         for name in subjects.bench_databases():
             subjects.drop_database(name)
@@ -624,22 +730,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = Results(plan, machine())
     log(f"{'quick' if plan.quick else 'full'} run on {res.machine['nproc']} cores, "
         f"{res.machine['cpu']}")
-    infos = run_engine(plan, res)
-    run_startup(plan, res, infos)
+    if only & {"engine", "startup"}:
+        infos = run_engine(plan, res) if "engine" in only else {
+            n: packs.generate_pack(WORK / "packs" / f"rules-{n}", n, POLICIES)
+            for n in plan.pack_sizes}
+        if "startup" in only:
+            run_startup(plan, res, infos)
+    if "inprocess" in only:
+        run_inprocess(plan, res)
+    if "grpc" not in only:
+        plan_datasets: tuple[int, ...] = ()
+    else:
+        plan_datasets = plan.datasets
     taxonomy = load_policy_set(POLICIES).taxonomy
     datasets = []
-    for n in plan.datasets:
+    for n in plan_datasets:
         log(f"subjects: {n:,}")
         datasets.append(subjects.ensure_dataset(n, taxonomy, log))
     res.raw["datasets"] = [asdict(d) | {"base": d.base.isoformat()} for d in datasets]
-    redis = RedisProcess(WORK / "redis")
-    noop = start_noop()
-    try:
-        for k, ds in enumerate(datasets):
-            run_dataset(plan, res, ds, redis, noop, full=k == len(datasets) - 1)
-    finally:
-        noop.stop()
-        redis.stop()
+    if datasets:
+        redis = RedisProcess(WORK / "redis")
+        noop = start_noop()
+        try:
+            for k, ds in enumerate(datasets):
+                run_dataset(plan, res, ds, redis, noop, full=k == len(datasets) - 1)
+        finally:
+            noop.stop()
+            redis.stop()
     took = time.perf_counter() - started
     gen = [d.generated_seconds for d in datasets if d.generated_seconds]
     res.notes.append(f"the run took {took / 60:.1f} min"
@@ -647,16 +764,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "next run)" if gen else " (subject databases reused)"))
     res.raw["seconds"] = took
     res.raw["machine"] = res.machine
-    res.raw["profile"] = asdict(res.profile) if res.profile else None
+    res.raw["profiles"] = {k: asdict(v) for k, v in res.profiles.items()}
     (WORK / "results.json").write_text(json.dumps(res.raw, indent=2, default=str))
     print(report.plain(res.rows))
-    if res.profile and not res.profile.error:
-        print("\nprofile, self time:")
-        for name, share in res.profile.self_time[:8]:
-            print(f"  {share:5.1f}%  {name}")
+    for name, p in res.profiles.items():
+        print(f"\nprofile {name}: {p.gil_us_per_call:,.0f} µs of GIL per call")
+        for comp, share in p.components[:6]:
+            print(f"  {share:5.1f}%  {comp}")
     for note in res.notes:
         print(f"note: {note}")
-    if not ns.no_docs:
+    if not ns.no_docs and only == set(SECTIONS):
         report.write_section(DOC, generated(res))
         log(f"wrote the table to {DOC.relative_to(ROOT)}")
     return 0

@@ -505,19 +505,29 @@ def populate_redis(url: str, r: Renderer, lo: int, hi: int, head: int,
                    batch: int = 5_000) -> None:
     """Cache subjects [lo, hi) as a replica would after reading them from the ledger at
     position `head`, in the layout of consent/redis_cache.py (head `<gen>:<pos>`, entries
-    `<gen>:<as of>:<version>:<state>` with the same TTL)."""
+    `<gen>:<as of>:<version>:<state>` with the same TTL). Read back through
+    RedisStateCache.read at both ends."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     client = redis.Redis.from_url(url)
     cache = RedisStateCache(url, lambda: datetime.now(UTC), REDIS_PREFIX)
+    pending: Future[Any] | None = None
     try:
         client.set(REDIS_PREFIX + "head", f"{_GEN}:{head}")
-        for start in range(lo, hi, batch):
-            pipe = client.pipeline(transaction=False)
-            for i in range(start, min(start + batch, hi)):
-                subj, blob = r.compact(i)
-                version = first_seq(i) + EVENTS
-                pipe.set(cache.entry_key(subj), f"{_GEN}:{head}:{version}:".encode() + blob,
-                         px=REDIS_TTL_MS)
-            pipe.execute()
+        # Rendering here while the previous pipeline is sent (the socket wait frees the GIL).
+        with ThreadPoolExecutor(1) as sender:
+            for start in range(lo, hi, batch):
+                pipe = client.pipeline(transaction=False)
+                for i in range(start, min(start + batch, hi)):
+                    subj, blob = r.compact(i)
+                    version = first_seq(i) + EVENTS
+                    pipe.set(cache.entry_key(subj),
+                             f"{_GEN}:{head}:{version}:".encode() + blob, px=REDIS_TTL_MS)
+                if pending is not None:
+                    pending.result()
+                pending = sender.submit(pipe.execute)
+            if pending is not None:
+                pending.result()
         for i in {lo, hi - 1}:
             seen = cache.read(r.pseudonymize(subject_id(i)))
             assert seen is not None and seen.state is not None and seen.position == head
@@ -525,6 +535,23 @@ def populate_redis(url: str, r: Renderer, lo: int, hi: int, head: int,
     finally:
         cache.close()
         client.close()
+
+
+def redis_entry_stats(url: str, r: Renderer, indices: list[int]) -> dict[str, float]:
+    """Average key and value sizes, and Redis' own MEMORY USAGE, of cached subjects."""
+    client = redis.Redis.from_url(url)
+    cache = RedisStateCache(url, lambda: datetime.now(UTC), REDIS_PREFIX)
+    try:
+        keys = [cache.entry_key(r.pseudonymize(subject_id(i))) for i in indices]
+        values = [client.strlen(k) for k in keys]
+        usage = [client.memory_usage(k, samples=0) or 0 for k in keys]
+        state = [len(r.compact(i)[1]) for i in indices]
+    finally:
+        cache.close()
+        client.close()
+    n = len(keys)
+    return {"key_bytes": sum(map(len, keys)) / n, "value_bytes": sum(values) / n,
+            "state_bytes": sum(state) / n, "memory_usage": sum(usage) / n}
 
 
 @contextmanager

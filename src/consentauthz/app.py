@@ -223,7 +223,8 @@ class App:
             config.listen, config.workers, tls=load_tls(config), loopback=config.loopback,
             guard=caller_guard(load_callers(config.callers_file) if config.callers_file
                                else (), read_caller_policy(config.policy_dir),
-                               self.policy().policy.taxonomy))
+                               self.policy().policy.taxonomy),
+            reuse_port=config.reuse_port)
 
     def _component(self, name: str) -> Callable[[bool], None]:
         def changed(serving: bool) -> None:

@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--master-key-file", metavar="FILE",
                        help="key ring wrapping per-subject evidence keys (default "
                             "DATA_DIR/keys/master.key, generated; env CONSENTAUTHZ_MASTER_KEY)")
+    serve.add_argument("--reuse-port", action="store_true",
+                       help="share the port with other serve processes (SO_REUSEPORT); each "
+                            "needs its own --data-dir and the same --ledger and --redis-url")
     serve.add_argument("--no-watch", action="store_true",
                        help="do not hot-reload the policy directory when it changes")
     serve.add_argument("--metrics-listen", metavar="HOST:PORT",

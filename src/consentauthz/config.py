@@ -60,6 +60,8 @@ class ServeConfig:
     #: Without a consistency token, a check may miss writes at most this many seconds old
     #: (with a shared ledger; the embedded default has no staleness at all).
     max_staleness: float = 1.0
+    #: Let several serve processes share the port (SO_REUSEPORT; docs/performance.md).
+    reuse_port: bool = False
     #: TLS on the gRPC port: server certificate chain and key (PEM files).
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -179,6 +181,10 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         raise ConfigError("--tls-cert and --tls-key go together")
     if client_ca and not tls_cert:
         raise ConfigError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    if getattr(ns, "reuse_port", False) and not (getattr(ns, "ledger", None)
+                                                 or _env(env, "LEDGER")):
+        raise ConfigError("--reuse-port needs a shared --ledger postgresql://...: processes on "
+                          "one port are replicas, and the embedded SQLite ledger has one writer")
     if ns.workers < 1 or ns.cache_entries < 1:
         raise ConfigError("--workers and --cache-entries must be positive")
     return ServeConfig(
@@ -202,6 +208,7 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         redis_prefix=redis_prefix,
         redis_timeout=redis_timeout_ms / 1000,
         max_staleness=max_staleness,
+        reuse_port=bool(getattr(ns, "reuse_port", False)),
         tls_cert=Path(tls_cert) if tls_cert else None,
         tls_key=Path(tls_key) if tls_key else None,
         client_ca=Path(client_ca) if client_ca else None,

@@ -50,12 +50,13 @@ class Replica:
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def start_replica(name: str, workdir: Path, dsn: str, redis_url: str) -> Replica:
+def start_replica(name: str, workdir: Path, dsn: str, redis_url: str,
+                  listen: str = "127.0.0.1:0", *extra: str) -> Replica:
     env = dict(os.environ, CONSENTAUTHZ_PSEUDONYM_KEY=KEY, CONSENTAUTHZ_MASTER_KEY=MASTER)
     proc = subprocess.Popen(
-        [str(BIN), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(workdir / name),
+        [str(BIN), "serve", "--listen", listen, "--data-dir", str(workdir / name),
          "--no-watch", "--ledger", dsn, "--redis-url", redis_url,
-         "--max-staleness", str(MAX_STALENESS), "--redis-timeout-ms", "50"],
+         "--max-staleness", str(MAX_STALENESS), "--redis-timeout-ms", "50", *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     target, seen = "", []
@@ -82,6 +83,7 @@ class Cluster:
     b: Replica
     c: Replica
     redis: RedisServer
+    dsn: str
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         try:
             for name in "abc":
                 replicas.append(start_replica(name, workdir, url, redis_server.url))
-            yield Cluster(*replicas, redis=redis_server)
+            yield Cluster(*replicas, redis=redis_server, dsn=url)
         finally:
             for r in replicas:
                 r.channel.close()
@@ -245,3 +247,40 @@ def test_redis_killed_mid_traffic_gives_no_wrong_allow_and_comes_back(
     # And a grant after the outage is honoured everywhere again.
     token = grant(cluster.a, "after-outage")
     assert decide(cluster.c, "after-outage", token) == "ALLOW"
+
+
+def test_processes_share_one_port_with_reuse_port(cluster: Cluster,
+                                                  tmp_path: Path) -> None:
+    """serve --reuse-port: several processes on one port, the kernel spreads connections."""
+    from tests.redis_server import free_port
+
+    port = free_port()
+    dsn = cluster.dsn
+    procs = [start_replica(f"p{i}", tmp_path, dsn, cluster.redis.url, f"127.0.0.1:{port}",
+                           "--reuse-port") for i in range(2)]
+    try:
+        token = grant(procs[0], "shared-port-subject")
+        for _ in range(40):  # a new connection each time
+            with grpc.insecure_channel(f"127.0.0.1:{port}",
+                                       options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                resp = decision_pb2_grpc.DecisionServiceStub(ch).Check(
+                    decision_pb2.CheckRequest(
+                        subject_id="shared-port-subject", purpose=EMAIL,
+                        data_category=CATEGORY, jurisdiction="DE", consistency_token=token),
+                    timeout=10)
+                assert decision_name(resp) == "ALLOW"
+    finally:
+        for r in procs:
+            r.channel.close()
+            r.proc.terminate()
+        for r in procs:
+            assert r.proc.wait(timeout=20) == 0
+    served = [len(list((tmp_path / f"p{i}").glob("decisions*.db"))) for i in range(2)]
+    counts = [decisions_in(tmp_path / f"p{i}") for i in range(2)]
+    assert all(served) and all(c > 0 for c in counts), counts
+
+
+def decisions_in(data_dir: Path) -> int:
+    import sqlite3
+    with sqlite3.connect(data_dir / "decisions.db") as db:
+        return int(db.execute("SELECT count(*) FROM decisions").fetchone()[0])

@@ -62,16 +62,10 @@ CONTACT_EMAIL = "user.contact.email"
 POOL = tuple(f"fuzz-subject-{i:03d}@example.org" for i in range(40))
 IDEMPOTENCY_KEYS = tuple(f"idem-{i}" for i in range(8))
 AHEAD = "consistency_token is ahead of the consent ledger"
-#: RPCs that still name only their first bad field in some cases (known gaps, waiting for
-#: their servicer or use case to call the collecting validators): GetConsentState and
-#: ListConsentEvents check the subject before the tokens and page size (consent service:
-#: validation.validate_state_read / validate_history), VerifyChains stops at its first bad
-#: checkpoint (servicer: convert.checkpoints_from). test_every_bad_field_is_named pins them.
-PARTIAL = frozenset({"GetConsentState", "ListConsentEvents", "VerifyChains"})
 #: Whether a batch item whose consistency token is ahead of the ledger gets UNAVAILABLE in
 #: its own result slot while the other items are answered (Checker.check_each), rather
 #: than failing the whole call. True once servicers.BatchCheck calls check_each.
-BATCH_ITEMS_FAIL_ALONE = False
+BATCH_ITEMS_FAIL_ALONE = True
 
 # Contract limits (docs/api.md "Limits", the protos).
 MAX_SUBJECT = 256
@@ -438,7 +432,7 @@ class Expect:
     #: UNAVAILABLE and an answer are both right (a batch item that is ahead and has a
     #: tolerated field).
     may_ahead: bool = False
-    #: Every field in `must` is named, not only some (False: a known gap, see PARTIAL).
+    #: Every field in `must` is named, not only some.
     complete: bool = True
 
 
@@ -1020,7 +1014,7 @@ def test_verify_chains(fuzz: Fuzz, held: list[Any], index: int) -> None:
             must.add("checkpoints")
             may.add("time")
     resp = call(fuzz, "VerifyChains", fuzz.s.audit.VerifyChains, req,
-                expect(must, may, complete="VerifyChains" not in PARTIAL))
+                expect(must, may))
     if resp is not None:
         assert [c.name for c in resp.chains] == ["decision log", "consent ledger"]
         if not fabricated:
@@ -1100,8 +1094,7 @@ def test_get_consent_state(fuzz: Fuzz, reads: list[tuple[str, str]]) -> None:
             must.add("consistency_token")
         calls.append((consent_pb2.GetConsentStateRequest(subject_id=subject,
                                                          consistency_token=token),
-                      expect(must, ahead=value is not None and value > fuzz.watermark,
-                             complete="GetConsentState" not in PARTIAL),
+                      expect(must, ahead=value is not None and value > fuzz.watermark),
                       secrets_of(subject)))
     for (_, token), resp in zip(reads, call_all(
             fuzz, "GetConsentState", fuzz.s.consent.GetConsentState, calls), strict=True):
@@ -1124,7 +1117,7 @@ def test_list_consent_events(fuzz: Fuzz, reads: list[tuple[str, int, str]]) -> N
         page_expect(size, token, must)
         calls.append((consent_pb2.ListConsentEventsRequest(
             subject_id=subject, page_size=size, page_token=token),
-            expect(must, complete="ListConsentEvents" not in PARTIAL), secrets_of(subject)))
+            expect(must), secrets_of(subject)))
     for (_, size, token), resp in zip(reads, call_all(
             fuzz, "ListConsentEvents", fuzz.s.consent.ListConsentEvents, calls), strict=True):
         if resp is not None:
@@ -1384,8 +1377,6 @@ def test_birth_date_in_week_format_is_rejected(fuzz: Fuzz) -> None:
 # -- every bad field in one error ---------------------------------------------------------
 
 _NO_TIME = (MAX_SECONDS + 1, 0)  # no representable time
-_PARTIAL_GAP = pytest.mark.xfail(strict=True, reason="known gap: names only the first bad "
-                                 "field (PARTIAL)")
 
 
 def _two_bad_fields() -> list[Any]:
@@ -1427,14 +1418,12 @@ def _two_bad_fields() -> list[Any]:
                      id="QueryDecisions"),
         pytest.param("GetConsentState", consent_pb2.GetConsentStateRequest(
             subject_id="", consistency_token="x"), {"subject_id", "consistency_token"},
-            id="GetConsentState", marks=_PARTIAL_GAP),
+            id="GetConsentState"),
         pytest.param("ListConsentEvents", consent_pb2.ListConsentEventsRequest(
             subject_id="", page_size=-1, page_token="x"),
-            {"subject_id", "page_size", "page_token"}, id="ListConsentEvents",
-            marks=_PARTIAL_GAP),
+            {"subject_id", "page_size", "page_token"}, id="ListConsentEvents",),
         pytest.param("VerifyChains", bad_checkpoints,
-                     {"checkpoints[0]", "checkpoints[1].time"}, id="VerifyChains",
-                     marks=_PARTIAL_GAP),
+                     {"checkpoints[0]", "checkpoints[1].time"}, id="VerifyChains"),
     ]
 
 

@@ -20,7 +20,7 @@ from consentauthz.decisionlog import (
     QueuedDecisionLog,
     SqliteDecisionLog,
 )
-from consentauthz.domain import DecisionQuery, DecisionRecord
+from consentauthz.domain import DecisionQuery, DecisionRecord, Effect, Reason
 from consentauthz.errors import Unavailable
 from tests.unit.test_decisionlog import assert_chain, record
 
@@ -233,18 +233,26 @@ def test_drop_mode_drops_exactly_what_does_not_fit(threads: list[threading.Threa
     assert sink.entered.wait(WAIT)
     kept = [queued.append([record(f"k{i}")]) for i in range(3)]
     assert queued.queue_depth() == 3
-    lost = queued.append([record("x1"), record("x2")])
-    lost += queued.append([record("x3")])
+    lost = queued.append([deny("x1"), deny("x2")])
+    lost += queued.append([deny("x3")])
     assert [r.sequence for r in lost] == [0, 0, 0]
     assert [r.decision_id for r in lost] == ["x1", "x2", "x3"]
     assert queued.dropped() == 3
     assert all(r.sequence == 0 for batch in kept for r in batch)
+    # A call holding an ALLOW is refused rather than answered without its entry.
+    with pytest.raises(Unavailable):
+        queued.append([deny("x4"), record("allowed")])
+    assert queued.dropped() == 3
 
     sink.gate.set()
     queued.close()
     assert all_ids(sink) == ["held", "k0", "k1", "k2"]
     assert sink.verify().ok
     assert queued.dropped() == 3
+
+
+def deny(decision_id: str) -> DecisionRecord:
+    return record(decision_id, decision=Effect.DENY, reason=Reason.NO_CONSENT)
 
 
 def test_drop_mode_counts_failed_writes_as_dropped() -> None:

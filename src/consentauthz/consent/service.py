@@ -26,9 +26,9 @@ from ..policy import Taxonomy
 from ..pseudonym import Pseudonymizer
 from ..telemetry import ATTR_CACHE_TIER, tracer
 from ..validation import (
-    check_page_size,
     check_subject_only,
-    parse_token,
+    validate_history,
+    validate_state_read,
     validate_upsert,
     validate_write,
 )
@@ -132,8 +132,7 @@ class ConsentService:
     def get_state(self, subject_id: str, token: str = "") -> SubjectState:
         """The whole recorded state, evidence included, from the ledger itself (the caches
         hold no evidence; this is a preference-centre read, not the hot path)."""
-        check_subject_only(subject_id)
-        need = parse_token(token)
+        need = validate_state_read(subject_id, token)
         state = self._ledger.load(self.subject_key(subject_id))
         if state.sequence < need:
             raise Unavailable("consistency_token is ahead of the consent ledger")
@@ -141,9 +140,7 @@ class ConsentService:
 
     def history(self, subject_id: str, page_size: int,
                 page_token: str) -> tuple[list[ConsentEvent], str]:
-        check_subject_only(subject_id)
-        size = check_page_size(page_size)
-        after = parse_token(page_token, "page_token")
+        size, after = validate_history(subject_id, page_size, page_token)
         events = self._ledger.history(self.subject_key(subject_id), after, size + 1)
         more = len(events) > size
         events = events[:size]

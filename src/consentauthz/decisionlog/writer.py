@@ -12,10 +12,12 @@ Modes:
   readable at once. A full queue makes callers wait (back-pressure), never drops. If the
   sink fails, every caller whose records were in that write gets `Unavailable`.
 - "drop": `append` enqueues and returns at once, with the records un-numbered
-  (sequence 0). When the queue is full the records are dropped and counted, and so are
-  records whose write failed (nobody is waiting to be told). This trades the audit
-  trail's completeness for latency: an answered decision may have no log entry. It is
-  never the default, and `dropped()` must be watched wherever it is used.
+  (sequence 0). When the queue is full, records of DENY decisions are dropped and
+  counted, but a call holding an ALLOW gets `Unavailable`: no ALLOW is ever answered that
+  could not even be queued (fail closed). Records whose write fails later are dropped and
+  counted too (nobody is waiting to be told). This trades the audit trail's completeness
+  for latency: an answered decision may have no log entry. It is never the default, and
+  `dropped()` must be watched wherever it is used.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Generic, Literal, TypeVar
 
-from ..domain import DecisionQuery, DecisionRecord
+from ..domain import DecisionQuery, DecisionRecord, Effect
 from ..errors import Unavailable
 from .log import DecisionLog
 
@@ -125,6 +127,9 @@ class QueuedDecisionLog(Generic[L]):
                 if self._depth == 0 or self._depth + size <= self._max_queue:
                     break
                 if self._mode == "drop":
+                    if any(r.decision is Effect.ALLOW for r in pending.records):
+                        raise Unavailable("decision log queue is full; an ALLOW is never "
+                                          "answered without its log entry")
                     self._dropped += size
                     return list(records)
                 remaining = _remaining(deadline)

@@ -53,7 +53,7 @@ class GrpcServer:
     def __init__(self, checker: Checker, consent: ConsentService, audit: Auditor,
                  policy_status: Callable[[], PolicyStatus], listen: str, workers: int, *,
                  tls: ServerTls | None = None, loopback: bool = False,
-                 guard: CallerGuard | None = None) -> None:
+                 guard: CallerGuard | None = None, reuse_port: bool = False) -> None:
         if tls is None and not loopback:
             raise ConfigError(f"refusing to listen in plaintext on the non-loopback address "
                               f"{listen}: pass --tls-cert and --tls-key (and --client-ca for "
@@ -67,7 +67,9 @@ class GrpcServer:
             interceptors=[guard] if guard is not None else None,
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.so_reuseport", 0)])
+                     # Several processes on one port (serve --reuse-port): the kernel
+                     # spreads connections over them; otherwise a second bind fails.
+                     ("grpc.so_reuseport", 1 if reuse_port else 0)])
         # Not the generated add_*_to_server: requests that do not parse get
         # INVALID_ARGUMENT instead of grpcio's INTERNAL (registration.py).
         register(self._server, DecisionServicer(checker),

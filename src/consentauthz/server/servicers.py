@@ -15,7 +15,7 @@ from ..auditing import Auditor
 from ..checker import Checker
 from ..consent import ConsentService
 from ..domain import CheckRequest, PolicyStatus
-from ..errors import InvalidArgument
+from ..errors import ConsentAuthzError, InvalidArgument
 from ..telemetry import ATTR_CALLER, tracer
 from ..v1 import (
     audit_pb2,
@@ -30,7 +30,7 @@ from ..v1 import (
 from ..validation import validate_batch_size
 from . import convert
 from .identity import caller_of
-from .status import abort, invalid_argument_status
+from .status import abort, to_status
 
 
 @contextmanager
@@ -67,17 +67,14 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                    context: grpc.ServicerContext) -> Any:
         with rpc(context, "BatchCheck") as caller:
             validate_batch_size(len(request.items))
-            items: list[CheckRequest | InvalidArgument] = []
-            for i, item in enumerate(request.items):
-                try:
-                    items.append(convert.check_request(item, f"items[{i}]."))
-                except InvalidArgument as exc:
-                    items.append(exc)
+            items: list[CheckRequest | InvalidArgument] = [
+                convert.check_request(item, f"items[{i}].")
+                for i, item in enumerate(request.items)]
             results = []
-            for result in self._checker.check_batch(items, caller):
-                if isinstance(result, InvalidArgument):
-                    results.append(decision_pb2.BatchCheckResult(
-                        error=invalid_argument_status(result)))
+            # An item ahead of the ledger gets its own UNAVAILABLE; the others are answered.
+            for result in self._checker.check_each(items, caller):
+                if isinstance(result, ConsentAuthzError):
+                    results.append(decision_pb2.BatchCheckResult(error=to_status(result)))
                 else:
                     results.append(decision_pb2.BatchCheckResult(
                         response=convert.check_response(result.decision, result.record)))
@@ -151,7 +148,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def VerifyChains(self, request: audit_pb2.VerifyChainsRequest,
                      context: grpc.ServicerContext) -> Any:
         with rpc(context, "VerifyChains"):
-            held = [convert.checkpoint_from(c) for c in request.checkpoints]
+            held = convert.checkpoints_from(request.checkpoints)
             return audit_pb2.VerifyChainsResponse(
                 chains=[convert.chain_report(r) for r in self._reader.verify(held)])
 
