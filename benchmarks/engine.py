@@ -190,3 +190,26 @@ def gate_breakdown(directory: Path) -> GateBreakdown:
         no_casbin_s = None
     return GateBreakdown(len(policy.rules), load_s, compile_s, lint_s, suites_s, no_casbin_s,
                          len(run.results), len(findings) + run.failed)
+
+
+def profile_decide(directory: Path, decisions: int = 3_000) -> list[tuple[str, float]]:
+    """cProfile over warm decisions: each function's cumulative share of decide()."""
+    import cProfile
+    import pstats
+
+    compiled = CompiledPolicy(load_policy_set(directory))
+    work = samples(compiled, shipped_probes(compiled), decisions)
+    _time_decisions(compiled, work)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    _time_decisions(compiled, work)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    total = next((v[3] for (file, _, name), v in stats.items()
+                  if name == "decide" and file.endswith("compiled.py")), 0.0)
+    out = []
+    for (file, _, name), (_, _, _, cumulative, _) in stats.items():
+        if "consentauthz" in file and total:
+            out.append((f"{name} ({Path(file).parent.name}/{Path(file).name})",
+                        100 * cumulative / total))
+    return sorted(out, key=lambda kv: -kv[1])[:10]

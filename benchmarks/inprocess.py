@@ -22,13 +22,7 @@ from typing import Any
 from consentauthz.app import App, utc_now
 from consentauthz.checker import Checker
 from consentauthz.config import ServeConfig
-from consentauthz.consent import (
-    PostgresKeyStore,
-    PostgresLedger,
-    RedisStateCache,
-    Sealer,
-    SealingLedger,
-)
+from consentauthz.consent import PostgresLedger
 from consentauthz.consent.codec import state_from_bytes
 from consentauthz.decisionlog import MemoryDecisionLog
 from consentauthz.domain import CheckRequest, ConsentWrite, new_id
@@ -38,7 +32,6 @@ from .subjects import (
     ARCHETYPES,
     MASTER_KEY,
     PSEUDONYM_KEY,
-    REDIS_PREFIX,
     REQUESTS,
     Renderer,
     subject_id,
@@ -144,21 +137,38 @@ def bench_checker(work: Path, policies: Path, subjects: int, calls: int) -> Chec
     return res
 
 
-def bench_cold_steps(ledger_url: str, redis_url: str, renderer: Renderer,
+def configured_app(work: Path, ledger_url: str, redis_url: str) -> App:
+    """An App wired exactly as the `serve` replicas of the run (same ledger, Redis and
+    keys), never started: its RedisStateCache and ledger are the servers' own."""
+    return App(ServeConfig(listen="127.0.0.1:0", data_dir=work, watch_policies=False,
+                           ledger_url=ledger_url, redis_url=redis_url,
+                           pseudonym_key=PSEUDONYM_KEY, master_key=MASTER_KEY))
+
+
+def close_app(app: App) -> None:
+    app.decision_log.close()
+    if app.redis is not None:
+        app.redis.close()
+    app.consent.close()
+
+
+def bench_cold_steps(app: App, ledger_url: str, renderer: Renderer,
                      subjects: Sequence[int]) -> dict[str, Timing]:
-    """The steps of a local miss, each on its own: Redis read (one pipelined round trip
-    and decoding), and for a Redis miss the ledger read (the projection, then the subject's
-    key and the sealed values opened), and the Redis populate."""
+    """The steps of a local miss, each on its own, with the servers' own Redis cache and
+    ledger: Redis read (one pipelined round trip and decoding), and for a Redis miss the
+    ledger read (the projection, then the subject's key and the sealed values opened),
+    and the Redis populate."""
     out: dict[str, Timing] = {}
-    cache = RedisStateCache(redis_url, lambda: datetime.now(UTC), REDIS_PREFIX)
+    assert app.redis is not None
+    cache = app.redis
     plain = PostgresLedger(ledger_url)
-    sealing = SealingLedger(PostgresLedger(ledger_url),
-                             Sealer(renderer.master, PostgresKeyStore(ledger_url)))
+    sealing = app.ledger
     try:
         keys = [renderer.pseudonymize(subject_id(i)) for i in subjects]
-        out["Redis read (GET head + entry, decode)"] = _time(cache.read, keys)
+        out["Redis read (GET head + entry, decrypt, decode)"] = _time(cache.read, keys)
         blobs = [renderer.compact(i)[1] for i in subjects[:200]]
-        out["state_from_bytes alone"] = _time(lambda b: state_from_bytes(b, 1), blobs)
+        out["state_from_bytes alone (no decryption)"] = _time(
+            lambda b: state_from_bytes(b, 1), blobs)
         out["PostgresLedger.load (projection)"] = _time(plain.load, keys)
         out["SealingLedger.load (+ subject key, unseal)"] = _time(sealing.load, keys)
         states = [sealing.load(k) for k in keys[:200]]
@@ -166,7 +176,5 @@ def bench_cold_steps(ledger_url: str, redis_url: str, renderer: Renderer,
             lambda kv: cache.populate(kv[0], kv[1], None, False), list(zip(keys, states,
                                                                            strict=False)))
     finally:
-        cache.close()
         plain.close()
-        sealing.close()
     return out

@@ -194,6 +194,28 @@ def concurrent(calls: Sequence[Callable[[Any], Any]], requests: Sequence[Sequenc
     return total
 
 
+def alternate(calls: dict[str, tuple[Callable[[Any], Any], Sequence[Any]]], n: int
+              ) -> dict[str, Run]:
+    """One caller, one call of each kind in turn (the order rotating), n calls per kind:
+    the finest interleaving, so that a noisy neighbour slows every kind alike."""
+    names = list(calls)
+    runs = {name: Run() for name in names}
+    perf = time.perf_counter_ns
+    for j in range(n):
+        k = j % len(names)
+        for name in names[k:] + names[:k]:
+            call, reqs = calls[name]
+            t = perf()
+            call(reqs[j % len(reqs)])
+            dt = perf() - t
+            run = runs[name]
+            run.latencies.append(dt)
+            run.seconds += dt / 1e9
+            run.calls += 1
+            run.items += 1
+    return runs
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (all threads)."""
     import os

@@ -501,17 +501,35 @@ def verify_loaded(url: str, r: Renderer, subjects: int) -> None:
 
 # -- Redis ----------------------------------------------------------------------------------
 
-def populate_redis(url: str, r: Renderer, lo: int, hi: int, head: int,
-                   batch: int = 5_000) -> None:
+def ledger_now(url: str, base_head: int) -> tuple[int, set[str]]:
+    """The ledger head now, and the subjects written to since the bulk load (earlier runs
+    append consent writes; those subjects' cached form would be stale)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT coalesce(max(seq), 0) FROM ledger").fetchone()
+        changed = conn.execute("SELECT DISTINCT subject FROM ledger WHERE seq > %s",
+                               (base_head,)).fetchall()
+    assert row is not None
+    return int(row[0]), {str(c[0]) for c in changed}
+
+
+def populate_redis(cache: RedisStateCache, url: str, r: Renderer, lo: int, hi: int,
+                   head: int, skip: set[str] | frozenset[str] = frozenset(),
+                   batch: int = 5_000) -> int:
     """Cache subjects [lo, hi) as a replica would after reading them from the ledger at
     position `head`, in the layout of consent/redis_cache.py (head `<gen>:<pos>`, entries
-    `<gen>:<as of>:<version>:<state>` with the same TTL). Read back through
-    RedisStateCache.read at both ends."""
+    `<gen>:<as of>:<version>:<state>` with the same TTL, the state sealed by the entry
+    cipher when the cache has one). `cache` must be the RedisStateCache an App built
+    (so: configured exactly as the servers'); a few entries are read back through it and
+    the load fails loudly if the server would not accept them. Returns how many were
+    cached (subjects written to since the bulk load are skipped)."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    # One round trip per subject through cache.populate would take minutes for a million
+    # subjects; this pipelines the same writes. The entry cipher is the cache's own.
+    cipher = getattr(cache, "_cipher", None)
     client = redis.Redis.from_url(url)
-    cache = RedisStateCache(url, lambda: datetime.now(UTC), REDIS_PREFIX)
     pending: Future[Any] | None = None
+    cached = 0
     try:
         client.set(REDIS_PREFIX + "head", f"{_GEN}:{head}")
         # Rendering here while the previous pipeline is sent (the socket wait frees the GIL).
@@ -520,34 +538,49 @@ def populate_redis(url: str, r: Renderer, lo: int, hi: int, head: int,
                 pipe = client.pipeline(transaction=False)
                 for i in range(start, min(start + batch, hi)):
                     subj, blob = r.compact(i)
+                    if subj in skip:
+                        continue
+                    key = cache.entry_key(subj)
+                    if cipher is not None:
+                        blob = cipher.seal(blob, key)
                     version = first_seq(i) + EVENTS
-                    pipe.set(cache.entry_key(subj),
-                             f"{_GEN}:{head}:{version}:".encode() + blob, px=REDIS_TTL_MS)
+                    cached += 1
+                    pipe.set(key, f"{_GEN}:{head}:{version}:".encode() + blob,
+                             px=REDIS_TTL_MS)
                 if pending is not None:
                     pending.result()
                 pending = sender.submit(pipe.execute)
             if pending is not None:
                 pending.result()
-        for i in {lo, hi - 1}:
-            seen = cache.read(r.pseudonymize(subject_id(i)))
-            assert seen is not None and seen.state is not None and seen.position == head
-            assert len(seen.state.events) == EVENTS
+        for i in sorted({lo, (lo + hi) // 2, hi - 1}):
+            for _ in range(3):  # a read that timed out opens the cache's breaker for 1 s
+                seen = cache.read(r.pseudonymize(subject_id(i)))
+                if seen is not None:
+                    break
+                time.sleep(1.1)
+            if not (seen is not None and seen.state is not None and seen.position == head
+                    and len(seen.state.events) == EVENTS):
+                raise RuntimeError(
+                    "the preloaded Redis entries are not what the server reads: "
+                    "consent/redis_cache.py's entry format changed; update "
+                    "benchmarks/subjects.py populate_redis")
     finally:
-        cache.close()
         client.close()
+    return cached
 
 
-def redis_entry_stats(url: str, r: Renderer, indices: list[int]) -> dict[str, float]:
+def redis_entry_stats(cache: RedisStateCache, url: str, r: Renderer,
+                      indices: list[int]) -> dict[str, float]:
     """Average key and value sizes, and Redis' own MEMORY USAGE, of cached subjects."""
     client = redis.Redis.from_url(url)
-    cache = RedisStateCache(url, lambda: datetime.now(UTC), REDIS_PREFIX)
     try:
-        keys = [cache.entry_key(r.pseudonymize(subject_id(i))) for i in indices]
+        found = [(i, k) for i in indices
+                 if client.exists(k := cache.entry_key(r.pseudonymize(subject_id(i))))]
+        keys = [k for _, k in found]
         values = [client.strlen(k) for k in keys]
         usage = [client.memory_usage(k, samples=0) or 0 for k in keys]
-        state = [len(r.compact(i)[1]) for i in indices]
+        state = [len(r.compact(i)[1]) for i, _ in found]
     finally:
-        cache.close()
         client.close()
     n = len(keys)
     return {"key_bytes": sum(map(len, keys)) / n, "value_bytes": sum(values) / n,

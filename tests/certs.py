@@ -1,6 +1,7 @@
 """Helpers for transport and caller tests: a throw-away PKI (a CA, a server certificate
-for 127.0.0.1 and localhost, client certificates named by SAN or by CN only; real X.509
-made with `cryptography`, written as PEM files), callers files, a server on port 0."""
+for 127.0.0.1 and localhost, client certificates named by SANs of each type or by CN only;
+real X.509 made with `cryptography`, written as PEM files), callers files, a server on
+port 0."""
 
 from __future__ import annotations
 
@@ -110,14 +111,20 @@ class Pki:
                            ExtendedKeyUsageOID.SERVER_AUTH, expired=expired)
 
     def client(self, file_name: str, *, dns: str | None = None, common_name: str | None = None,
-               uri: str | None = None) -> Issued:
-        """A client certificate: with `dns`/`uri`, named by its SAN (and a CN that names
-        no caller, to show it is ignored); with only `common_name`, by its CN."""
+               uri: str | None = None, email: str | None = None,
+               ip: str | None = None) -> Issued:
+        """A client certificate: with `dns`/`uri`/`email`/`ip`, a subjectAltName entry of
+        that type (and a CN that names no caller, to show it is ignored); with only
+        `common_name`, no subjectAltName extension at all."""
         sans: list[x509.GeneralName] = []
         if dns:
             sans.append(x509.DNSName(dns))
         if uri:
             sans.append(x509.UniformResourceIdentifier(uri))
+        if email:
+            sans.append(x509.RFC822Name(email))
+        if ip:
+            sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
         cn = common_name or ("ignored-when-san-present" if sans else file_name)
         return self._issue(file_name, cn, sans, ExtendedKeyUsageOID.CLIENT_AUTH)
 
@@ -136,10 +143,10 @@ def write_callers(path: Path, callers: dict[str, dict[str, list[str]]]) -> Path:
 
 
 def start_app(data_dir: Path, *, policies: Path = POLICIES, listen: str = "127.0.0.1:0",
-              **config: Any) -> App:
+              workers: int = 4, **config: Any) -> App:
     """A real server on port 0 (conftest.start_server waits on a plaintext channel, which
     a TLS port never answers)."""
-    app = App(ServeConfig(listen=listen, data_dir=data_dir, policies=policies, workers=4,
+    app = App(ServeConfig(listen=listen, data_dir=data_dir, policies=policies, workers=workers,
                           pseudonym_key=b"k" * 32, watch_policies=False, **config))
     app.start()
     return app

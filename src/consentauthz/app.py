@@ -15,6 +15,7 @@ from .checker import Checker
 from .config import ServeConfig, load_callers, load_tls, read_caller_policy
 from .consent import (
     ConsentService,
+    EntryCipher,
     Freshness,
     InvalidationListener,
     KeyStore,
@@ -83,6 +84,10 @@ def load_master_keys(config: ServeConfig) -> MasterKeys:
     try:
         if config.master_key is not None:
             return MasterKeys([("m1", config.master_key)])
+        if config.ledger_url and config.master_key_file is None:
+            raise ConfigError("with a shared --ledger every replica needs the same master key: "
+                              "set CONSENTAUTHZ_MASTER_KEY or --master-key-file "
+                              "(docs/security.md)")
         path = config.master_key_path
         text = _key_file_text(path, config.master_key_file is not None, "master",
                               "without it no sealed evidence or birth date can be read")
@@ -178,9 +183,10 @@ class App:
                         if config.watch_policies else None)
         pseudonymize = load_key(config)
         # Evidence and birth dates are sealed under per-subject keys (consent/sealing.py).
+        master = load_master_keys(config)
         self.ledger = SealingLedger(
             open_ledger(config.ledger_url, data),
-            Sealer(load_master_keys(config), open_key_store(config.ledger_url, data)))
+            Sealer(master, open_key_store(config.ledger_url, data)))
         self.decision_store = SqliteDecisionLog(
             data / "decisions.db", fsync=config.decision_log_fsync,
             max_segment_bytes=config.decision_log_segment_bytes,
@@ -196,7 +202,8 @@ class App:
         self.cache = LocalCache(config.cache_entries, watermark=self.ledger.head())
         self.redis = (RedisStateCache(config.redis_url, utc_now, config.redis_prefix,
                                       config.redis_timeout,
-                                      on_change=self._component(COMPONENT_REDIS))
+                                      on_change=self._component(COMPONENT_REDIS),
+                                      cipher=EntryCipher(master.derive(b"redis-cache/v1")))
                       if config.redis_url else None)
         # A shared ledger has writers elsewhere: bound staleness by polling it, and hear
         # of writes at once through Redis when there is one.
@@ -211,7 +218,7 @@ class App:
         self.consent = ConsentService(
             self.ledger, self.cache, pseudonymize,
             lambda: self.policy().policy.taxonomy, utc_now, self.metrics,
-            freshness=self.freshness, shared=self.redis, erase_keys=self.ledger.erase)
+            freshness=self.freshness, shared=self.redis, shredder=self.ledger)
         self.checker = Checker(self.consent, self.policy, self.decision_log,
                                utc_now, self.metrics)
         self.audit = Auditor(self.decision_store, self.ledger, self.policy_store, pseudonymize,

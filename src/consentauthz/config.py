@@ -7,7 +7,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -41,7 +41,7 @@ class ServeConfig:
     decision_log_segment_bytes: int | None = None
     decision_log_retention_days: float | None = None
     #: Raw key bytes (from the environment); otherwise read from pseudonym_key_file.
-    pseudonym_key: bytes | None = None
+    pseudonym_key: bytes | None = field(default=None, repr=False)
     pseudonym_key_file: Path | None = None
     otlp: bool = False
     #: HOST:PORT of the Prometheus scrape endpoint; None serves none.
@@ -51,9 +51,9 @@ class ServeConfig:
     watch_interval: float = 0.5
     watch_debounce: float = 1.0
     #: postgresql://... shared by every replica; None: the embedded SQLite ledger.
-    ledger_url: str | None = None
+    ledger_url: str | None = field(default=None, repr=False)  # may carry a password
     #: redis://... (or rediss://) shared by every replica; None: no shared cache.
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)
     redis_prefix: str = "ca:"
     #: Seconds a Redis call may take before the replica answers from the ledger instead.
     redis_timeout: float = 0.05
@@ -72,7 +72,7 @@ class ServeConfig:
     callers_file: Path | None = None
     #: Master key ring wrapping the per-subject evidence keys (raw bytes from the
     #: environment); otherwise read from master_key_file.
-    master_key: bytes | None = None
+    master_key: bytes | None = field(default=None, repr=False)
     master_key_file: Path | None = None
 
     @property
@@ -228,6 +228,16 @@ def client_target(ns: argparse.Namespace, env: Mapping[str, str] | None = None) 
 #: A caller's name as it appears in the caller policy and in every decision-log entry.
 CALLER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
+#: SHA-256 of the empty string: what `printf '%s' "$TOKEN" | sha256sum` prints when $TOKEN
+#: is unset. Never a token hash.
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+#: The types of certificate name in the callers file: `dns:`, `uri:` and `ip:` match the
+#: subjectAltName entries of that type; `cn:` the subject CN of a certificate that has no
+#: subjectAltName extension at all. Email SANs never identify a caller.
+CERTIFICATE_NAME_TYPES = ("dns", "uri", "ip", "cn")
+_DNS_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_DNS_NAME = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*\Z")
+_URI = re.compile(r"[a-z][a-z0-9+.-]*:[^\s]+\Z")
 #: The identity of every call when no callers are configured; not a configurable name.
 RESERVED_CALLER = "anonymous"
 CALLER_POLICY_DIR = "callers"
@@ -240,8 +250,9 @@ class CallerConfig:
     """One entry of the callers file: who a caller is, and how it proves it."""
 
     name: str
-    #: Client-certificate names (SAN DNS/URI/IP entries, or the CN of a certificate
-    #: without SANs) that authenticate as this caller under mutual TLS.
+    #: Client-certificate names that authenticate as this caller under mutual TLS, typed
+    #: and canonical (certificate_name): `dns:<name>` (lower case), `uri:<uri>`,
+    #: `ip:<address>` (as `ipaddress` prints it), `cn:<common name>`.
     certificate_names: tuple[str, ...] = ()
     #: SHA-256 (lower-case hex) of each bearer token accepted for this caller; more than
     #: one while a token is being rotated.
@@ -273,6 +284,59 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{where} must be a list of non-empty strings")
     return tuple(value)
+
+
+def certificate_name(kind: str, value: str) -> str:
+    """The canonical `kind:value` of a certificate name, as the callers file lists it and
+    as server/auth.py derives it from a client certificate: DNS names compare without
+    case, IP addresses by value, URIs and CNs exactly. ValueError when `value` is not a
+    name of that kind."""
+    if kind == "dns":
+        name = value.lower()
+        if len(name) > 253 or not _DNS_NAME.match(name):
+            raise ValueError(f"{value!r} is not a DNS name")
+        return f"dns:{name}"
+    if kind == "uri":
+        if not _URI.match(value):
+            raise ValueError(f"{value!r} is not a URI (scheme:...)")
+        return f"uri:{value}"
+    if kind == "ip":
+        try:
+            return f"ip:{ipaddress.ip_address(value)}"
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+    if kind == "cn":
+        if not value or value != value.strip():
+            raise ValueError("a CN must be non-empty, without surrounding spaces")
+        return f"cn:{value}"
+    raise ValueError(f"unknown certificate name type {kind!r}")
+
+
+def _certificate_name(entry: str, where: str) -> str:
+    """A typed entry, canonical. Untyped entries are refused rather than given a default
+    type: until typed names they matched any kind of name, and no default keeps that."""
+    kind, colon, value = entry.partition(":")
+    if not colon or kind not in CERTIFICATE_NAME_TYPES:
+        if kind.lower() in ("email", "rfc822", "rfc822name", "mail"):
+            raise ConfigError(f"{where}: {entry!r}: email addresses in a certificate never "
+                              "identify a caller; use dns:, uri:, ip: or cn:")
+        how = (f"uri:{entry}" if "://" in entry else f"ip:{entry}" if _is_ip(entry) else
+               f"dns:{entry} for a DNS subjectAltName, or cn:{entry} for the CN of a "
+               "certificate without subjectAltName")
+        raise ConfigError(f"{where}: certificate name {entry!r} has no type (dns:, uri:, ip: "
+                          f"or cn:): write {how}")
+    try:
+        return certificate_name(kind, value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: certificate name {entry!r}: {exc}") from None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_callers(path: Path) -> tuple[CallerConfig, ...]:
@@ -310,7 +374,9 @@ def load_callers(path: Path) -> tuple[CallerConfig, ...]:
         if name in seen_names:
             raise ConfigError(f"{where}: caller {name!r} is listed twice")
         seen_names.add(name)
-        cert_names = _strings(entry.get("certificate_names"), f"{where}.certificate_names")
+        cert_names = tuple(_certificate_name(c, f"{where}.certificate_names")
+                           for c in _strings(entry.get("certificate_names"),
+                                             f"{where}.certificate_names"))
         hashes = _strings(entry.get("token_sha256"), f"{where}.token_sha256")
         if not cert_names and not hashes:
             raise ConfigError(f"{where}: caller {name!r} has neither certificate_names nor "
@@ -318,6 +384,9 @@ def load_callers(path: Path) -> tuple[CallerConfig, ...]:
         if any(not _SHA256_HEX.match(h) for h in hashes):
             raise ConfigError(f"{where}: token_sha256 entries must be 64 lower-case hex "
                               "digits: the SHA-256 of the token, never the token itself")
+        if EMPTY_SHA256 in hashes:
+            raise ConfigError(f"{where}: a token_sha256 entry is the SHA-256 of the empty "
+                              "string (was $TOKEN unset when it was computed?)")
         for cert in cert_names:
             if owner.setdefault(f"cert:{cert}", name) != name:
                 raise ConfigError(f"{where}: certificate name {cert!r} also belongs to "

@@ -1,13 +1,17 @@
 """Callers: bearer-token authentication and the shipped caller policy (policies/callers/),
-against a real server on port 0 over plaintext loopback. Unknown callers are
-UNAUTHENTICATED, callers outside their binding PERMISSION_DENIED, both logged without the
-token; refused calls write nothing; the caller's name is in every decision-log entry."""
+against a real server on port 0 over plaintext loopback. Unknown callers (and empty or
+short tokens) are UNAUTHENTICATED, callers outside their binding PERMISSION_DENIED, both
+logged without the token; refused calls write nothing; the caller's name is in every
+decision-log entry. Server reflection takes a rule, and neither idle streams nor a flood
+of calls can take every worker thread."""
 
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from consentauthz.app import App
+from consentauthz.config import EMPTY_SHA256
 from consentauthz.errors import ConfigError
 from consentauthz.v1 import audit_pb2, consent_pb2, decision_pb2, policy_pb2
 from tests.certs import (
@@ -210,8 +215,7 @@ def test_refusals_are_logged_without_the_token_or_the_subject(
         assert secret not in text
 
 
-def test_health_needs_no_credentials_and_reflection_needs_a_known_caller(
-        secured: Secured) -> None:
+def test_health_needs_no_credentials_and_reflection_needs_a_rule(secured: Secured) -> None:
     s = secured
     health = health_pb2_grpc.HealthStub(s.channel)
     assert health.Check(health_pb2.HealthCheckRequest()).status == \
@@ -221,9 +225,134 @@ def test_health_needs_no_credentials_and_reflection_needs_a_known_caller(
     with pytest.raises(grpc.RpcError) as err:
         list(reflect.ServerReflectionInfo(iter(ask)))
     assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
-    answers = list(reflect.ServerReflectionInfo(iter(ask), metadata=s.md("analytics-job")))
+    # A known caller is not enough: the shipped policy lets the operators reflect.
+    with pytest.raises(grpc.RpcError) as err:
+        list(reflect.ServerReflectionInfo(iter(ask), metadata=s.md("analytics-job")))
+    assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "ServerReflection.ServerReflectionInfo" in err.value.details()
+    answers = list(reflect.ServerReflectionInfo(iter(ask), metadata=s.md("auditor")))
     names = {svc.name for svc in answers[0].list_services_response.service}
     assert "consentauthz.v1.DecisionService" in names
+
+
+class IdleStream:
+    """A reflection stream that stays open, sending a request only when asked to."""
+
+    END = None
+
+    def __init__(self, channel: grpc.Channel, metadata: list[tuple[str, str]]) -> None:
+        self._requests: queue.Queue[reflection_pb2.ServerReflectionRequest | None] = \
+            queue.Queue()
+        self.responses = reflection_pb2_grpc.ServerReflectionStub(channel) \
+            .ServerReflectionInfo(iter(self._requests.get, self.END), metadata=metadata)
+
+    def ask(self) -> reflection_pb2.ServerReflectionResponse:
+        self._requests.put(reflection_pb2.ServerReflectionRequest(list_services=""))
+        return next(self.responses)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._requests.put(self.END)
+        self.responses.cancel()
+
+
+def test_idle_reflection_streams_cannot_take_every_worker(secured: Secured) -> None:
+    """The server has 4 workers. A caller without a reflection rule is refused before it
+    holds one; operators may hold at most half of them with open streams."""
+    s = secured
+    streams = [IdleStream(s.channel, s.md("analytics-job")) for _ in range(4)]
+    try:
+        time.sleep(0.5)  # every stream has reached the server
+        s.stubs.decisions.Check(check_request(), metadata=s.md("crm"), timeout=5)
+        for stream in streams:
+            with pytest.raises(grpc.RpcError) as err:
+                stream.ask()
+            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        for stream in streams:
+            stream.close()
+    held = [IdleStream(s.channel, s.md("privacy-admin")) for _ in range(2)]
+    try:
+        for stream in held:
+            assert stream.ask().list_services_response.service  # open, holding a worker
+        extra = IdleStream(s.channel, s.md("auditor"))
+        with pytest.raises(grpc.RpcError) as err:
+            extra.ask()
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        extra.close()
+        s.stubs.decisions.Check(check_request(), metadata=s.md("crm"), timeout=5)
+        # Health Watch streams hold no worker (grpcio serves them without blocking).
+        watches = [health_pb2_grpc.HealthStub(s.channel).Watch(
+            health_pb2.HealthCheckRequest()) for _ in range(8)]
+        s.stubs.decisions.Check(check_request(), metadata=s.md("crm"), timeout=5)
+        for watch in watches:
+            watch.cancel()
+    finally:
+        for stream in held:
+            stream.close()
+    # A closed stream gives its place back.
+    deadline = time.monotonic() + 5
+    while True:
+        again = IdleStream(s.channel, s.md("auditor"))
+        try:
+            assert again.ask().list_services_response.service
+            break
+        except grpc.RpcError as err:
+            assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # not released yet
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        finally:
+            again.close()
+
+
+def test_calls_beyond_the_concurrency_bound_are_refused_not_queued(tmp_path: Path) -> None:
+    """One worker admits at most 4 calls at once (running or queued); the rest are
+    RESOURCE_EXHAUSTED at once instead of waiting behind them."""
+    token = secrets.token_urlsafe(32)
+    callers = write_callers(tmp_path / "callers.yaml", {"crm": {"token_sha256": [
+        token_hash(token)]}})
+    app = start_app(tmp_path / "data", callers_file=callers, workers=1)
+    channel = ready(grpc.insecure_channel(f"127.0.0.1:{app.port}"))
+    try:
+        batch = decision_pb2.BatchCheckRequest(items=[
+            check_request(f"s{i}", purpose="marketing") for i in range(200)])
+        calls = [stubs(channel).decisions.BatchCheck.future(batch, metadata=bearer(token),
+                                                            timeout=60) for _ in range(40)]
+        codes = []
+        for call in calls:
+            try:
+                call.result()
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as err:
+                codes.append(err.code())
+        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert codes.count(grpc.StatusCode.OK) >= 4
+    finally:
+        channel.close()
+        app.stop(grace=None)
+
+
+@pytest.mark.parametrize("token", ["", "   ", "x", "fifteen-chars!!"],
+                         ids=["empty", "blank", "one", "fifteen"])
+def test_empty_or_short_tokens_are_unauthenticated_even_when_configured(
+        tmp_path: Path, token: str) -> None:
+    good = "sixteen-chars!!!"
+    callers = write_callers(tmp_path / "callers.yaml", {
+        "crm": {"token_sha256": [token_hash(good)]},
+        "privacy-admin": {"token_sha256": [token_hash(token)]}} if token.strip() else {
+        "crm": {"token_sha256": [token_hash(good)]}})
+    app = start_app(tmp_path / "data", callers_file=callers)
+    channel = ready(grpc.insecure_channel(f"127.0.0.1:{app.port}"))
+    try:
+        s = stubs(channel)
+        for metadata in (bearer(token), [("authorization", f"bearer  {token} ")]):
+            with pytest.raises(grpc.RpcError) as err:
+                s.consent.ExportSubject(consent_pb2.ExportSubjectRequest(subject_id="a"),
+                                        metadata=metadata)
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        s.decisions.Check(check_request(), metadata=bearer(good))  # 16 characters will do
+    finally:
+        channel.close()
+        app.stop(grace=None)
 
 
 def test_anonymous_mode_without_a_callers_file(
@@ -294,10 +423,16 @@ def test_a_broken_caller_policy_refuses_the_start_in_anonymous_mode_too(tmp_path
     ("callers:\n  - name: anonymous\n    token_sha256: [" + "a" * 64 + "]\n", "reserved"),
     ("callers:\n  - name: crm\n", "can never authenticate"),
     ("callers:\n  - name: crm\n    token_sha256: [my-secret-token]\n", "never the token"),
-    ("callers:\n  - {name: crm, certificate_names: [a]}\n  - {name: x, certificate_names: [a]}\n",
-     "also belongs to 'crm'"),
+    ("callers:\n  - {name: crm, certificate_names: [dns:a]}\n"
+     "  - {name: x, certificate_names: [dns:A]}\n", "also belongs to 'crm'"),
     ("callers:\n  - {name: crm, token: abc}\n", "unknown keys token"),
-])
+    ("callers:\n  - {name: crm, certificate_names: [privacy-admin]}\n", "has no type"),
+    ("callers:\n  - {name: crm, certificate_names: ['email:crm@example.com']}\n",
+     "email addresses in a certificate never identify a caller"),
+    (f"callers:\n  - {{name: crm, token_sha256: [{EMPTY_SHA256}]}}\n",
+     "SHA-256 of the empty string"),
+], ids=["empty", "name", "reserved", "no-credentials", "token-not-hash", "duplicate-cert",
+        "unknown-key", "untyped-cert", "email-cert", "empty-token-hash"])
 def test_a_bad_callers_file_refuses_the_start(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "callers.yaml"
     path.write_text(text)
@@ -305,3 +440,4 @@ def test_a_bad_callers_file_refuses_the_start(tmp_path: Path, text: str, message
         start_app(tmp_path / "data", callers_file=path)
     assert message in str(err.value)
     assert "my-secret-token" not in str(err.value)
+    assert EMPTY_SHA256 not in str(err.value)

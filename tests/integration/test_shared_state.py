@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from consentauthz.consent import (
     ConsentService,
+    EntryCipher,
     InvalidationListener,
     LedgerPoller,
     LocalCache,
@@ -31,6 +32,7 @@ from consentauthz.domain import (
     ConsentWrite,
     SubjectProfile,
     SubjectState,
+    SubjectUpsert,
 )
 from consentauthz.engine import CompiledPolicy
 from consentauthz.errors import Unavailable
@@ -86,7 +88,8 @@ def make_replica(postgres_dsn: str, shipped_policy: CompiledPolicy
              timeout: float = 0.2) -> Replica:
         ledger = PostgresLedger(postgres_dsn)
         cache = LocalCache(1000, watermark=ledger.head())
-        shared = (RedisStateCache(redis_url, utc_now, timeout=timeout, retry_after=0.2)
+        shared = (RedisStateCache(redis_url, utc_now, timeout=timeout, retry_after=0.2,
+                                  cipher=EntryCipher(b"e" * 32))
                   if redis_url else None)
         poller = LedgerPoller(ledger, cache, max_staleness, clock=clock)
         listener = (InvalidationListener(redis_url, shared.channel, cache)
@@ -214,6 +217,27 @@ def test_redis_keys_and_values_hold_no_subject_id_and_no_evidence(
     # Keys are hashed pseudonyms of fixed length: distinct subjects, distinct keys.
     other = a.redis.entry_key(a.service.subject_key("alice@example.co")) if a.redis else b""
     assert other != (a.redis.entry_key(a.service.subject_key(SUBJECT)) if a.redis else b"")
+
+
+def test_redis_entries_are_encrypted_and_cannot_be_moved_to_another_subject(
+        make_replica: Callable[..., Replica], redis_server: RedisServer,
+        spans: InMemorySpanExporter) -> None:
+    a = make_replica(redis_server.url)
+    a.service.upsert_subject(SubjectUpsert(SUBJECT, "DE", date(1987, 6, 5)))
+    grant(a)
+    token = grant(a, "mallory")
+    client = redis_server.client()
+    assert b"1987-06-05" not in b"".join(client.get(k) or b"" for k in client.keys("*"))
+    assert a.redis is not None
+    alice = a.redis.entry_key(a.service.subject_key(SUBJECT))
+    mallory = a.redis.entry_key(a.service.subject_key("mallory"))
+    client.set(alice, client.get(mallory) or b"")  # someone who can write to Redis
+    b = make_replica(redis_server.url)
+    # The moved entry does not open under alice's key: a miss, answered from the ledger.
+    got, tier = read(b, spans, int(token))
+    assert (got, tier) == ([ConsentAction.GRANT], "ledger")
+    state = b.service.state_of(b.service.subject_key(SUBJECT), 0)
+    assert state.profile.birth_date == date(1987, 6, 5)
 
 
 def test_entry_ttl_never_outlives_the_earliest_consent_expiry(

@@ -1,6 +1,8 @@
 """Transport: plaintext only on loopback, TLS, mutual TLS with caller identity from the
-client certificate (SAN, or CN without SANs), bearer tokens over TLS, and the CLI's client
-flags. Real certificates (tests/certs.py), a real server on port 0, real channels."""
+client certificate (typed names: a DNS, URI or IP SAN, or the CN of a certificate without
+SANs; never an email SAN, never one type for another), bearer tokens over TLS, and the
+CLI's client flags. Real certificates (tests/certs.py), a real server on port 0, real
+channels."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from consentauthz import cli
 from consentauthz.app import App
 from consentauthz.errors import ConfigError
-from consentauthz.v1 import audit_pb2, decision_pb2
+from consentauthz.v1 import audit_pb2, consent_pb2, decision_pb2
 from tests.certs import (
     Issued,
     Pki,
@@ -34,6 +36,9 @@ from tests.certs import (
 
 CRM_DNS = "crm.internal.example.com"
 EMAIL_SPIFFE = "spiffe://example.com/ns/mail/sa/email-service"
+#: The privacy team's certificate has no SANs: its CN names it (`cn:privacy-admin`).
+ADMIN = "privacy-admin"
+ANALYTICS_IP = "10.0.0.1"
 
 
 @dataclass
@@ -46,6 +51,10 @@ class Certs:
     stranger: Issued      # SAN naming no caller
     cn_behind_san: Issued  # CN names a caller, but SANs win
     foreign: Issued       # signed by another CA
+    admin: Issued         # CN privacy-admin, no SANs
+    analytics: Issued     # SAN IP address
+    #: From the client CA, with the admin's CN as a SAN of another type: none is the admin.
+    impostors: dict[str, Issued]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +66,15 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
                  pki.client("auditor", common_name="auditor"),
                  pki.client("stranger", dns="stranger.example.com"),
                  pki.client("cn-behind-san", dns="unlisted.example.com", common_name="auditor"),
-                 other.client("foreign", dns=CRM_DNS))
+                 other.client("foreign", dns=CRM_DNS),
+                 pki.client("admin", common_name=ADMIN),
+                 pki.client("analytics", ip=ANALYTICS_IP),
+                 {"email-san": pki.client("impostor-email", email=ADMIN),
+                  "uri-san": pki.client("impostor-uri", uri=ADMIN),
+                  "dns-san": pki.client("impostor-dns", dns=ADMIN),
+                  "email-san-and-cn": pki.client("impostor-email-cn", email=ADMIN,
+                                                 common_name=ADMIN),
+                  "crm-dns-as-uri": pki.client("impostor-crm-uri", uri=CRM_DNS)})
 
 
 @pytest.fixture()
@@ -67,10 +84,13 @@ def tokens() -> dict[str, str]:
 
 def callers_file(tmp_path: Path, tokens: dict[str, str]) -> Path:
     return write_callers(tmp_path / "callers.yaml", {
-        "crm": {"certificate_names": [CRM_DNS], "token_sha256": [token_hash(tokens["crm"])]},
-        "email-service": {"certificate_names": [EMAIL_SPIFFE]},
-        "auditor": {"certificate_names": ["auditor"]},
-        "analytics-job": {"token_sha256": [token_hash(tokens["analytics-job"])]},
+        "crm": {"certificate_names": [f"dns:{CRM_DNS.upper()}"],  # DNS names: any case
+                "token_sha256": [token_hash(tokens["crm"])]},
+        "email-service": {"certificate_names": [f"uri:{EMAIL_SPIFFE}"]},
+        "auditor": {"certificate_names": ["cn:auditor"]},
+        "privacy-admin": {"certificate_names": [f"cn:{ADMIN}"]},
+        "analytics-job": {"certificate_names": [f"ip:{ANALYTICS_IP}"],
+                          "token_sha256": [token_hash(tokens["analytics-job"])]},
     })
 
 
@@ -227,6 +247,31 @@ def test_the_certificate_names_the_caller_in_the_decision_log(mtls: App, certs: 
     with pytest.raises(grpc.RpcError) as err:
         email.decisions.Check(check_request(category="user.health_and_medical"))
     assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_each_certificate_name_matches_only_a_name_of_its_type(
+        mtls: App, certs: Certs) -> None:
+    export = consent_pb2.ExportSubjectRequest(subject_id="alice")
+    # The admin's certificate (CN only) may export a subject's data ...
+    admin = stubs(ready(mtls_channel(mtls, certs, certs.admin)))
+    admin.consent.ExportSubject(export)
+    # ... and an IP SAN names the analytics job.
+    analytics = stubs(ready(mtls_channel(mtls, certs, certs.analytics)))
+    resp = analytics.decisions.Check(check_request(purpose="analytics", category="user"))
+    assert admin.audit.GetDecision(audit_pb2.GetDecisionRequest(
+        decision_id=resp.decision_id)).caller == "analytics-job"
+    # No certificate with `privacy-admin` as an email, URI or DNS SAN is the admin (with a
+    # SAN extension the CN is not looked at), nor is crm's DNS name as a URI SAN crm.
+    before = written(mtls)
+    for kind, impostor in certs.impostors.items():
+        s = stubs(ready(mtls_channel(mtls, certs, impostor)))
+        for call, request in ((s.consent.ExportSubject, export),
+                              (s.decisions.Check, check_request())):
+            with pytest.raises(grpc.RpcError) as err:
+                call(request)
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED, kind
+            assert "names no configured caller" in err.value.details(), kind
+    assert written(mtls) == before
 
 
 @pytest.mark.parametrize("client", ["stranger", "cn_behind_san"])

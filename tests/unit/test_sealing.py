@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from consentauthz.consent import (
+    Idempotency,
     KeyStore,
     MasterKeys,
     MemoryKeyStore,
@@ -25,7 +26,7 @@ from consentauthz.domain import (
     ConsentEvent,
     SubjectProfile,
 )
-from consentauthz.errors import SubjectErased, Unavailable
+from consentauthz.errors import InvalidArgument, SubjectErased, Unavailable
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 M1, M2 = b"\x01" * 32, b"\x02" * 32
@@ -110,13 +111,84 @@ def test_a_sealed_value_moved_to_another_subject_does_not_open() -> None:
     ledger = SealingLedger(inner, sealer)
     ledger.append_consent("a", event({"ip": "192.0.2.7"}))
     sealed = inner.load("a").events[0].sealed_evidence
-    key_b = sealer.key_for_write("b")
+    key_b = sealer.key_for_write("b", holds_sealed=False)
     with pytest.raises(Unavailable):
         Sealer.open(key_b, "b", "evidence", sealed)
-    key_a = sealer.key_for_read("a")
-    assert key_a is not None
+    key_a = sealer.key_for_write("a", holds_sealed=True)
     with pytest.raises(Unavailable):  # bound to its field too
         Sealer.open(key_a, "a", "birth_date", sealed)
     tampered = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
     with pytest.raises(Unavailable):
         Sealer.open(key_a, "a", "evidence", tampered)
+
+
+def sealed_ledger(store: KeyStore | None = None, inner: MemoryLedger | None = None
+                  ) -> tuple[SealingLedger, MemoryLedger, KeyStore]:
+    inner = inner if inner is not None else MemoryLedger()
+    store = store if store is not None else MemoryKeyStore()
+    return SealingLedger(inner, Sealer(MasterKeys([("m1", M1)]), store)), inner, store
+
+
+def test_a_destroyed_key_without_the_erasure_record_reads_as_erased_never_as_an_adult() -> None:
+    # EraseSubject destroyed the key, then failed before recording the erasure.
+    ledger, _, store = sealed_ledger()
+    ledger.append_profile("child", SubjectProfile("DE", date(2015, 1, 1)), "p1", NOW)
+    store.destroy("child")
+    state = ledger.load("child")
+    assert state.profile.birth_date is None and state.profile.erased_at is not None
+    with pytest.raises(SubjectErased):
+        ledger.append_consent("child", event({}))
+
+
+def test_sealed_values_without_any_key_are_unavailable_not_guessed() -> None:
+    ledger, inner, _ = sealed_ledger()
+    ledger.append_profile("s", SubjectProfile("DE", date(2015, 1, 1)), "p1", NOW)
+    lost, _, _ = sealed_ledger(MemoryKeyStore(), inner)  # the key store was lost
+    with pytest.raises(Unavailable):
+        lost.load("s")
+    with pytest.raises(Unavailable):  # and no new key is made over sealed values
+        lost.append_consent("s", event({"ip": "192.0.2.1"}))
+
+
+def test_the_ledgers_erasure_record_wins_over_a_restored_key_store() -> None:
+    ledger, inner, store = sealed_ledger()
+    ledger.append_consent("s", event({"ip": "192.0.2.9"}))
+    restored = MemoryKeyStore()
+    record = store.get("s")
+    assert record is not None and record.wrapped is not None
+    restored.create("s", record.wrapped)  # a backup from before the erasure
+    ledger.erase("s")
+    ledger.append_profile("s", SubjectProfile(erased_at=NOW), "erasure", NOW)
+    again, _, _ = sealed_ledger(restored, inner)
+    assert not again.load("s").events[0].evidence
+    assert not again.history("s", 0, 10)[0].evidence
+    with pytest.raises(SubjectErased):
+        again.append_consent("s", event({}))
+    gone = restored.get("s")
+    assert gone is not None and gone.wrapped is None  # destroyed again on the way
+
+
+def test_clear_evidence_from_before_sealing_is_hidden_once_erased() -> None:
+    ledger, inner, _ = sealed_ledger()
+    inner.append_consent("old", event({"ip": "192.0.2.3"}))  # written before sealing existed
+    inner.append_profile("old", SubjectProfile("DE", date(1990, 1, 1)), "p", NOW)
+    assert ledger.load("old").events[0].evidence  # still readable before the erasure
+    ledger.erase("old")
+    ledger.append_profile("old", SubjectProfile(erased_at=NOW), "erasure", NOW)
+    state = ledger.load("old")
+    assert not state.events[0].evidence and state.profile.birth_date is None
+    assert not ledger.history("old", 0, 10)[0].evidence
+
+
+def test_the_idempotency_hash_is_keyed_by_the_subjects_key() -> None:
+    ledger, inner, _ = sealed_ledger()
+    plain = Idempotency("idem-1", "sha256-of-the-whole-request")
+    first = ledger.append_consent("s", event({"ip": "192.0.2.1"}), plain)
+    again = ledger.append_consent("s", event({"ip": "192.0.2.1"}), plain)
+    assert again.replayed and again.record_id == first.record_id
+    with pytest.raises(InvalidArgument):
+        ledger.append_consent("s", event({}), Idempotency("idem-1", "another request"))
+    # What the ledger keeps is not the plain hash (which would let anyone test guesses
+    # of the evidence against it).
+    with pytest.raises(InvalidArgument):
+        inner.append_consent("s", event({}), plain)

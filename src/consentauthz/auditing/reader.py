@@ -8,7 +8,7 @@ from ..decisionlog import DecisionLog
 from ..domain import DecisionQuery, DecisionRecord
 from ..errors import InvalidArgument, NotFound
 from ..pseudonym import Pseudonymizer
-from ..validation import MAX_KEY, Violations, check_page_size, check_subject_id, parse_token
+from ..validation import validate_query
 
 MAX_DECISION_ID = 64
 
@@ -28,18 +28,7 @@ class AuditReader:
 
     def query(self, query: DecisionQuery, subject_id: str, page_size: int,
               page_token: str) -> tuple[list[DecisionRecord], str]:
-        v = Violations()
-        if subject_id:
-            check_subject_id(v, subject_id)
-        for field, value in (("purpose", query.purpose), ("data_category", query.data_category),
-                             ("reason", query.reason), ("caller", query.caller)):
-            if len(value) > MAX_KEY:
-                v.add(field, f"is longer than {MAX_KEY} characters")
-        if query.start and query.end and query.end <= query.start:
-            v.add("end_time", "must be after start_time")
-        v.raise_if_any()
-        size = check_page_size(page_size)
-        before = parse_token(page_token, "page_token")
+        size, before = validate_query(query, subject_id, page_size, page_token)
         # A subject may have been seen under any key of the ring (rotation): ask for each
         # pseudonym and merge, newest first.
         subjects = self._pseudonymize.all(subject_id) if subject_id else ("",)

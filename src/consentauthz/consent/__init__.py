@@ -4,7 +4,7 @@ from .cache import LocalCache
 from .freshness import Freshness, LedgerPoller, SoleWriter
 from .ledger import AppendResult, Idempotency, Ledger, MemoryLedger
 from .postgres import PostgresLedger
-from .redis_cache import InvalidationListener, RedisStateCache
+from .redis_cache import EntryCipher, InvalidationListener, RedisStateCache
 from .sealing import (
     KeyStore,
     MasterKeys,
@@ -21,6 +21,7 @@ from .sqlite import SqliteLedger
 __all__ = [
     "AppendResult",
     "ConsentService",
+    "EntryCipher",
     "Freshness",
     "Idempotency",
     "InvalidationListener",

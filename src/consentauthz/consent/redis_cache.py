@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import threading
 import time
@@ -36,6 +37,8 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.backoff import NoBackoff
 from redis.client import PubSub
 from redis.retry import Retry
@@ -102,16 +105,36 @@ class RedisRead:
     state: SubjectState | None
 
 
-def _decode_entry(raw: bytes, gen: str, position: int) -> SubjectState | None:
+class EntryCipher:
+    """Entries are encrypted and authenticated (AES-256-GCM, the entry's key as associated
+    data) under a key derived from the master key: a Redis dump or snapshot holds no birth
+    date in the clear, and an entry cannot be forged or moved to another subject by whoever
+    can write to Redis (old entries can still be replayed: docs/security.md)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, plain: bytes, where: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plain, where)
+
+    def open(self, sealed: bytes, where: bytes) -> bytes:
+        return self._aead.decrypt(sealed[:12], sealed[12:], where)
+
+
+def _decode_entry(raw: bytes, gen: str, position: int, where: bytes,
+                  cipher: EntryCipher | None) -> SubjectState | None:
     """An entry of generation `gen`; None for another generation or anything unreadable
     (treated as a miss: the ledger answers and the next populate overwrites it)."""
     try:
         egen, asof, _version, blob = raw.split(b":", 3)
         if egen.decode() != gen:
             return None
+        if cipher is not None:
+            blob = cipher.open(blob, where)
         # Current as of its own position, and as of the head while its generation lasts.
         return state_from_bytes(blob, max(position, int(asof)))
-    except (ValueError, TypeError, KeyError, IndexError, zlib.error):
+    except (ValueError, TypeError, KeyError, IndexError, zlib.error, InvalidTag):
         # Any corruption is a miss: never an error, never an answer.
         log.warning("ignored an unreadable consent cache entry")
         return None
@@ -129,7 +152,8 @@ class RedisStateCache:
     def __init__(self, url: str, clock: Callable[[], datetime], prefix: str = "ca:",
                  timeout: float = 0.05, max_ttl: float = 86_400.0,
                  retry_after: float = 1.0,
-                 on_change: Callable[[bool], None] | None = None) -> None:
+                 on_change: Callable[[bool], None] | None = None,
+                 cipher: EntryCipher | None = None) -> None:
         self._url = url
         self._clock = clock
         self._prefix = prefix.encode()
@@ -137,6 +161,7 @@ class RedisStateCache:
         self._max_ttl_ms = int(max_ttl * 1000)
         self._retry_after = retry_after
         self._on_change = on_change
+        self._cipher = cipher
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
             # No retries: the breaker decides when to try again, and a retry would double
@@ -211,16 +236,22 @@ class RedisStateCache:
 
     # -- operations -------------------------------------------------------------------
 
+    def _blob(self, state: SubjectState, key: bytes) -> bytes:
+        blob = state_to_bytes(state)
+        return self._cipher.seal(blob, key) if self._cipher is not None else blob
+
     def read(self, subject: str) -> RedisRead | None:
+        key = self.entry_key(subject)
+
         def run() -> RedisRead:
             pipe = self._client.pipeline(transaction=False)
             pipe.get(self._head_key)  # the head first: the entry is then at least as new
-            pipe.get(self.entry_key(subject))
+            pipe.get(key)
             raw_head, raw_entry = pipe.execute()
             head, gen, position = _parse_head(raw_head)
             state = None
             if raw_entry is not None and position >= 0:
-                state = _decode_entry(bytes(raw_entry), gen, position)
+                state = _decode_entry(bytes(raw_entry), gen, position, key, self._cipher)
             return RedisRead(head, position, state)
 
         result: RedisRead | None = self._call("read", run)
@@ -229,22 +260,24 @@ class RedisStateCache:
     def write_through(self, subject: str, state: SubjectState, sequence: int) -> bool:
         """After the ledger committed `sequence` (and while holding its write order)."""
         message = f"{sequence}:{subject}".encode()
+        key = self.entry_key(subject)
         args: list[bytes | str | int] = [
-            secrets.token_hex(4), sequence, state_to_bytes(state), self._ttl_ms(state),
+            secrets.token_hex(4), sequence, self._blob(state, key), self._ttl_ms(state),
             self.channel, message]
         return self._call("write", lambda: self._write(
-            keys=[self._head_key, self.entry_key(subject)], args=args)) is not None
+            keys=[self._head_key, key], args=args)) is not None
 
     def populate(self, subject: str, state: SubjectState, seen: RedisRead | None,
                  behind: bool) -> bool:
         """Cache a state read from the ledger (current as of `state.sequence`). `behind`:
         Redis was seen behind the freshness floor, so it missed writes: start a new
         generation unless someone already moved the head on."""
+        key = self.entry_key(subject)
         args: list[bytes | str | int] = [
             seen.head if seen else "", 1 if behind else 0, secrets.token_hex(4),
-            state.sequence, state.version, state_to_bytes(state), self._ttl_ms(state)]
+            state.sequence, state.version, self._blob(state, key), self._ttl_ms(state)]
         return bool(self._call("populate", lambda: self._populate(
-            keys=[self._head_key, self.entry_key(subject)], args=args)))
+            keys=[self._head_key, key], args=args)))
 
     def start(self) -> None:
         """Probe a Redis that is down, so health and the cache come back without waiting

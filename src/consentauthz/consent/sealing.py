@@ -17,24 +17,32 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..chain import ChainReport
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import SubjectErased, Unavailable
 from ..sqlite_files import open_database
 from .ledger import AppendResult, Idempotency, Ledger
+
+log = logging.getLogger("consentauthz.consent")
 
 _NONCE = 12
 _VERSION = "v1"
@@ -89,6 +97,11 @@ class MasterKeys:
     def current(self) -> str:
         return self._current
 
+    def derive(self, purpose: bytes) -> bytes:
+        """A 256-bit key for `purpose`, from the current master key (HKDF-SHA256)."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=b"consentauthz/" + purpose).derive(self._keys[self._current])
+
     def __repr__(self) -> str:  # never print a key
         return f"MasterKeys(key_ids={list(self._keys)!r})"
 
@@ -115,6 +128,7 @@ def parse_master_ring(text: str) -> MasterKeys:
 class KeyRecord:
     #: The wrapped data key; None once destroyed (the subject was erased).
     wrapped: str | None
+    destroyed_at: datetime | None = None
 
 
 class KeyStore(Protocol):
@@ -134,22 +148,28 @@ class KeyStore(Protocol):
 class MemoryKeyStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._keys: dict[str, str | None] = {}
+        self._keys: dict[str, KeyRecord] = {}
 
     def get(self, subject: str) -> KeyRecord | None:
         with self._lock:
-            return KeyRecord(self._keys[subject]) if subject in self._keys else None
+            return self._keys.get(subject)
 
     def create(self, subject: str, wrapped: str) -> KeyRecord:
         with self._lock:
-            return KeyRecord(self._keys.setdefault(subject, wrapped))
+            return self._keys.setdefault(subject, KeyRecord(wrapped))
 
     def destroy(self, subject: str) -> None:
         with self._lock:
-            self._keys[subject] = None
+            old = self._keys.get(subject)
+            if old is None or old.wrapped is not None:
+                self._keys[subject] = KeyRecord(None, datetime.now(UTC))
 
     def close(self) -> None:
         pass
+
+
+def _sqlite_record(row: tuple[str | None, str | None]) -> KeyRecord:
+    return KeyRecord(row[0], datetime.fromisoformat(row[1]) if row[1] else None)
 
 
 _SQLITE_SCHEMA = """
@@ -185,17 +205,17 @@ class SqliteKeyStore:
 
     def get(self, subject: str) -> KeyRecord | None:
         with self._locked() as conn:
-            row = conn.execute("SELECT wrapped FROM subject_keys WHERE subject = ?",
-                               (subject,)).fetchone()
-        return KeyRecord(row[0]) if row else None
+            row = conn.execute("SELECT wrapped, destroyed_at FROM subject_keys "
+                               "WHERE subject = ?", (subject,)).fetchone()
+        return _sqlite_record(row) if row else None
 
     def create(self, subject: str, wrapped: str) -> KeyRecord:
         with self._locked() as conn:
             conn.execute("INSERT OR IGNORE INTO subject_keys (subject, wrapped) VALUES (?, ?)",
                          (subject, wrapped))
-            row = conn.execute("SELECT wrapped FROM subject_keys WHERE subject = ?",
-                               (subject,)).fetchone()
-        return KeyRecord(row[0])
+            row = conn.execute("SELECT wrapped, destroyed_at FROM subject_keys "
+                               "WHERE subject = ?", (subject,)).fetchone()
+        return _sqlite_record(row)
 
     def destroy(self, subject: str) -> None:
         now = datetime.now(UTC).isoformat()
@@ -205,7 +225,16 @@ class SqliteKeyStore:
                 "ON CONFLICT (subject) DO UPDATE SET wrapped = NULL, "
                 "destroyed_at = COALESCE(subject_keys.destroyed_at, excluded.destroyed_at)",
                 (subject, now))
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Move the page out of the WAL and truncate it, so no copy of the key survives
+            # there; a concurrent reader can make a checkpoint busy: try again.
+            for _ in range(50):
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    break
+                time.sleep(0.01)
+            else:
+                log.warning("the key store's WAL could not be truncated after an erasure; "
+                            "it will be at the next checkpoint")
 
     def close(self) -> None:
         with self._lock:
@@ -242,18 +271,18 @@ class PostgresKeyStore:
 
     def get(self, subject: str) -> KeyRecord | None:
         with self._translated(), self._pool.connection() as conn:
-            row = conn.execute("SELECT wrapped FROM subject_keys WHERE subject = %s",
-                               (subject,)).fetchone()
-        return KeyRecord(row[0]) if row else None
+            row = conn.execute("SELECT wrapped, destroyed_at FROM subject_keys "
+                               "WHERE subject = %s", (subject,)).fetchone()
+        return KeyRecord(row[0], row[1]) if row else None
 
     def create(self, subject: str, wrapped: str) -> KeyRecord:
         with self._translated(), self._pool.connection() as conn:
             conn.execute("INSERT INTO subject_keys (subject, wrapped) VALUES (%s, %s) "
                          "ON CONFLICT (subject) DO NOTHING", (subject, wrapped))
-            row = conn.execute("SELECT wrapped FROM subject_keys WHERE subject = %s",
-                               (subject,)).fetchone()
+            row = conn.execute("SELECT wrapped, destroyed_at FROM subject_keys "
+                               "WHERE subject = %s", (subject,)).fetchone()
         assert row is not None
-        return KeyRecord(row[0])
+        return KeyRecord(row[0], row[1])
 
     def destroy(self, subject: str) -> None:
         with self._translated(), self._pool.connection() as conn:
@@ -271,47 +300,61 @@ class PostgresKeyStore:
 
 
 class Sealer:
-    def __init__(self, master: MasterKeys, store: KeyStore) -> None:
+    """Subject keys (raw 256-bit AES keys) from the key store, and sealing with them."""
+
+    def __init__(self, master: MasterKeys, store: KeyStore,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._master = master
         self._store = store
+        self._clock = clock
 
-    def key_for_write(self, subject: str) -> AESGCM:
+    def key_for_write(self, subject: str, holds_sealed: bool) -> bytes:
+        """The subject's key, created on first use. `holds_sealed`: the ledger already holds
+        values sealed for this subject, so a missing key is lost, not new."""
         record = self._store.get(subject)
         if record is None:
+            if holds_sealed:
+                raise Unavailable("the subject's key is missing from the key store")
             record = self._store.create(subject, self._master.wrap(os.urandom(32), subject))
         if record.wrapped is None:
             raise SubjectErased("the subject was erased; nothing more is recorded about them")
-        return AESGCM(self._master.unwrap(record.wrapped, subject))
+        return self._master.unwrap(record.wrapped, subject)
 
-    def key_for_read(self, subject: str) -> AESGCM | None:
-        record = self._store.get(subject)
-        if record is None or record.wrapped is None:
-            return None
-        return AESGCM(self._master.unwrap(record.wrapped, subject))
+    def record(self, subject: str) -> KeyRecord | None:
+        return self._store.get(subject)
 
-    def is_erased(self, subject: str) -> bool:
-        record = self._store.get(subject)
-        return record is not None and record.wrapped is None
+    def unwrap(self, subject: str, record: KeyRecord) -> bytes:
+        assert record.wrapped is not None
+        return self._master.unwrap(record.wrapped, subject)
 
     @staticmethod
-    def seal(key: AESGCM, subject: str, field: str, plain: bytes) -> str:
+    def seal(key: bytes, subject: str, field: str, plain: bytes) -> str:
         nonce = os.urandom(_NONCE)
-        sealed = key.encrypt(nonce, plain, f"{field}:{subject}".encode())
+        sealed = AESGCM(key).encrypt(nonce, plain, f"{field}:{subject}".encode())
         return f"{_VERSION}:{_b64(nonce + sealed)}"
 
     @staticmethod
-    def open(key: AESGCM, subject: str, field: str, sealed: str) -> bytes:
+    def open(key: bytes, subject: str, field: str, sealed: str) -> bytes:
         version, _, body = sealed.partition(":")
         if version != _VERSION:
             raise Unavailable("sealed value of an unknown version")
         raw = _unb64(body)
         try:
-            return key.decrypt(raw[:_NONCE], raw[_NONCE:], f"{field}:{subject}".encode())
+            return AESGCM(key).decrypt(raw[:_NONCE], raw[_NONCE:],
+                                       f"{field}:{subject}".encode())
         except InvalidTag as exc:
             raise Unavailable("a sealed value does not open (tampered?)") from exc
 
+    @staticmethod
+    def keyed_digest(key: bytes, value: str) -> str:
+        """A digest only the subject's key can reproduce, gone with the key."""
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
     def destroy(self, subject: str) -> None:
         self._store.destroy(subject)
+
+    def now(self) -> datetime:
+        return self._clock()
 
     def close(self) -> None:
         self._store.close()
@@ -321,8 +364,30 @@ _EVIDENCE = "evidence"
 _BIRTH = "birth_date"
 
 
+def _has_sealed(state: SubjectState) -> bool:
+    return bool(state.profile.sealed_birth_date) or any(e.sealed_evidence for e in state.events)
+
+
+def _strip_event(ev: ConsentEvent) -> ConsentEvent:
+    return replace(ev, evidence={}) if ev.evidence else ev
+
+
+def _stripped(state: SubjectState, erased_at: datetime | None = None) -> SubjectState:
+    """Nothing identifying in the clear: what is left of an erased subject."""
+    profile = replace(state.profile, birth_date=None,
+                      erased_at=state.profile.erased_at or erased_at)
+    return replace(state, profile=profile, events=tuple(_strip_event(e) for e in state.events))
+
+
 class SealingLedger:
-    """A Ledger that stores evidence and birth dates sealed and reads them back opened."""
+    """A Ledger that stores evidence and birth dates sealed and reads them back opened.
+
+    The erasure record in the ledger is the authority on erasure, the key store's
+    destroyed key the second: either one alone is enough to refuse writes and to stop
+    opening anything (a key store restored from an old backup does not bring an erased
+    subject back). A state whose sealed values cannot be opened because the key was
+    destroyed is treated as erased, never as a subject without a birth date (that would
+    turn a known child into an adult)."""
 
     def __init__(self, inner: Ledger, sealer: Sealer) -> None:
         self._inner = inner
@@ -330,13 +395,25 @@ class SealingLedger:
 
     # -- sealing on the way in ------------------------------------------------------------
 
+    def _write_key(self, subject: str) -> bytes:
+        current = self._inner.load(subject)
+        if current.profile.erased_at is not None:
+            self._sealer.destroy(subject)  # again: a restored key store may have it back
+            raise SubjectErased("the subject was erased; nothing more is recorded about them")
+        return self._sealer.key_for_write(subject, _has_sealed(current))
+
     def append_consent(self, subject: str, event: ConsentEvent,
                        idempotency: Idempotency | None = None) -> AppendResult:
-        key = self._sealer.key_for_write(subject)  # refuses an erased subject
+        key = self._write_key(subject)
         sealed = ""
         if event.evidence:
             plain = json.dumps(dict(event.evidence), sort_keys=True).encode()
             sealed = Sealer.seal(key, subject, _EVIDENCE, plain)
+        if idempotency is not None:
+            # The request hash covers the evidence: keyed by the subject's key, it cannot be
+            # used to guess the evidence, and it is gone with the key.
+            idempotency = replace(idempotency, request_hash=Sealer.keyed_digest(
+                key, idempotency.request_hash))
         result = self._inner.append_consent(
             subject, replace(event, evidence={}, sealed_evidence=sealed), idempotency)
         return replace(result, state=self._open_state(subject, result.state, key))
@@ -345,8 +422,8 @@ class SealingLedger:
                        recorded_at: datetime) -> AppendResult:
         if profile.erased_at is not None:  # the erasure marker carries nothing to seal
             result = self._inner.append_profile(subject, profile, record_id, recorded_at)
-            return replace(result, state=self._reveal(subject, result.state))
-        key = self._sealer.key_for_write(subject)
+            return replace(result, state=_stripped(result.state))
+        key = self._write_key(subject)
         sealed = profile.sealed_birth_date
         if profile.birth_date is not None:
             sealed = Sealer.seal(key, subject, _BIRTH, profile.birth_date.isoformat().encode())
@@ -357,45 +434,60 @@ class SealingLedger:
 
     # -- opening on the way out -----------------------------------------------------------
 
-    def _open_event(self, subject: str, ev: ConsentEvent, key: AESGCM | None) -> ConsentEvent:
-        if not ev.sealed_evidence or key is None:
+    def _open_event(self, subject: str, ev: ConsentEvent, key: bytes) -> ConsentEvent:
+        if not ev.sealed_evidence:
             return ev
-        plain = Sealer.open(key, subject, _EVIDENCE, ev.sealed_evidence)
-        evidence: Mapping[str, str] = json.loads(plain)
+        evidence: Mapping[str, str] = json.loads(
+            Sealer.open(key, subject, _EVIDENCE, ev.sealed_evidence))
         return replace(ev, evidence=dict(evidence))
 
-    def _open_state(self, subject: str, state: SubjectState, key: AESGCM | None
-                    ) -> SubjectState:
+    def _open_state(self, subject: str, state: SubjectState, key: bytes) -> SubjectState:
         profile = state.profile
-        if key is not None and profile.sealed_birth_date:
+        if profile.sealed_birth_date:
             birth = Sealer.open(key, subject, _BIRTH, profile.sealed_birth_date)
             profile = replace(profile, birth_date=date.fromisoformat(birth.decode()))
-        elif key is None:
-            profile = replace(profile, birth_date=None)
         return replace(state, profile=profile,
                        events=tuple(self._open_event(subject, e, key) for e in state.events))
 
-    @staticmethod
-    def _has_sealed(state: SubjectState) -> bool:
-        return bool(state.profile.sealed_birth_date) or any(
-            e.sealed_evidence for e in state.events)
+    def _key_for_read(self, subject: str) -> bytes | datetime:
+        """The subject's key, or when it was destroyed."""
+        record = self._sealer.record(subject)
+        if record is None:
+            # Sealed values without a key: the key store lost it. Never guess.
+            raise Unavailable("the subject's key is missing from the key store")
+        if record.wrapped is None:
+            return record.destroyed_at or self._sealer.now()
+        return self._sealer.unwrap(subject, record)
 
-    def _reveal(self, subject: str, state: SubjectState) -> SubjectState:
-        if not self._has_sealed(state):
+    def _reveal(self, subject: str, state: SubjectState, live: bool) -> SubjectState:
+        """`live`: the state decisions use now (a destroyed key means erased); otherwise a
+        past state for replay (opened if it still can be, never marked erased)."""
+        if state.profile.erased_at is not None:
+            return _stripped(state)
+        if not _has_sealed(state):
             return state
-        return self._open_state(subject, state, self._sealer.key_for_read(subject))
+        key = self._key_for_read(subject)
+        if isinstance(key, datetime):
+            return _stripped(state, key if live else None)
+        return self._open_state(subject, state, key)
 
     def load(self, subject: str) -> SubjectState:
-        return self._reveal(subject, self._inner.load(subject))
+        return self._reveal(subject, self._inner.load(subject), live=True)
 
     def state_at(self, subject: str, sequence: int) -> SubjectState:
-        return self._reveal(subject, self._inner.state_at(subject, sequence))
+        return self._reveal(subject, self._inner.state_at(subject, sequence), live=False)
 
     def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]:
         events = self._inner.history(subject, after_sequence, limit)
+        if not any(e.evidence or e.sealed_evidence for e in events):
+            return events
+        if self._inner.load(subject).profile.erased_at is not None:
+            return [_strip_event(e) for e in events]
         if not any(e.sealed_evidence for e in events):
             return events
-        key = self._sealer.key_for_read(subject)
+        key = self._key_for_read(subject)
+        if isinstance(key, datetime):
+            return [_strip_event(e) for e in events]
         return [self._open_event(subject, e, key) for e in events]
 
     # -- erasure and pass-through ---------------------------------------------------------
@@ -404,8 +496,8 @@ class SealingLedger:
         """Destroy the subject's key: their sealed values can never be read again."""
         self._sealer.destroy(subject)
 
-    def is_erased(self, subject: str) -> bool:
-        return self._sealer.is_erased(subject)
+    def recorded_erasure(self, subject: str) -> datetime | None:
+        return self._inner.load(subject).profile.erased_at
 
     def head(self) -> int:
         return self._inner.head()

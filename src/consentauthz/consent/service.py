@@ -6,7 +6,9 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
+from typing import Protocol
 
 from opentelemetry.trace import Span
 
@@ -43,6 +45,24 @@ log = logging.getLogger("consentauthz.consent")
 _MAX_RESOLVED = 100_000
 
 
+def _without_evidence(state: SubjectState) -> SubjectState:
+    """Decisions never read evidence, so the caches never hold it."""
+    if not any(e.evidence for e in state.events):
+        return state
+    return replace(state, events=tuple(replace(e, evidence={}) if e.evidence else e
+                                       for e in state.events))
+
+
+class Shredder(Protocol):
+    def erase(self, subject: str) -> None:
+        """Destroy the subject's key."""
+        ...
+
+    def recorded_erasure(self, subject: str) -> datetime | None:
+        """When the ledger recorded the subject's erasure (not the key store's view)."""
+        ...
+
+
 class ConsentService:
     """Consent state in three tiers: this replica's cache, the Redis every replica shares
     (optional), and the ledger, which decides whenever the faster tiers cannot prove they
@@ -52,7 +72,7 @@ class ConsentService:
                  taxonomy: Callable[[], Taxonomy], clock: Callable[[], datetime],
                  metrics: Metrics = NO_METRICS, freshness: Freshness | None = None,
                  shared: RedisStateCache | None = None,
-                 erase_keys: Callable[[str], None] | None = None) -> None:
+                 shredder: Shredder | None = None) -> None:
         self._ledger = ledger
         self._cache = cache
         self._pseudonymize = pseudonymize
@@ -62,8 +82,8 @@ class ConsentService:
         self._freshness = freshness if freshness is not None else SoleWriter(cache)
         self._sole_writer = isinstance(self._freshness, SoleWriter)
         self._redis = shared
-        #: Destroys a subject's data key (consent/sealing.py); None: nothing is sealed.
-        self._erase_keys = erase_keys
+        #: Destroys subjects' keys (consent/sealing.py); None: nothing is sealed.
+        self._shredder = shredder
         self._write_lock = threading.Lock()
         self._resolved_lock = threading.Lock()  # never the write lock: checks must not wait
         #: current-key pseudonym -> the pseudonym the subject's records live under
@@ -110,7 +130,7 @@ class ConsentService:
                     if seen is not None and seen.state is not None and seen.position >= need:
                         self._cache.put(subject, seen.state)
                         return self._answer(span, "redis", seen.state)
-            state = self._ledger.load(subject)
+            state = _without_evidence(self._ledger.load(subject))
             if state.sequence < min_sequence:
                 raise Unavailable("consistency_token is ahead of the consent ledger")
             if self._redis is not None:
@@ -191,14 +211,16 @@ class ConsentService:
         now = self._clock()
         with tracer().start_as_current_span("consent.EraseSubject"), self._write_lock, \
                 self._ledger.exclusive():
-            if self._erase_keys is not None:
+            if self._shredder is not None:
                 # First: should recording the marker fail, nothing readable is left, and a
                 # retry completes the erasure.
                 for pseudonym in {subject, *self._pseudonymize.all(subject_id)}:
-                    self._erase_keys(pseudonym)
-            current = self._ledger.load(subject)
-            if current.profile.erased_at is not None:
-                return WriteResult("", current.version)
+                    self._shredder.erase(pseudonym)
+                recorded = self._shredder.recorded_erasure(subject)
+            else:
+                recorded = self._ledger.load(subject).profile.erased_at
+            if recorded is not None:
+                return WriteResult("", self._ledger.load(subject).version)
             result = self._ledger.append_profile(subject, SubjectProfile(erased_at=now),
                                                  new_id(), now)
             self._after_write(subject, result)
@@ -208,6 +230,7 @@ class ConsentService:
         """Still inside the ledger's write order: Redis sees writes in ledger order."""
         if self._sole_writer:
             self._cache.note_write(subject, result.sequence)
+        result = replace(result, state=_without_evidence(result.state))
         self._cache.put(subject, result.state)
         if self._redis is not None and not result.replayed:
             # Ledger first: a failed write-through leaves Redis behind, never ahead, and

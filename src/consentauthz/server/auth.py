@@ -1,25 +1,30 @@
 """Caller authentication and authorisation: the interceptor in front of every service.
 
-A call is authenticated by its client certificate (mutual TLS: the certificate's SAN
-entries, or its CN when it has none) or else by `authorization: Bearer <token>` metadata,
-whose SHA-256 is compared with the configured hashes. It is then authorised by the caller
-policy (engine/callers.py) for its RPC (`Service.Method`) and, for Check and BatchCheck,
-for every purpose and data category it asks about. Unknown caller: UNAUTHENTICATED; not
-allowed: PERMISSION_DENIED; both logged with the caller, the RPC and the reason, never a
-token or a request value. Health stays open (load balancers probe it without
-credentials); reflection needs a known caller. Refused calls never reach a servicer, so
-nothing is decided, logged as a decision or written.
+A call is authenticated by its client certificate (mutual TLS) or else by
+`authorization: Bearer <token>` metadata, whose SHA-256 is compared with the configured
+hashes. A certificate's names are typed, as the callers file lists them: `dns:`, `uri:`
+and `ip:` for its subjectAltName entries of those types, `cn:` for its subject CN only
+when it has no subjectAltName extension at all; email SANs name nobody. A call is then
+authorised by the caller policy (engine/callers.py) for its RPC (`Service.Method`, server
+reflection included) and, for Check and BatchCheck, for every purpose and data category it
+asks about. Unknown caller: UNAUTHENTICATED; not allowed: PERMISSION_DENIED; both logged
+with the caller, the RPC and the reason, never a token or a request value. Health stays
+open (load balancers probe it without credentials). Refused calls never reach a
+servicer, so nothing is decided, logged as a decision or written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
 import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from ..engine.callers import NO_KEY, CallerPolicy
 from ..errors import ConfigError, PolicyError
@@ -32,15 +37,24 @@ log = logging.getLogger("consentauthz.auth")
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/",
                        "/grpc.reflection.v1.ServerReflection/")
-#: gRPC method path -> the RPC's name in the caller policy, `Service.Method`.
+#: gRPC method path -> the RPC's name in the caller policy, `Service.Method`. Server
+#: reflection is one of them: it holds a worker thread for as long as its stream is open,
+#: so it takes a rule (`ServerReflection.*`) like any other RPC.
 RPCS: Mapping[str, str] = {
-    f"/{service.full_name}/{method.name}": f"{service.name}.{method.name}"
-    for file in (decision_pb2.DESCRIPTOR, consent_pb2.DESCRIPTOR, audit_pb2.DESCRIPTOR,
-                 policy_pb2.DESCRIPTOR)
-    for service in file.services_by_name.values()
-    for method in service.methods
+    **{f"/{service.full_name}/{method.name}": f"{service.name}.{method.name}"
+       for file in (decision_pb2.DESCRIPTOR, consent_pb2.DESCRIPTOR, audit_pb2.DESCRIPTOR,
+                    policy_pb2.DESCRIPTOR)
+       for service in file.services_by_name.values()
+       for method in service.methods},
+    **{f"{prefix}ServerReflectionInfo": "ServerReflection.ServerReflectionInfo"
+       for prefix in REFLECTION_PREFIXES},
 }
 _BEARER = "bearer "
+#: Shorter bearer tokens are refused before any hash is compared: an empty one is what an
+#: unset $TOKEN gives, and a short one is guessable. Generated tokens are 43 characters.
+MIN_TOKEN_LENGTH = 16
+#: Certificates whose names are remembered (PEM -> names); emptied when full.
+CERTIFICATE_MEMO_LIMIT = 1024
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:
@@ -76,24 +90,76 @@ class Refused(Exception):
         self.reason = reason
 
 
+def _canonical(kind: str, value: str) -> str | None:
+    """`kind:value` as config.certificate_name writes a callers-file entry (DNS names in
+    lower case, IP addresses as `ipaddress` prints them, URIs and CNs as they are). A
+    value that is no valid entry of its kind equals no entry, so it names nobody; None
+    for an IP SAN that is not an address."""
+    if kind == "dns":
+        return f"dns:{value.lower()}"
+    if kind == "ip":
+        try:
+            return f"ip:{ipaddress.ip_address(value)}"
+        except ValueError:
+            return None
+    return f"{kind}:{value}"
+
+
+def certificate_names(pem: bytes) -> frozenset[str]:
+    """The typed names of a client certificate: its DNS, URI and IP subjectAltName
+    entries; its subject CN only when it has no subjectAltName extension at all (one with
+    only email or other entries names nobody); never an email address. ValueError when the
+    certificate does not parse."""
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        # Two CNs are ambiguous: neither names the certificate.
+        name = (_canonical("cn", cns[0].value) if len(cns) == 1
+                and isinstance(cns[0].value, str) else None)
+        return frozenset({name} if name else ())
+    names = (_canonical(kind, str(value))
+             for kind, cls in (("dns", x509.DNSName), ("uri", x509.UniformResourceIdentifier),
+                               ("ip", x509.IPAddress))
+             for value in san.get_values_for_type(cls))
+    return frozenset(n for n in names if n is not None)
+
+
 class Authenticator:
     """Credentials -> caller name, or Refused(UNAUTHENTICATED)."""
 
     def __init__(self, callers: Iterable[CallerEntry]) -> None:
         self._by_certificate: dict[str, str] = {}
         self._tokens: list[tuple[bytes, str]] = []
+        self._memo: dict[bytes, frozenset[str]] = {}
         for c in callers:
             self._by_certificate.update(dict.fromkeys(c.certificate_names, c.name))
             self._tokens += [(bytes.fromhex(h), c.name) for h in c.token_sha256]
 
+    def _peer_names(self, pem: bytes) -> frozenset[str]:
+        names = self._memo.get(pem)
+        if names is None:
+            try:
+                names = certificate_names(pem)
+            except ValueError:
+                raise Refused(grpc.StatusCode.UNAUTHENTICATED,
+                              "the client certificate cannot be read") from None
+            if len(self._memo) >= CERTIFICATE_MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[pem] = names
+        return names
+
     def authenticate(self, context: grpc.ServicerContext) -> str:
         token_caller = self._token_caller(context)
         # Set only under mutual TLS (without --client-ca no certificate is requested), and
-        # then on every connection: the handshake refuses peers without one. gRPC gives the
-        # SAN entries when the certificate has any, else its CN.
-        identities = context.peer_identities()
-        if identities:
-            names = {self._by_certificate.get(i.decode("utf-8", "replace")) for i in identities}
+        # then on every connection: the handshake refuses peers without one. Not
+        # peer_identities(): it mixes every kind of SAN (email too) and the CN into one
+        # flat set of strings, so an email SAN could pass for another caller's CN.
+        # A list of PEM certificates (grpc-stubs says bytes), the peer's own first.
+        pems = cast(Mapping[str, Sequence[bytes]], context.auth_context()).get("x509_pem_cert")
+        if pems:
+            names = {self._by_certificate.get(n) for n in self._peer_names(pems[0])}
             names.discard(None)
             if not names:
                 raise Refused(grpc.StatusCode.UNAUTHENTICATED,
@@ -122,7 +188,12 @@ class Authenticator:
                 or not value[:len(_BEARER)].lower() == _BEARER:
             raise Refused(grpc.StatusCode.UNAUTHENTICATED,
                           "the authorization metadata must be one 'Bearer <token>'")
-        digest = hashlib.sha256(value[len(_BEARER):].strip().encode()).digest()
+        token = value[len(_BEARER):].strip()
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED,
+                          f"the bearer token is empty or shorter than {MIN_TOKEN_LENGTH} "
+                          "characters")
+        digest = hashlib.sha256(token.encode()).digest()
         found = None
         for expected, name in self._tokens:  # every hash, so the time says nothing
             if hmac.compare_digest(digest, expected):
@@ -159,21 +230,17 @@ class CallerGuard(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or method.startswith(HEALTH_PREFIX):
             return handler
         rpc = RPCS.get(method)
-        if rpc is None and not method.startswith(REFLECTION_PREFIXES):
+        if rpc is None:
             # Not ours, not health, not reflection: nothing else is served; refuse.
             return _wrap(handler, lambda request, context: self._refuse(
                 context, method, None, Refused(grpc.StatusCode.PERMISSION_DENIED,
                                                "not a known RPC")))
-        return _wrap(handler, lambda request, context: self._admit(
-            context, rpc or method, rpc, request))
+        return _wrap(handler, lambda request, context: self._admit(context, rpc, request))
 
-    def _admit(self, context: grpc.ServicerContext, label: str, rpc: str | None,
-               request: Any) -> str:
+    def _admit(self, context: grpc.ServicerContext, rpc: str, request: Any) -> str:
         caller = None
         try:
             caller = self._authenticator.authenticate(context)
-            if rpc is None:
-                return caller  # reflection: a known caller suffices
             if not self._policy.allows(caller, rpc):
                 pairs = _asked_about(rpc, request)
                 if not self._policy.allows_all(caller, rpc, pairs):
@@ -181,7 +248,7 @@ class CallerGuard(grpc.ServerInterceptor):  # type: ignore[type-arg]
                         caller, rpc, request, pairs))
             return caller
         except Refused as refused:
-            self._refuse(context, label, caller, refused)
+            self._refuse(context, rpc, caller, refused)
 
     def _why(self, caller: str, rpc: str, request: Any,
              pairs: Sequence[tuple[str, str]]) -> str:

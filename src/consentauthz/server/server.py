@@ -1,15 +1,19 @@
 """The gRPC server: listener (plaintext on loopback only, TLS, mutual TLS), the caller
-interceptor, services, health and reflection."""
+interceptor, services, health and reflection, and the bounds that keep a few clients from
+taking every worker thread: at most MAX_RPCS_PER_WORKER calls per worker admitted at once,
+reflection streams (which hold a thread while open) on at most half the workers."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from concurrent import futures
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from ..auditing import Auditor
 from ..checker import Checker
@@ -21,6 +25,8 @@ from .auth import CallerGuard
 from .registration import register
 from .servicers import AuditServicer, ConsentServicer, DecisionServicer, PolicyServicer
 
+#: Refusals are logged where the caller guard logs its own (docs/security.md).
+log = logging.getLogger("consentauthz.auth")
 SERVICE_NAMES = (
     decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
     consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
@@ -32,6 +38,57 @@ COMPONENT_REDIS = "consentauthz.redis"
 COMPONENT_LEDGER = "consentauthz.ledger"
 #: Large enough for a full batch of maximal requests, small enough to bound memory.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: Calls admitted at once (running, or queued for a worker thread), per worker. Beyond
+#: that gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without bound; a few
+#: per worker absorb bursts of short calls (a client sending twice as many calls as there
+#: are workers is normal).
+MAX_RPCS_PER_WORKER = 4
+
+
+def max_concurrent_rpcs(workers: int) -> int:
+    return MAX_RPCS_PER_WORKER * workers
+
+
+def max_reflection_streams(workers: int) -> int:
+    """An open reflection stream holds a worker thread however idle it is (grpcio's
+    servicer blocks reading the client's stream), so such streams may hold at most half
+    the workers and unary calls always find one. With one worker, none."""
+    return workers // 2
+
+
+class ReflectionServicer(reflection.ReflectionServicer):
+    """grpcio's reflection, refusing a stream beyond `limit` open at once with
+    RESOURCE_EXHAUSTED. The caller guard runs first, so a refused caller takes no place.
+    (No RPC of ours streams; one that did would need the same bound.)"""
+
+    def __init__(self, service_names: tuple[str, ...], limit: int) -> None:
+        super().__init__(service_names)
+        self._limit = limit
+        self._open = 0
+        self._lock = threading.Lock()
+
+    def ServerReflectionInfo(self, request_iterator: Any,
+                             context: Any) -> Any:  # a grpc.ServicerContext here
+        with self._lock:
+            admitted = self._open < self._limit
+            if admitted:
+                self._open += 1
+        if not admitted:
+            log.warning("refused ServerReflection.ServerReflectionInfo: RESOURCE_EXHAUSTED: "
+                        "%d streams open (peer %s)", self._limit, context.peer())
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self._limit} reflection streams are open, the most this server "
+                          "allows (half its workers): close one and retry")
+        held = [True]
+
+        def release() -> None:  # once, when the call ends however it ends
+            with self._lock:
+                if held[0]:
+                    held[0] = False
+                    self._open -= 1
+        if not context.add_callback(release):
+            release()
+        return super().ServerReflectionInfo(request_iterator, context)
 
 
 class ServerTls(Protocol):
@@ -65,6 +122,7 @@ class GrpcServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
             interceptors=[guard] if guard is not None else None,
+            maximum_concurrent_rpcs=max_concurrent_rpcs(workers),
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                      # Several processes on one port (serve --reuse-port): the kernel
@@ -78,8 +136,11 @@ class GrpcServer:
         self.health = health.HealthServicer()
         self._components: dict[str, bool] = {}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        # grpcio's reflection, bounded (reflection.enable_server_reflection registers the
+        # same servicer without the bound).
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(ReflectionServicer(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            max_reflection_streams(workers)), self._server)
         if tls is None:
             self.port = self._server.add_insecure_port(listen)
         else:

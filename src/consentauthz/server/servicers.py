@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +32,8 @@ from ..validation import validate_batch_size
 from . import convert
 from .identity import caller_of
 from .status import abort, to_status
+
+audit_log = logging.getLogger("consentauthz.audit")
 
 
 @contextmanager
@@ -116,8 +119,11 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
 
     def EraseSubject(self, request: consent_pb2.EraseSubjectRequest,
                      context: grpc.ServicerContext) -> Any:
-        with rpc(context, "EraseSubject"):
+        with rpc(context, "EraseSubject") as caller:
             result = self._consent.erase(request.subject_id)
+            # Who asked, for the record (the pseudonym, never the subject id).
+            audit_log.info("subject %s erased at the request of caller %s",
+                           self._consent.subject_key(request.subject_id), caller)
             state = self._consent.get_state(request.subject_id)
             return consent_pb2.EraseSubjectResponse(
                 consistency_token=str(result.consistency_token),
@@ -126,8 +132,10 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
 
     def ExportSubject(self, request: consent_pb2.ExportSubjectRequest,
                       context: grpc.ServicerContext) -> Any:
-        with rpc(context, "ExportSubject"):
+        with rpc(context, "ExportSubject") as caller:
             document = self._export(request.subject_id)
+            audit_log.info("subject %s exported at the request of caller %s",
+                           self._consent.subject_key(request.subject_id), caller)
             return consent_pb2.ExportSubjectResponse(
                 json=json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False),
                 content_type="application/json")
