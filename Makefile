@@ -41,7 +41,7 @@ clean:
 # The benchmark suite (benchmarks/, issue 7): one table on stdout and in docs/performance.md.
 # Needs what `make test` needs (redis-server, PostgreSQL on 127.0.0.1:5432). It installs
 # py-spy for its profile (without it, the run goes on and says the profile was skipped).
-# BENCH_QUICK=1: a scaled-down smoke run of about a minute.
+# BENCH_QUICK=1: a scaled-down smoke run of about a minute (it leaves the docs alone).
 .PHONY: bench
 bench: $(STAMP) check-system
 	$(PY) -m pip install --quiet py-spy || echo "py-spy could not be installed: the profile will be skipped"

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from consentauthz.v1 import consent_pb2, consent_pb2_grpc, decision_pb2, decision_pb2_grpc
+from consentauthz.v1 import consent_pb2, decision_pb2
 
 from .subjects import ARCHETYPES, REQUESTS, subject_id
 
@@ -30,14 +30,6 @@ def channel(target: str) -> grpc.Channel:
     ch = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
     grpc.channel_ready_future(ch).result(timeout=20)
     return ch
-
-
-def decisions(target: str) -> decision_pb2_grpc.DecisionServiceStub:
-    return decision_pb2_grpc.DecisionServiceStub(channel(target))
-
-
-def consent(target: str) -> consent_pb2_grpc.ConsentServiceStub:
-    return consent_pb2_grpc.ConsentServiceStub(channel(target))
 
 
 def check_request(i: int, k: int = 0, token: str = "") -> decision_pb2.CheckRequest:

@@ -1,12 +1,15 @@
 """`make bench` (python -m benchmarks): every scenario of issue 7 in one run, one table.
 
-Order: synthetic packs -> engine in-process (and plain casbin) -> the authoring gate and
-`serve` start-up with the largest pack -> subject datasets (loaded once, then reused) ->
-a redis-server and the no-op floor server of this run's own -> for each dataset a real
-`consentauthz serve` on its PostgreSQL ledger and the Redis, measured against the floor
-(interleaved rounds, same run) -> consent writes, two replicas, decision-log variants and
-the py-spy profile on the large dataset -> the table on stdout and in
-docs/performance.md (between its markers), raw numbers in var/bench/results.json.
+Order: synthetic packs -> the engine in-process against a plain casbin.Enforcer -> the
+authoring gate step by step and `serve` start-up with the largest pack -> the Checker
+in-process, with and without spans and the durable log (diagnosis) -> subject datasets
+(loaded once, then reused) -> a redis-server and the no-op floor server of this run's own
+-> for each dataset a real `consentauthz serve` on its PostgreSQL ledger and the Redis:
+cold paths; on the large one also the warm Check and BatchCheck against the floor, py-spy
+profiles, consent writes, a second replica and the decision-log variants -> the table on
+stdout and (full runs only) in docs/performance.md between its markers; raw numbers in
+var/bench/results.json. Every comparison runs in the same process run as its baseline,
+alternating call by call or in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -72,8 +75,8 @@ FULL = Plan(False, (100, 1_000, 10_000, 100_000),
             6, 1.5, 8.0)
 QUICK = Plan(True, (100, 1_000, 10_000),
              {"shipped": 100, "100": 100, "1000": 30, "10000": 3},
-             1_000, 10_000, (10_000, 50_000), 4, 250, 3, 1.0, 500, 2, 100, 2.0, 10,
-             2, 1.0, 4.0, warm_subjects=1_000)
+             1_000, 1_000, (10_000, 50_000), 4, 250, 3, 0.75, 300, 2, 100, 1.5, 5,
+             2, 0.75, 2.0, warm_subjects=500)
 
 
 def log(msg: str) -> None:
@@ -747,7 +750,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true",
-                        help="a ~1 minute smoke run (also BENCH_QUICK=1)")
+                        help="a scaled-down smoke run of about a minute (also "
+                             "BENCH_QUICK=1); it leaves docs/performance.md alone")
     parser.add_argument("--drop-data", action="store_true",
                         help="drop the cached subject databases and exit")
     parser.add_argument("--no-docs", action="store_true",
@@ -817,7 +821,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {share:5.1f}%  {comp}")
     for note in res.notes:
         print(f"note: {note}")
-    if not ns.no_docs and only == set(SECTIONS):
+    if ns.no_docs or only != set(SECTIONS) or plan.quick:
+        # A smoke run or a partial one never replaces the full run's table.
+        log(f"{DOC.relative_to(ROOT)} left as it was (only a full run rewrites its table)")
+    else:
         report.write_section(DOC, generated(res))
         log(f"wrote the table to {DOC.relative_to(ROOT)}")
     return 0

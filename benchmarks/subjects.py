@@ -24,10 +24,8 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -153,10 +151,6 @@ def archetype_of(i: int) -> Archetype:
 def first_seq(i: int) -> int:
     """Subject i's profile is ledger entry first_seq(i); its events follow."""
     return i * ROWS_PER_SUBJECT + 1
-
-
-def _record_id(i: int, k: int) -> str:
-    return f"{k:08x}-b0b0-7000-8000-{i:012x}"
 
 
 _S = [f"s{k}" for k in range(ROWS_PER_SUBJECT)]
@@ -585,14 +579,3 @@ def redis_entry_stats(cache: RedisStateCache, url: str, r: Renderer,
     n = len(keys)
     return {"key_bytes": sum(map(len, keys)) / n, "value_bytes": sum(values) / n,
             "state_bytes": sum(state) / n, "memory_usage": sum(usage) / n}
-
-
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    """An empty database for one run (servers that must not share the big ledger)."""
-    name = f"{DB_PREFIX}scratch_{secrets.token_hex(4)}"
-    url = create_database(name)
-    try:
-        yield url
-    finally:
-        drop_database(name)

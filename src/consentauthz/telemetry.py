@@ -37,8 +37,17 @@ ATTR_CACHE_TIER = "consentauthz.cache.tier"
 ATTR_BATCH_SIZE = "consentauthz.batch_size"
 
 
+_TRACER: trace.Tracer | None = None
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(INSTRUMENTATION)
+    """The package's tracer, looked up once: the SDK's get_tracer is costly (it touches the
+    warnings filters on every call) and this sits on every request's path. The proxy the
+    API hands out follows a provider installed later."""
+    global _TRACER
+    if _TRACER is None:
+        _TRACER = trace.get_tracer(INSTRUMENTATION)
+    return _TRACER
 
 
 def setup_tracing(service_name: str, otlp: bool,

@@ -57,7 +57,10 @@ class Ledger(Protocol):
     def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
                        recorded_at: datetime) -> AppendResult: ...
 
-    def load(self, subject: str) -> SubjectState: ...
+    def load(self, subject: str, evidence: bool = False) -> SubjectState:
+        """The subject's state, current as of the head. `evidence`: the caller will show
+        the evidence (a ledger that seals it opens it only then)."""
+        ...
 
     def head(self) -> int: ...
 
@@ -212,7 +215,7 @@ class MemoryLedger:
     def _current(self, subject: str) -> SubjectState:
         return replace(self._states.get(subject, SubjectState()), sequence=len(self._entries))
 
-    def load(self, subject: str) -> SubjectState:
+    def load(self, subject: str, evidence: bool = False) -> SubjectState:
         with self._lock:
             return self._current(subject)
 

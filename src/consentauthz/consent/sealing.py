@@ -441,11 +441,14 @@ class SealingLedger:
             Sealer.open(key, subject, _EVIDENCE, ev.sealed_evidence))
         return replace(ev, evidence=dict(evidence))
 
-    def _open_state(self, subject: str, state: SubjectState, key: bytes) -> SubjectState:
+    def _open_state(self, subject: str, state: SubjectState, key: bytes,
+                    evidence: bool = True) -> SubjectState:
         profile = state.profile
         if profile.sealed_birth_date:
             birth = Sealer.open(key, subject, _BIRTH, profile.sealed_birth_date)
             profile = replace(profile, birth_date=date.fromisoformat(birth.decode()))
+        if not evidence:  # decisions never read it: do not pay for opening it
+            return replace(state, profile=profile)
         return replace(state, profile=profile,
                        events=tuple(self._open_event(subject, e, key) for e in state.events))
 
@@ -459,7 +462,8 @@ class SealingLedger:
             return record.destroyed_at or self._sealer.now()
         return self._sealer.unwrap(subject, record)
 
-    def _reveal(self, subject: str, state: SubjectState, live: bool) -> SubjectState:
+    def _reveal(self, subject: str, state: SubjectState, live: bool,
+                evidence: bool = True) -> SubjectState:
         """`live`: the state decisions use now (a destroyed key means erased); otherwise a
         past state for replay (opened if it still can be, never marked erased)."""
         if state.profile.erased_at is not None:
@@ -469,10 +473,10 @@ class SealingLedger:
         key = self._key_for_read(subject)
         if isinstance(key, datetime):
             return _stripped(state, key if live else None)
-        return self._open_state(subject, state, key)
+        return self._open_state(subject, state, key, evidence)
 
-    def load(self, subject: str) -> SubjectState:
-        return self._reveal(subject, self._inner.load(subject), live=True)
+    def load(self, subject: str, evidence: bool = False) -> SubjectState:
+        return self._reveal(subject, self._inner.load(subject), live=True, evidence=evidence)
 
     def state_at(self, subject: str, sequence: int) -> SubjectState:
         return self._reveal(subject, self._inner.state_at(subject, sequence), live=False)

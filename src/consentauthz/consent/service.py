@@ -153,7 +153,7 @@ class ConsentService:
         """The whole recorded state, evidence included, from the ledger itself (the caches
         hold no evidence; this is a preference-centre read, not the hot path)."""
         need = validate_state_read(subject_id, token)
-        state = self._ledger.load(self.subject_key(subject_id))
+        state = self._ledger.load(self.subject_key(subject_id), evidence=True)
         if state.sequence < need:
             raise Unavailable("consistency_token is ahead of the consent ledger")
         return state

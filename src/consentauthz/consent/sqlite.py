@@ -151,7 +151,7 @@ class SqliteLedger:
             self._save_state(conn, subject, state)
             return AppendResult(record_id, seq, replace(state, sequence=seq))
 
-    def load(self, subject: str) -> SubjectState:
+    def load(self, subject: str, evidence: bool = False) -> SubjectState:
         with self._tx(immediate=False) as conn:
             return self._state(conn, subject, self._last(conn)[0])
 

@@ -334,7 +334,7 @@ class CompiledPolicy:
         token = self.jurisdiction_token(jurisdiction)
         regime = self.jurisdictions[token]
         facts = derive_facts(state, purpose, category, jurisdiction, now, request.context,
-                             self.policy.taxonomy, self.policy.settings)
+                             self.policy.taxonomy, self.policy.settings, explain=explain)
         rule = self.first_match(token, purpose, category, facts.tokens)
         explanation = (self._explain(purpose, category, jurisdiction, token, regime, facts,
                                      rule) if explain else ())

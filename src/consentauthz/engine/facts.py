@@ -82,7 +82,10 @@ def derive_facts(
     context: Mapping[str, str],
     taxonomy: Taxonomy,
     settings: PolicySettings,
+    explain: bool = True,
 ) -> Facts:
+    """`explain=False` (the hot path) skips the plain-language notes: formatting them is a
+    fifth of a decision's cost and only `explain` shows them."""
     tokens: set[str] = set()
     records: dict[str, tuple[str, ...]] = {}
     notes: list[str] = []
@@ -96,7 +99,8 @@ def derive_facts(
     age = age_on(birth, now.date()) if birth is not None else None
     if state.profile.erased_at is not None:
         add("erased")
-        notes.append(f"the subject was erased at {state.profile.erased_at.isoformat()}")
+        if explain:
+            notes.append(f"the subject was erased at {state.profile.erased_at.isoformat()}")
 
     consent: ConsentEvent | None = None
     invalid: ConsentEvent | None = None
@@ -110,12 +114,14 @@ def derive_facts(
                 # Kept as evidence; never consent, never overrides a real choice.
                 if consent is None:
                     invalid = ev
-                notes.append(f"{_describe(ev)} is not valid consent (pre-ticked or implied)")
+                if explain:
+                    notes.append(f"{_describe(ev)} is not valid consent (pre-ticked or implied)")
                 continue
             consent, invalid = ev, None
         elif ev.action in _SALE_CHANNEL:
             if ev.action is ConsentAction.OPT_IN_TO_SALE and not ev.method.is_valid_consent:
-                notes.append(f"{_describe(ev)} is not a valid opt-in (pre-ticked or implied)")
+                if explain:
+                    notes.append(f"{_describe(ev)} is not a valid opt-in (pre-ticked or implied)")
                 continue
             sale = ev
         elif ev.action is ConsentAction.LIMIT_SENSITIVE:
@@ -123,11 +129,13 @@ def derive_facts(
 
     if consent is None and invalid is None:
         add("no_consent")
-        notes.append("no consent record covers this purpose and data category")
+        if explain:
+            notes.append("no consent record covers this purpose and data category")
     elif consent is None and invalid is not None:
         add("consent_invalid", invalid)
     elif consent is not None:
-        notes.append(f"latest applicable: {_describe(consent)}")
+        if explain:
+            notes.append(f"latest applicable: {_describe(consent)}")
         if consent.action is ConsentAction.WITHDRAW:
             add("consent_withdrawn", consent)
         elif consent.action is ConsentAction.OBJECT:
@@ -140,25 +148,29 @@ def derive_facts(
             age_then = age_on(birth, consent.collected_at.date()) if birth else None
             if now >= expiry:
                 add("consent_expired", consent)
-                notes.append(f"record {consent.record_id} expired at {expiry.isoformat()}")
+                if explain:
+                    notes.append(f"record {consent.record_id} expired at {expiry.isoformat()}")
             elif (age_then is not None and age_then < child_age
                   and consent.method is not CollectionMethod.PARENTAL):
                 add("child_without_parental_consent", consent)
-                notes.append(f"subject was {age_then} when the grant was given, below the "
-                             f"digital consent age {child_age}; it was not given or "
-                             "authorised by a parent")
+                if explain:
+                    notes.append(f"subject was {age_then} when the grant was given, below the "
+                                 f"digital consent age {child_age}; it was not given or "
+                                 "authorised by a parent")
             else:
                 add("consent", consent)
                 if consent.explicit:
                     add("explicit_consent", consent)
                 else:
-                    notes.append(f"record {consent.record_id} is valid consent but not "
-                                 "explicit (special categories and automated decisions "
-                                 "need explicit consent)")
+                    if explain:
+                        notes.append(f"record {consent.record_id} is valid consent but not "
+                                     "explicit (special categories and automated decisions "
+                                     "need explicit consent)")
 
     if context.get("gpc") == "1":
         add("gpc")
-        notes.append("the request carried a Global Privacy Control signal")
+        if explain:
+            notes.append("the request carried a Global Privacy Control signal")
     opted_in = sale is not None and sale.action is ConsentAction.OPT_IN_TO_SALE
     child_opt_in: ConsentEvent | None = None
     if (opted_in and sale is not None and birth is not None
@@ -166,22 +178,27 @@ def derive_facts(
             and age_on(birth, sale.collected_at.date())
             < settings.ccpa_parental_authorisation_age):
         # A child's own opt-in was never valid (§1798.120(c)); it stays invalid later.
-        notes.append(f"{_describe(sale)} was given by a child under "
-                     f"{settings.ccpa_parental_authorisation_age} without a parent")
+        if explain:
+            notes.append(f"{_describe(sale)} was given by a child under "
+                         f"{settings.ccpa_parental_authorisation_age} without a parent")
         child_opt_in, sale, opted_in = sale, None, False
     if sale is not None:
         add("sale_opted_in" if opted_in else "sale_opted_out", sale)
-        notes.append(f"latest sale/share choice: {_describe(sale)}")
+        if explain:
+            notes.append(f"latest sale/share choice: {_describe(sale)}")
     if age is not None:
         if age < settings.ccpa_parental_authorisation_age:
             if not (opted_in and sale is not None and sale.method is CollectionMethod.PARENTAL):
                 add("sale_parental_authorisation_required",
                     child_opt_in or (sale if opted_in else None))
-                notes.append(f"subject is {age}: sale/share needs a parent's opt-in")
+                if explain:
+                    notes.append(f"subject is {age}: sale/share needs a parent's opt-in")
         elif age < settings.ccpa_minor_opt_in_age and not opted_in:
             add("sale_minor_opt_in_required")
-            notes.append(f"subject is {age}: sale/share needs the minor's own opt-in")
+            if explain:
+                notes.append(f"subject is {age}: sale/share needs the minor's own opt-in")
     if limited is not None:
         add("sensitive_limited", limited)
-        notes.append(f"limit on sensitive personal information: {_describe(limited)}")
+        if explain:
+            notes.append(f"limit on sensitive personal information: {_describe(limited)}")
     return Facts(frozenset(tokens), records, tuple(notes))
