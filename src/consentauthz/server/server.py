@@ -102,6 +102,19 @@ class ServerTls(Protocol):
     def client_ca(self) -> bytes | None: ...
 
 
+class _HealthServicer(health.HealthServicer):
+    """grpcio-health-checking's `Watch` sends its first response while holding its lock;
+    a `Watch` cancelled at that moment makes gRPC's event thread wait for the same lock,
+    and the whole server stops answering (reproduced with the stock servicer). Health needs
+    no credentials, so anyone could do that. `Watch` is therefore refused: load balancers
+    and Kubernetes probe with `Check`, which is served as usual."""
+
+    def Watch(self, request: Any, context: grpc.ServicerContext,
+              send_response_callback: Any = None) -> Any:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "health Watch is not offered; poll grpc.health.v1.Health/Check")
+
+
 class GrpcServer:
     """`tls` None is plaintext, refused unless `loopback` (the listen address is one);
     with `tls.client_ca`, clients must present a certificate that chains to it. `guard`
@@ -133,7 +146,7 @@ class GrpcServer:
         register(self._server, DecisionServicer(checker),
                  ConsentServicer(consent, audit.export), AuditServicer(audit),
                  PolicyServicer(policy_status))
-        self.health = health.HealthServicer()
+        self.health = _HealthServicer(experimental_non_blocking=False)
         self._components: dict[str, bool] = {}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         # grpcio's reflection, bounded (reflection.enable_server_reflection registers the
