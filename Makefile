@@ -27,7 +27,7 @@ protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts benchmarks
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -6,7 +6,8 @@ in-process, with and without spans and the durable log (diagnosis) -> subject da
 (loaded once, then reused) -> a redis-server and the no-op floor server of this run's own
 -> for each dataset a real `consentauthz serve` on its PostgreSQL ledger and the Redis:
 cold paths; on the large one also the warm Check and BatchCheck against the floor, py-spy
-profiles, consent writes, a second replica and the decision-log variants -> the table on
+profiles, consent writes, a second replica, the decision-log variants and groups of 1, 2
+and 3 `serve --reuse-port` processes on one port (benchmarks/scaling.py) -> the table on
 stdout and (full runs only) in docs/performance.md between its markers; raw numbers in
 var/bench/results.json. Every comparison runs in the same process run as its baseline,
 alternating call by call or in interleaved rounds.
@@ -34,7 +35,7 @@ from consentauthz.v1 import consent_pb2, consent_pb2_grpc, decision_pb2, decisio
 
 from . import engine as eng
 from . import inprocess as inproc
-from . import load, packs, report, subjects
+from . import load, packs, report, scaling, subjects
 from . import profile as prof
 from .report import Row, met, ms, rate, us, x
 from .services import ROOT, RedisProcess, Server, start_noop, start_serve, start_variant
@@ -67,6 +68,12 @@ class Plan:
     profile_seconds: float
     warm_subjects: int = 2_000
     clients: int = 8
+    #: serve --reuse-port processes per group (benchmarks/scaling.py); the first is the baseline
+    scale_processes: tuple[int, ...] = (1, 2, 3)
+    scale_rounds: int = 4
+    scale_seconds: float = 2.0
+    scale_subjects: int = 1_000
+    scale_generators: int = 2
 
 
 FULL = Plan(False, (100, 1_000, 10_000, 100_000),
@@ -76,7 +83,8 @@ FULL = Plan(False, (100, 1_000, 10_000, 100_000),
 QUICK = Plan(True, (100, 1_000, 10_000),
              {"shipped": 100, "100": 100, "1000": 30, "10000": 3},
              1_000, 1_000, (10_000, 50_000), 4, 250, 3, 0.75, 300, 2, 100, 1.5, 5,
-             2, 0.75, 2.0, warm_subjects=500)
+             2, 0.75, 2.0, warm_subjects=500, scale_rounds=2, scale_seconds=1.0,
+             scale_subjects=300)
 
 
 def log(msg: str) -> None:
@@ -595,6 +603,47 @@ def run_log_variants(plan: Plan, res: Results, ledger: str, redis_url: str) -> N
             ("" if complete else "**entries missing**")))
 
 
+def run_scaling(plan: Plan, res: Results, ledger: str, redis_url: str) -> None:
+    """Warm Check throughput with 1, 2 and 3 `serve --reuse-port` processes on one port."""
+    log("scaling past one core: serve --reuse-port processes on one port")
+    out, reads = scaling.run(plan.scale_processes, plan.clients, plan.scale_generators,
+                             list(range(plan.scale_subjects)), plan.scale_rounds,
+                             plan.scale_seconds, WORK, ledger, redis_url, log)
+    res.raw["scaling"] = {str(n): m.summary() for n, m in out.items()}
+    res.raw["scaling_redis_reads"] = reads
+    if reads > 100:
+        res.notes.append(f"scaling: {reads:,} Redis reads while measuring (the local caches "
+                         "were meant to answer every Check)")
+    cores = os.cpu_count() or 0
+    base_n = plan.scale_processes[0]
+    base = out[base_n]
+    for n, m in out.items():
+        r = m.run
+        server = m.cores(sum(m.server_cpu))
+        client = m.cores(m.client_cpu)
+        rest = max(0.0, m.cores(m.machine_cpu) - server - client)
+        per = " + ".join(f"{m.cores(c):.2f}" for c in m.server_cpu)
+        cpu = (f"server CPU {ms(1000 * sum(m.server_cpu) / max(r.calls, 1))}/call; "
+               f"CPU in cores of {cores}: servers {server:.2f}"
+               + (f" ({per})" if n > 1 else "")
+               + f", load generator {client:.2f}, rest of the machine {rest:.2f}")
+        split = ("; calls per process " + "/".join(f"{v:.0f}%" for v in m.split)
+                 if n > 1 else "")
+        measured = (f"{rate(r.rate)}, p50 {ms(r.p50)}, p99 {ms(r.p99)}{split}; {cpu}"
+                    + (f"; {r.errors} errors" if r.errors else ""))
+        if n == base_n:
+            res.rows.append(Row(
+                "Scaling, one port", f"Check, {plan.clients} clients, {n} process"
+                f"{'es' if n > 1 else ''} (`serve --reuse-port`, the baseline)",
+                measured, "", "", "", ""))
+        else:
+            res.rows.append(Row(
+                "Scaling, one port", f"Check, {plan.clients} clients, {n} processes on one "
+                "port (SO_REUSEPORT)", measured,
+                f"{base_n} process{'es' if base_n > 1 else ''} {rate(base.run.rate)}",
+                x(r.rate / base.run.rate), "", ""))
+
+
 def run_dataset(plan: Plan, res: Results, ds: subjects.Dataset, redis: RedisProcess,
                 noop: Server, full: bool) -> None:
     label = f"{ds.subjects:,} subjects"
@@ -614,6 +663,7 @@ def run_dataset(plan: Plan, res: Results, ds: subjects.Dataset, redis: RedisProc
         inproc.close_app(app)
     if full:
         run_log_variants(plan, res, ds.url, redis.url)
+        run_scaling(plan, res, ds.url, redis.url)
 
 
 def run_dataset_with(plan: Plan, res: Results, ds: subjects.Dataset, redis: RedisProcess,
@@ -719,7 +769,11 @@ def sample_sizes(p: Plan) -> str:
             f"BatchCheck {p.batch_rounds} rounds per size; RecordConsent "
             f"{p.write_calls} calls, then {p.write_seconds} s with {p.clients} clients; "
             f"{p.replica_trials} withdrawals across replicas; decision-log variants "
-            f"{p.log_rounds} rounds x {p.log_seconds} s each; profiles "
+            f"{p.log_rounds} rounds x {p.log_seconds} s each; scaling "
+            f"{'/'.join(map(str, p.scale_processes))} `serve --reuse-port` processes, "
+            f"{p.clients} clients from {p.scale_generators} load-generator processes, "
+            f"{p.scale_rounds} interleaved rounds x {p.scale_seconds} s per process count, "
+            f"{p.scale_subjects:,} warm subjects; profiles "
             f"{p.profile_seconds:.0f} s each. Subjects: {p.datasets[0]:,} and "
             f"{p.datasets[1]:,} in the ledger, 90% of them cached in Redis; the warm set is "
             f"{p.warm_subjects:,} subjects.")

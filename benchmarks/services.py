@@ -178,10 +178,10 @@ def server_env() -> dict[str, str]:
 
 def start_serve(name: str, data_dir: Path, *, ledger: str | None = None,
                 redis_url: str | None = None, policies: Path | None = None,
-                extra: Sequence[str] = (), timeout: float = 120) -> Server:
+                extra: Sequence[str] = (), listen: str = "127.0.0.1:0",
+                timeout: float = 120) -> Server:
     """`consentauthz serve` exactly as an operator runs it (the CLI, its defaults)."""
-    argv = [str(BIN), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
-            "--no-watch"]
+    argv = [str(BIN), "serve", "--listen", listen, "--data-dir", str(data_dir), "--no-watch"]
     if ledger:
         argv += ["--ledger", ledger]
     if redis_url:
