@@ -67,7 +67,10 @@ def start_replica(name: str, workdir: Path, dsn: str, redis_url: str,
         if m := re.search(r"serving on port (\d+)", line):
             target = f"127.0.0.1:{m.group(1)}"
             break
-    assert target, "replica did not start:\n" + "".join(seen)
+    if not target:
+        proc.kill()  # never leave a half-started server behind
+        proc.wait(timeout=10)
+        pytest.fail("replica did not start:\n" + "".join(seen))
     # Keep draining its output so the process never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()
     channel = grpc.insecure_channel(target)
