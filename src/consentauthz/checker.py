@@ -38,8 +38,7 @@ from .telemetry import (
 )
 from .validation import validate_batch_size, validate_check
 
-BatchItem = CheckOutcome | InvalidArgument
-#: A batch item's result when one item may be unavailable alone (`check_each`).
+#: A batch item's result: an answer, its own bad input, or its own unavailability.
 ItemResult = CheckOutcome | InvalidArgument | Unavailable
 
 
@@ -60,29 +59,18 @@ class Checker:
         return result
 
     def check_batch(self, requests: Sequence[CheckRequest | InvalidArgument],
-                    caller: str) -> list[BatchItem]:
+                    caller: str) -> list[ItemResult]:
         """One result per item, in order; an item that already failed conversion at the
-        edge is passed in as its InvalidArgument and comes back unchanged. Should any
-        item be unavailable, the whole batch is (Unavailable is raised)."""
-        out: list[BatchItem] = []
-        for result in self._run(requests, caller, prefix=True, isolate=False):
-            if isinstance(result, Unavailable):  # not isolated: _run raised it instead
-                raise result
-            out.append(result)
-        return out
-
-    def check_each(self, requests: Sequence[CheckRequest | InvalidArgument],
-                   caller: str) -> list[ItemResult]:
-        """`check_batch`, except that an item whose consistency_token is ahead of what the
-        consent ledger holds comes back as its own Unavailable while the other items are
-        answered. Any other failure still fails the whole batch: a ledger that is down
-        would fail every item, and each only after its own timeout."""
-        return self._run(requests, caller, prefix=True, isolate=True)
+        edge is passed in as its InvalidArgument and comes back unchanged. An item whose
+        consistency_token is ahead of what the consent ledger holds comes back as its own
+        Unavailable while the other items are answered. Any other failure fails the whole
+        batch: a ledger that is down would fail every item, each after its own timeout."""
+        return self._run(requests, caller, prefix=True)
 
     def _run(self, requests: Sequence[CheckRequest | InvalidArgument], caller: str,
-             prefix: bool, isolate: bool = False) -> list[ItemResult]:
+             prefix: bool) -> list[ItemResult]:
         try:
-            return self._run_unguarded(requests, caller, prefix, isolate)
+            return self._run_unguarded(requests, caller, prefix)
         except (InvalidArgument, Unavailable):
             raise
         except ConsentAuthzError as exc:
@@ -92,7 +80,7 @@ class Checker:
             raise Unavailable("no decision can be made now") from exc
 
     def _run_unguarded(self, requests: Sequence[CheckRequest | InvalidArgument], caller: str,
-                       prefix: bool, isolate: bool) -> list[ItemResult]:
+                       prefix: bool) -> list[ItemResult]:
         if prefix:
             validate_batch_size(len(requests))
         compiled = self._policy()  # one policy version for the whole batch
@@ -114,7 +102,7 @@ class Checker:
             except Unavailable as exc:
                 # Only a token this replica has not seen can be ahead of the ledger (the
                 # watermark never passes the ledger head); anything else is an outage.
-                if not isolate or request.consistency_token <= self._consent.watermark:
+                if request.consistency_token <= self._consent.watermark:
                     raise
                 results[i] = exc
         if pending:

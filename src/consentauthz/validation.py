@@ -253,13 +253,6 @@ def read_token(v: Violations, value: str, field: str = "consistency_token") -> i
     return position
 
 
-def parse_token(value: str, field: str = "consistency_token") -> int:
-    v = Violations()
-    position = read_token(v, value, field)
-    v.raise_if_any()
-    return position
-
-
 def read_birth_date(v: Violations, value: str, field: str = "birth_date") -> date | None:
     if not value:
         return None
@@ -273,24 +266,10 @@ def read_birth_date(v: Violations, value: str, field: str = "birth_date") -> dat
         return None
 
 
-def parse_birth_date(value: str, field: str = "birth_date") -> date | None:
-    v = Violations()
-    parsed = read_birth_date(v, value, field)
-    v.raise_if_any()
-    return parsed
-
-
 def read_page_size(v: Violations, size: int, field: str = "page_size") -> int:
     if size < 0:
         v.add(field, "must not be negative")
     return min(max(size, 0) or 100, MAX_PAGE_SIZE)
-
-
-def check_page_size(size: int, field: str = "page_size") -> int:
-    v = Violations()
-    limit = read_page_size(v, size, field)
-    v.raise_if_any()
-    return limit
 
 
 def check_subject_only(subject_id: str) -> None:

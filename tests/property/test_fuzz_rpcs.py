@@ -62,10 +62,6 @@ CONTACT_EMAIL = "user.contact.email"
 POOL = tuple(f"fuzz-subject-{i:03d}@example.org" for i in range(40))
 IDEMPOTENCY_KEYS = tuple(f"idem-{i}" for i in range(8))
 AHEAD = "consistency_token is ahead of the consent ledger"
-#: Whether a batch item whose consistency token is ahead of the ledger gets UNAVAILABLE in
-#: its own result slot while the other items are answered (Checker.check_each), rather
-#: than failing the whole call. True once servicers.BatchCheck calls check_each.
-BATCH_ITEMS_FAIL_ALONE = True
 
 # Contract limits (docs/api.md "Limits", the protos).
 MAX_SUBJECT = 256
@@ -429,16 +425,11 @@ class Expect:
     ahead: bool = False
     #: A well-formed decision id the log does not hold: NOT_FOUND.
     missing: bool = False
-    #: UNAVAILABLE and an answer are both right (a batch item that is ahead and has a
-    #: tolerated field).
-    may_ahead: bool = False
-    #: Every field in `must` is named, not only some.
-    complete: bool = True
 
 
 def expect(must: set[str], may: set[str] | None = None, *, ahead: bool = False,
-           missing: bool = False, may_ahead: bool = False, complete: bool = True) -> Expect:
-    return Expect(frozenset(must), frozenset(may or ()), ahead, missing, may_ahead, complete)
+           missing: bool = False) -> Expect:
+    return Expect(frozenset(must), frozenset(may or ()), ahead, missing)
 
 
 def subject_ok(value: str) -> bool:
@@ -617,11 +608,11 @@ def _judge_error(rpc: str, code: grpc.StatusCode, message: str, fields: dict[str
         assert named <= exp.must | exp.may, (
             f"{rpc}: names {sorted(named)} but only {sorted(exp.must | exp.may)} are bad: "
             f"{fields}")
-        assert not exp.complete or exp.must <= named, (
+        assert exp.must <= named, (  # every bad field, not only some
             f"{rpc}: names {sorted(named)} but not all of the bad {sorted(exp.must)}: "
             f"{fields}")
     elif code is grpc.StatusCode.UNAVAILABLE:
-        assert (exp.ahead or exp.may_ahead) and not exp.must, (
+        assert exp.ahead and not exp.must, (
             f"{rpc}: UNAVAILABLE {message!r} for {exp}")
         assert message == AHEAD, f"{rpc}: UNAVAILABLE for another reason: {message!r}"
     elif code is grpc.StatusCode.NOT_FOUND:
@@ -1025,13 +1016,8 @@ def test_verify_chains(fuzz: Fuzz, held: list[Any], index: int) -> None:
 def _batch(fz: Fuzz, items: list[decision_pb2.CheckRequest]) -> None:
     req = decision_pb2.BatchCheckRequest(items=items)
     exps = [check_expect(item, fz.taxonomy, fz.watermark) for item in items]
-    if not 0 < len(items) <= MAX_BATCH:
-        exp = expect({"items"})
-    elif BATCH_ITEMS_FAIL_ALONE:  # an item past the ledger head fails in its own slot
-        exp = expect(set())
-    else:  # one valid item past the ledger head makes the whole batch UNAVAILABLE
-        exp = expect(set(), ahead=any(e.ahead and not e.must and not e.may for e in exps),
-                     may_ahead=any(e.ahead and not e.must and e.may for e in exps))
+    # An item past the ledger head fails in its own slot; the rest are answered.
+    exp = expect({"items"}) if not 0 < len(items) <= MAX_BATCH else expect(set())
     fz.batch_items += len(items)
     resp = call(fz, "BatchCheck", fz.s.decisions.BatchCheck, req, exp,
                 secrets_of(*{i.subject_id for i in items[:50]}))
@@ -1049,9 +1035,8 @@ def _batch(fz: Fuzz, items: list[decision_pb2.CheckRequest]) -> None:
             _judge_error(f"BatchCheck items[{i}]", codes[slot.error.code], slot.error.message,
                          status_violations(slot.error), e, secrets_of(item.subject_id),
                          prefix=f"items[{i}].")
-            assert slot.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] or (
-                BATCH_ITEMS_FAIL_ALONE
-                and slot.error.code == grpc.StatusCode.UNAVAILABLE.value[0]), slot.error
+            assert slot.error.code in (grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                       grpc.StatusCode.UNAVAILABLE.value[0]), slot.error
 
 
 @given(items=st.lists(check_requests(), min_size=1, max_size=10))
@@ -1448,8 +1433,6 @@ def test_every_bad_field_is_named(fuzz: Fuzz, rpc: str, request_: pb_message.Mes
     assert fuzz.watermark == head  # nothing written
 
 
-@pytest.mark.xfail(not BATCH_ITEMS_FAIL_ALONE, strict=True,
-                   reason="servicers.BatchCheck does not call Checker.check_each yet")
 def test_a_batch_item_ahead_of_the_ledger_fails_alone(fuzz: Fuzz) -> None:
     ahead = str(fuzz.watermark + 1_000_000)
     resp = fuzz.s.decisions.BatchCheck(decision_pb2.BatchCheckRequest(items=[

@@ -75,7 +75,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 for i, item in enumerate(request.items)]
             results = []
             # An item ahead of the ledger gets its own UNAVAILABLE; the others are answered.
-            for result in self._checker.check_each(items, caller):
+            for result in self._checker.check_batch(items, caller):
                 if isinstance(result, ConsentAuthzError):
                     results.append(decision_pb2.BatchCheckResult(error=to_status(result)))
                 else:
