@@ -200,7 +200,10 @@ class App:
         self.retention = (RetentionJob(self.decision_store, utc_now)
                           if config.decision_log_retention_days else None)
         self.cache = LocalCache(config.cache_entries, watermark=self.ledger.head())
-        self.redis = (RedisStateCache(config.redis_url, utc_now, config.redis_prefix,
+        # Keys carry the ledger's identity: a Redis left over from another database (or
+        # shared with one) can never be read as this ledger's state.
+        self.redis = (RedisStateCache(config.redis_url, utc_now,
+                                      f"{config.redis_prefix}{self.ledger.identity()}:",
                                       config.redis_timeout,
                                       on_change=self._component(COMPONENT_REDIS),
                                       cipher=EntryCipher(master.derive(b"redis-cache/v1")))

@@ -326,12 +326,15 @@ def test_a_ledger_that_went_back_is_never_read_through_the_old_redis(
         ledger = PostgresLedger(other)
         cache = LocalCache(100, watermark=0)
         poller = LedgerPoller(ledger, cache, 1.0)
-        shared = RedisStateCache(redis_server.url, utc_now, timeout=0.2)
+        shared = RedisStateCache(redis_server.url, utc_now, timeout=0.2,
+                                 cipher=EntryCipher(b"e" * 32))
         c = ConsentService(ledger, cache, PSEUDONYMS, lambda: shipped_policy.policy.taxonomy,
                            utc_now, freshness=poller, shared=shared)
         poller.poll_once()
         c_replica = Replica(ledger, cache, shared, poller, None, c)
         try:
+            # Read first, before any write could fence the old generation off.
+            assert read(c_replica, spans)[0] == []
             grant(c_replica)
             token = withdraw(c_replica)  # position 2, far below Redis's 6
             assert read(c_replica, spans, token)[0] == [ConsentAction.WITHDRAW]

@@ -81,7 +81,9 @@ def events_of(state: SubjectState) -> list[tuple[str, str, str]]:
 def test_cached_state_equals_the_ledger(ops: list[tuple[object, ...]], redis_url: str,
                                         shipped_policy: CompiledPolicy) -> None:
     ledger = MemoryLedger()
-    prefix = f"eq{id(ops) % 100000}:"
+    # As the App does: keys carry the ledger's identity, and each example has a new ledger
+    # (the Redis the previous examples left behind is another ledger's).
+    prefix = f"eq:{ledger.identity()}:"
     replicas = []
     for _ in range(2):
         cache = LocalCache(2, watermark=0)

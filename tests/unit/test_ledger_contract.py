@@ -845,3 +845,23 @@ def test_postgres_a_stuck_database_is_unavailable_after_the_statement_timeout(
         assert led.load("alice").sequence == 2
     finally:
         led.close()
+
+
+def test_identity_is_stable_for_a_ledger_and_differs_between_ledgers(
+        ledger: Ledger, tmp_path: Path) -> None:
+    first = ledger.identity()
+    assert first and ledger.identity() == first
+    ledger.append_profile("s", SubjectProfile("DE"), "p1", T0)
+    assert ledger.identity() == first
+    assert MemoryLedger().identity() != first
+
+
+def test_sqlite_identity_survives_reopen(tmp_path: Path) -> None:
+    led = SqliteLedger(tmp_path / "ledger.db")
+    first = led.identity()
+    led.close()
+    again = SqliteLedger(tmp_path / "ledger.db")
+    try:
+        assert again.identity() == first
+    finally:
+        again.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -63,6 +64,11 @@ class Ledger(Protocol):
         ...
 
     def head(self) -> int: ...
+
+    def identity(self) -> str:
+        """A random id made with the ledger and kept with it (a restored backup keeps it; a
+        new database has another): what tells one ledger's positions from another's."""
+        ...
 
     def has_subject(self, subject: str) -> bool:
         """Whether any record was ever written for this pseudonym."""
@@ -167,6 +173,7 @@ class MemoryLedger:
     """A real ledger held in memory: same contract as SqliteLedger, nothing on disk."""
 
     def __init__(self) -> None:
+        self._identity = secrets.token_hex(8)
         self._lock = threading.Lock()
         self._entries: list[tuple[str, str, Any, str]] = []  # subject, kind, item, hash
         self._states: dict[str, SubjectState] = {}
@@ -222,6 +229,9 @@ class MemoryLedger:
     def head(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    def identity(self) -> str:
+        return self._identity
 
     def has_subject(self, subject: str) -> bool:
         with self._lock:

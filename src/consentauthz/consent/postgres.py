@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -294,6 +295,15 @@ class PostgresLedger:
         with self._read_one() as conn:
             return conn.execute("SELECT 1 FROM subject_state WHERE subject = %s",
                                 (subject,)).fetchone() is not None
+
+    def identity(self) -> str:
+        with self._append_tx() as conn:  # under the append lock: one id, however many race
+            conn.execute("CREATE TABLE IF NOT EXISTS ledger_identity (id TEXT NOT NULL)")
+            row = conn.execute("SELECT id FROM ledger_identity").fetchone()
+            if row is None:
+                row = (secrets.token_hex(8),)
+                conn.execute("INSERT INTO ledger_identity (id) VALUES (%s)", row)
+            return str(row[0])
 
     def head(self) -> int:
         with self._read_one() as conn:

@@ -506,6 +506,9 @@ class SealingLedger:
     def head(self) -> int:
         return self._inner.head()
 
+    def identity(self) -> str:
+        return self._inner.identity()
+
     def has_subject(self, subject: str) -> bool:
         return self._inner.has_subject(subject)
 

@@ -127,7 +127,12 @@ class ConsentService:
                     return self._answer(span, "local", cached)
                 if self._redis is not None:
                     seen = self._redis.read(subject)
-                    if seen is not None and seen.state is not None and seen.position >= need:
+                    # Never beyond what this replica knows the ledger to hold (its
+                    # watermark, or the caller's token): a Redis ahead of the ledger belongs
+                    # to a ledger that went back or was replaced, and is read through.
+                    known = max(self._cache.watermark, min_sequence)
+                    if (seen is not None and seen.state is not None
+                            and need <= seen.position <= known):
                         self._cache.put(subject, seen.state)
                         return self._answer(span, "redis", seen.state)
             state = _without_evidence(self._ledger.load(subject))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     entry_hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ledger_by_subject ON ledger (subject, seq);
+CREATE TABLE IF NOT EXISTS ledger_identity (id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS subject_state (
     subject TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -159,6 +161,14 @@ class SqliteLedger:
         with self._tx(immediate=False) as conn:
             return conn.execute("SELECT 1 FROM subject_state WHERE subject = ?",
                                 (subject,)).fetchone() is not None
+
+    def identity(self) -> str:
+        with self._tx() as conn:
+            row = conn.execute("SELECT id FROM ledger_identity").fetchone()
+            if row is None:
+                row = (secrets.token_hex(8),)
+                conn.execute("INSERT INTO ledger_identity (id) VALUES (?)", row)
+            return str(row[0])
 
     def head(self) -> int:
         with self._tx(immediate=False) as conn:
