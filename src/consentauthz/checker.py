@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from opentelemetry.util.types import AttributeValue
+
 from .consent import ConsentService
 from .decisionlog import DecisionLog
 from .domain import CheckOutcome, CheckRequest, DecisionRecord, new_id
@@ -33,6 +35,7 @@ from .telemetry import (
     ATTR_REGIME,
     ATTR_RULE,
     ATTR_SUBJECT,
+    child_span,
     current_ids,
     tracer,
 )
@@ -88,26 +91,39 @@ class Checker:
         taxonomy = compiled.policy.taxonomy
         results: list[ItemResult | None] = [None] * len(requests)
         pending: list[tuple[int, CheckOutcome]] = []
-        for i, request in enumerate(requests):
-            if isinstance(request, InvalidArgument):
-                results[i] = request
-                continue
-            try:
-                validate_check(request, taxonomy, f"items[{i}]." if prefix else "")
-            except InvalidArgument as exc:
-                results[i] = exc
-                continue
-            try:
-                pending.append((i, self._decide(request, caller, compiled, rpc)))
-            except Unavailable as exc:
-                # Only a token this replica has not seen can be ahead of the ledger (the
-                # watermark never passes the ledger head); anything else is an outage.
-                if request.consistency_token <= self._consent.watermark:
-                    raise
-                results[i] = exc
+        # One engine span for the call, however many items: a span per item would cost
+        # more than deciding it. Each item's log entry names this span, so it is opened
+        # even when not recorded (its ids are real either way).
+        with tracer().start_as_current_span("engine.Check") as span:
+            trace_id, span_id = current_ids()
+            for i, request in enumerate(requests):
+                if isinstance(request, InvalidArgument):
+                    results[i] = request
+                    continue
+                try:
+                    validate_check(request, taxonomy, f"items[{i}]." if prefix else "")
+                except InvalidArgument as exc:
+                    results[i] = exc
+                    continue
+                try:
+                    pending.append((i, self._decide(request, caller, compiled, rpc,
+                                                    trace_id, span_id)))
+                except Unavailable as exc:
+                    # Only a token this replica has not seen can be ahead of the ledger
+                    # (the watermark never passes the ledger head); anything else is an
+                    # outage.
+                    if request.consistency_token <= self._consent.watermark:
+                        raise
+                    results[i] = exc
+            if span.is_recording():
+                if prefix:
+                    span.set_attributes({ATTR_CALLER: caller, ATTR_BATCH_SIZE: len(requests)})
+                elif pending:
+                    span.set_attributes(_attributes(pending[0][1].record))
         if pending:
-            with tracer().start_as_current_span("decisionlog.Append") as span:
-                span.set_attribute(ATTR_BATCH_SIZE, len(pending))
+            with child_span("decisionlog.Append") as span:
+                if span.is_recording():
+                    span.set_attribute(ATTR_BATCH_SIZE, len(pending))
                 logged = self._log.append([outcome.record for _, outcome in pending])
             for (i, outcome), record in zip(pending, logged, strict=True):
                 results[i] = CheckOutcome(outcome.decision, record)
@@ -119,42 +135,43 @@ class Checker:
             raise Unavailable("a batch item was left without a result")
         return done
 
-    def _decide(self, request: CheckRequest, caller: str,
-                compiled: CompiledPolicy, rpc: Rpc) -> CheckOutcome:
+    def _decide(self, request: CheckRequest, caller: str, compiled: CompiledPolicy,
+                rpc: Rpc, trace_id: str, span_id: str) -> CheckOutcome:
         started = time.perf_counter()
         subject = self._consent.subject_key(request.subject_id)
-        with tracer().start_as_current_span("engine.Check") as span:
-            state = self._consent.state_of(subject, request.consistency_token)
-            now = self._clock()
-            decision = compiled.decide(request, state, now)
-            decision_id = new_id()
-            trace_id, span_id = current_ids()
-            rule = str(decision.matched_rule) if decision.matched_rule else ""
-            span.set_attributes({
-                ATTR_DECISION_ID: decision_id,
-                ATTR_CALLER: caller,
-                ATTR_SUBJECT: subject,
-                ATTR_PURPOSE: request.purpose,
-                ATTR_CATEGORY: request.data_category,
-                ATTR_JURISDICTION: decision.jurisdiction,
-                ATTR_REGIME: decision.regime,
-                ATTR_DECISION: decision.effect.value,
-                ATTR_REASON: decision.reason.value,
-                ATTR_LEGAL_BASIS: decision.legal_basis,
-                ATTR_RULE: rule,
-                ATTR_POLICY_VERSION: decision.policy_version,
-                ATTR_CONSENT_RECORDS: list(decision.consent_record_ids),
-                ATTR_CONSISTENCY_TOKEN: state.sequence,
-            })
+        state = self._consent.state_of(subject, request.consistency_token)
+        now = self._clock()
+        decision = compiled.decide(request, state, now)
         record = DecisionRecord(
-            decision_id=decision_id, time=now, caller=caller, subject=subject,
+            decision_id=new_id(), time=now, caller=caller, subject=subject,
             purpose=request.purpose, data_category=request.data_category,
             jurisdiction=decision.jurisdiction, regime=decision.regime,
             decision=decision.effect, reason=decision.reason,
-            legal_basis=decision.legal_basis, matched_rule=rule,
+            legal_basis=decision.legal_basis,
+            matched_rule=str(decision.matched_rule) if decision.matched_rule else "",
             policy_version=decision.policy_version,
             consent_record_ids=decision.consent_record_ids,
             consistency_token=state.sequence, trace_id=trace_id, span_id=span_id,
             context=dict(request.context))
         self._metrics.check_duration(time.perf_counter() - started, rpc)
         return CheckOutcome(decision, record)
+
+
+def _attributes(r: DecisionRecord) -> dict[str, AttributeValue]:
+    """One decision, as span attributes (a Check's engine span carries them)."""
+    return {
+        ATTR_DECISION_ID: r.decision_id,
+        ATTR_CALLER: r.caller,
+        ATTR_SUBJECT: r.subject,
+        ATTR_PURPOSE: r.purpose,
+        ATTR_CATEGORY: r.data_category,
+        ATTR_JURISDICTION: r.jurisdiction,
+        ATTR_REGIME: r.regime,
+        ATTR_DECISION: r.decision.value,
+        ATTR_REASON: r.reason.value,
+        ATTR_LEGAL_BASIS: r.legal_basis,
+        ATTR_RULE: r.matched_rule,
+        ATTR_POLICY_VERSION: r.policy_version,
+        ATTR_CONSENT_RECORDS: list(r.consent_record_ids),
+        ATTR_CONSISTENCY_TOKEN: r.consistency_token,
+    }

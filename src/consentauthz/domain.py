@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -97,7 +96,9 @@ def new_id() -> str:
     value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return str(uuid.UUID(int=value))
+    # What str(uuid.UUID(int=value)) gives, at a third of the cost (one per decision).
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +248,16 @@ class DecisionRecord:
     sequence: int = 0
     prev_hash: str = ""
     entry_hash: str = ""
+
+    def numbered(self, sequence: int, prev_hash: str, entry_hash: str) -> DecisionRecord:
+        """This record at its place in the chain. (dataclasses.replace does the same at
+        twice the cost, and the decision log does this once per decision.)"""
+        return DecisionRecord(
+            self.decision_id, self.time, self.caller, self.subject, self.purpose,
+            self.data_category, self.jurisdiction, self.regime, self.decision, self.reason,
+            self.legal_basis, self.matched_rule, self.policy_version,
+            self.consent_record_ids, self.consistency_token, self.trace_id, self.span_id,
+            self.context, sequence, prev_hash, entry_hash)
 
 
 @dataclass(frozen=True, slots=True)

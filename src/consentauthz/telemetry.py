@@ -8,6 +8,7 @@ attribute ever carries a raw subject id: only the keyed pseudonym.
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import metrics, trace
@@ -16,6 +17,8 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import Span
 
 INSTRUMENTATION = "consentauthz"
 
@@ -53,8 +56,18 @@ def tracer() -> trace.Tracer:
 def setup_tracing(service_name: str, otlp: bool,
                   extra_processors: tuple[SpanProcessor, ...] = ()) -> TracerProvider:
     """Install an SDK tracer provider so spans (and the trace ids in the decision log) are
-    real. OTLP export is switched on by the standard OTEL_EXPORTER_OTLP_* variables."""
-    provider = TracerProvider(resource=_resource(service_name))
+    real. OTLP export is switched on by the standard OTEL_EXPORTER_OTLP_* variables, and
+    sampling then follows the standard OTEL_TRACES_SAMPLER(_ARG) variables (default:
+    parent-based, always on).
+
+    With nothing to receive spans (no exporter, no processor), no span is recorded: each
+    still gets real trace and span ids (continuing the caller's trace when it sent one),
+    so decision-log entries stay linked to the caller's trace, but attributes and events
+    are not collected for nobody. A recorded span costs about three times an unrecorded
+    one, and a Check opens two or three (docs/performance.md)."""
+    receivers = otlp or bool(extra_processors)
+    provider = TracerProvider(resource=_resource(service_name),
+                              sampler=None if receivers else ALWAYS_OFF)
     if otlp:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -118,6 +131,16 @@ class MetricsEndpoint:
         if self._thread is not None:
             self._thread.join()
         self._server = self._thread = None
+
+
+def child_span(name: str) -> AbstractContextManager[Span]:
+    """A span under the current one, when the current one is recorded; otherwise the
+    current span itself. An unrecorded (unsampled) parent has unrecorded children, so
+    opening them would cost time and show nothing: the hot path opens none."""
+    current = trace.get_current_span()
+    if current.is_recording():
+        return tracer().start_as_current_span(name)
+    return nullcontext(current)
 
 
 def current_ids() -> tuple[str, str]:

@@ -275,6 +275,8 @@ def test_no_raw_subject_id_in_spans_or_log(server: Running, spans, tmp_path) -> 
     subject_id = "person-7f3a9c@example.org"
     record(server, subject_id, "grant", EMAIL)
     check(server, subject_id, EMAIL, CONTACT_EMAIL, "DE")
+    # Not in the local cache: its state is read through, in a consent.Get span.
+    check(server, subject_id + ".unknown", EMAIL, CONTACT_EMAIL, "DE")
     server.decisions.BatchCheck(decision_pb2.BatchCheckRequest(items=[
         item(subject=subject_id), item(subject=subject_id, purpose="bad")]))
     finished = spans.get_finished_spans()

@@ -37,7 +37,7 @@ from consentauthz.domain import (
 from consentauthz.engine import CompiledPolicy
 from consentauthz.errors import Unavailable
 from consentauthz.pseudonym import Pseudonymizer
-from consentauthz.telemetry import ATTR_CACHE_TIER
+from consentauthz.telemetry import ATTR_CACHE_TIER, tracer
 from tests.pg import fresh_database
 from tests.redis_server import RedisServer
 
@@ -131,10 +131,13 @@ def actions(state: SubjectState) -> list[ConsentAction]:
 def read(r: Replica, spans: InMemorySpanExporter, token: int = 0,
          subject: str = SUBJECT) -> tuple[list[ConsentAction], str]:
     spans.clear()
-    state = r.service.state_of(r.service.subject_key(subject), token)
+    # Under a recorded span, as in the server: consent.Get is only opened under one.
+    with tracer().start_as_current_span("test.read"):
+        state = r.service.state_of(r.service.subject_key(subject), token)
     tiers = [s.attributes.get(ATTR_CACHE_TIER) for s in spans.get_finished_spans()
              if s.name == "consent.Get" and s.attributes is not None]
-    return actions(state), str(tiers[-1])
+    # No consent.Get span: the local cache answered (the hot path opens none).
+    return actions(state), str(tiers[-1]) if tiers else "local"
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

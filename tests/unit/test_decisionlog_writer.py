@@ -35,6 +35,7 @@ class CountingLog(MemoryDecisionLog):
                  ) -> None:
         super().__init__()
         self.writes: list[int] = []
+        self.writers: list[int] = []  # the thread of each write
         self.entered = threading.Event()
         self.gate = threading.Event()
         if not gated:
@@ -43,6 +44,7 @@ class CountingLog(MemoryDecisionLog):
         self._fail_if = fail_if
 
     def append(self, records: Sequence[DecisionRecord]) -> list[DecisionRecord]:
+        self.writers.append(threading.get_ident())
         self.entered.set()
         assert self.gate.wait(WAIT)
         if self._delay:
@@ -211,15 +213,44 @@ def test_close_writes_what_is_queued_and_refuses_more(
     queued.close()  # twice is fine
 
 
-def test_timeout_gives_unavailable_and_the_entry_is_still_written(
+def test_timeout_gives_unavailable_and_withdraws_what_no_write_took(
         threads: list[threading.Thread]) -> None:
     sink = CountingLog(gated=True)
     queued = QueuedDecisionLog(sink, timeout=0.05)
+    spawn(threads, lambda: queued.append([record("held")]))
+    assert sink.entered.wait(WAIT)  # its caller is writing, held at the gate
     with pytest.raises(Unavailable, match="in time"):
-        queued.append([record("slow")])
+        queued.append([record("late")])
+    assert queued.queue_depth() == 0
     sink.gate.set()
     queued.close()
-    assert all_ids(sink) == ["slow"]  # logged without an answer: the safe direction
+    assert all_ids(sink) == ["held"]  # no entry and no answer for "late"
+
+
+def test_an_uncontended_append_is_written_by_its_own_caller() -> None:
+    sink = CountingLog()
+    queued = QueuedDecisionLog(sink)
+    for i in range(3):
+        queued.append([record(f"d{i}")])
+    assert sink.writers == [threading.get_ident()] * 3  # no hand-off to another thread
+    queued.close()
+
+
+def test_the_lead_passes_to_a_caller_that_queued_during_a_write(
+        threads: list[threading.Thread]) -> None:
+    sink = CountingLog(gated=True)
+    queued = QueuedDecisionLog(sink)
+    first = spawn(threads, lambda: queued.append([record("first")]))
+    assert sink.entered.wait(WAIT)
+    late = [spawn(threads, lambda i=i: queued.append([record(f"late{i}")])) for i in range(3)]
+    wait_until(lambda: queued.queue_depth() == 3)
+    sink.gate.set()
+    for t in threads:
+        t.join(WAIT)
+    assert sink.writes == [1, 3]
+    assert sink.writers[0] == first.ident
+    assert sink.writers[1] in {t.ident for t in late}
+    queued.close()
 
 
 # -- drop mode --------------------------------------------------------------------------
@@ -314,8 +345,6 @@ def test_sink_unavailable_keeps_its_message() -> None:
     queued.close()
 
 
-# The writer thread dies of the fatal error on purpose.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_writer_stopped_by_a_fatal_error_leaves_nobody_waiting(
         threads: list[threading.Thread]) -> None:
     class Fatal(BaseException):
@@ -323,13 +352,13 @@ def test_writer_stopped_by_a_fatal_error_leaves_nobody_waiting(
 
     sink = CountingLog(gated=True, fail_if=lambda r: Fatal())
     queued = QueuedDecisionLog(sink)
-    errors: list[BaseException] = []
+    errors: dict[str, BaseException] = {}
 
     def call(decision_id: str) -> None:
         try:
             queued.append([record(decision_id)])
-        except Unavailable as exc:
-            errors.append(exc)
+        except BaseException as exc:  # what each caller got is the test
+            errors[decision_id] = exc
 
     spawn(threads, lambda: call("a"))
     assert sink.entered.wait(WAIT)
@@ -338,10 +367,12 @@ def test_writer_stopped_by_a_fatal_error_leaves_nobody_waiting(
     sink.gate.set()
     for t in threads:
         t.join(WAIT)
-    assert len(errors) == 2
+    # The writing caller sees the fatal error itself; the one waiting behind it is told.
+    assert isinstance(errors["a"], Fatal)
+    assert isinstance(errors["b"], Unavailable)
     with pytest.raises(Unavailable):
         queued.append([record("c")])
-    queued.close()  # joins the dead writer, so its traceback is reported inside this test
+    queued.close()
 
 
 def test_over_sqlite_get_and_query_see_every_accepted_record(tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ _MAX_PENDING = 10_000
 class _Entry:
     state: SubjectState
     tracked: bool
+    #: the last state handed out, re-sequenced to the position it was current as of
+    #: (a copy costs more than the rest of a hit; it is made once per watermark move)
+    view: SubjectState | None = None
 
 
 class LocalCache:
@@ -59,7 +62,13 @@ class LocalCache:
             if entry is None:
                 return None
             self._entries.move_to_end(subject)
-            return replace(entry.state, sequence=self._effective(entry))
+            effective = self._effective(entry)
+            if effective == entry.state.sequence:
+                return entry.state
+            view = entry.view
+            if view is None or view.sequence != effective:
+                view = entry.view = replace(entry.state, sequence=effective)
+            return view
 
     def put(self, subject: str, state: SubjectState) -> None:
         """Cache `state`, current as of `state.sequence`; never replaces a more current one."""

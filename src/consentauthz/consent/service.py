@@ -26,7 +26,7 @@ from ..errors import Unavailable
 from ..metrics import NO_METRICS, CacheTier, Metrics
 from ..policy import Taxonomy
 from ..pseudonym import Pseudonymizer
-from ..telemetry import ATTR_CACHE_TIER, tracer
+from ..telemetry import ATTR_CACHE_TIER, child_span, tracer
 from ..validation import (
     check_subject_only,
     validate_history,
@@ -117,40 +117,49 @@ class ConsentService:
     def state_of(self, subject: str, min_sequence: int = 0) -> SubjectState:
         """State of a pseudonymised subject, current as of at least `min_sequence` and
         missing no write older than the staleness bound."""
-        with tracer().start_as_current_span("consent.Get") as span:
-            floor = self._freshness.floor()
-            need = max(min_sequence, floor) if floor is not None else None
-            seen = None
-            if need is not None:
-                cached = self._cache.get(subject)
-                if cached is not None and cached.sequence >= need:
-                    return self._answer(span, "local", cached)
-                if self._redis is not None:
-                    seen = self._redis.read(subject)
-                    # Never beyond what this replica knows the ledger to hold (its
-                    # watermark, or the caller's token): a Redis ahead of the ledger belongs
-                    # to a ledger that went back or was replaced, and is read through.
-                    known = max(self._cache.watermark, min_sequence)
-                    if (seen is not None and seen.state is not None
-                            and need <= seen.position <= known):
-                        self._cache.put(subject, seen.state)
-                        return self._answer(span, "redis", seen.state)
-            state = _without_evidence(self._ledger.load(subject))
-            if state.sequence < min_sequence:
-                raise Unavailable("consistency_token is ahead of the consent ledger")
-            if self._redis is not None:
-                # Redis behind the floor missed writes; Redis ahead of the ledger belongs to
-                # a ledger that went back (a restore, a failover that lost commits, another
-                # database): either way its generation must not be read again.
-                stale = seen is not None and (
-                    (floor is not None and seen.position < floor)
-                    or seen.position > state.sequence)
-                self._redis.populate(subject, state, seen, stale)
-            self._cache.put(subject, state)
-            return self._answer(span, "ledger", state)
+        floor = self._freshness.floor()
+        need = max(min_sequence, floor) if floor is not None else None
+        if need is not None:
+            cached = self._cache.get(subject)
+            if cached is not None and cached.sequence >= need:
+                # The hot path: no span (a dict lookup is no operation worth tracing; the
+                # tier is counted all the same).
+                self._metrics.cache_lookup("local")
+                return cached
+        with child_span("consent.Get") as span:
+            return self._read_through(span, subject, min_sequence, floor, need)
+
+    def _read_through(self, span: Span, subject: str, min_sequence: int,
+                      floor: int | None, need: int | None) -> SubjectState:
+        """The local cache could not answer: Redis, then the ledger."""
+        seen = None
+        if need is not None and self._redis is not None:
+            seen = self._redis.read(subject)
+            # Never beyond what this replica knows the ledger to hold (its watermark, or
+            # the caller's token): a Redis ahead of the ledger belongs to a ledger that
+            # went back or was replaced, and is read through.
+            known = max(self._cache.watermark, min_sequence)
+            if (seen is not None and seen.state is not None
+                    and need <= seen.position <= known):
+                self._cache.put(subject, seen.state)
+                return self._answer(span, "redis", seen.state)
+        state = _without_evidence(self._ledger.load(subject))
+        if state.sequence < min_sequence:
+            raise Unavailable("consistency_token is ahead of the consent ledger")
+        if self._redis is not None:
+            # Redis behind the floor missed writes; Redis ahead of the ledger belongs to
+            # a ledger that went back (a restore, a failover that lost commits, another
+            # database): either way its generation must not be read again.
+            stale = seen is not None and (
+                (floor is not None and seen.position < floor)
+                or seen.position > state.sequence)
+            self._redis.populate(subject, state, seen, stale)
+        self._cache.put(subject, state)
+        return self._answer(span, "ledger", state)
 
     def _answer(self, span: Span, tier: CacheTier, state: SubjectState) -> SubjectState:
-        span.set_attribute(ATTR_CACHE_TIER, tier)
+        if span.is_recording():
+            span.set_attribute(ATTR_CACHE_TIER, tier)
         self._metrics.cache_lookup(tier)
         return state
 

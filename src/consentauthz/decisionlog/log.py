@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, Protocol
 
 from ..chain import GENESIS, link
@@ -62,7 +61,7 @@ def chain_entries(records: Sequence[DecisionRecord], last_seq: int, last_hash: s
         d["sequence"] = last_seq
         h = link(last_hash, d)
         d["prev_hash"], d["entry_hash"] = last_hash, h
-        out.append((replace(r, sequence=last_seq, prev_hash=last_hash, entry_hash=h), d))
+        out.append((r.numbered(last_seq, last_hash, h), d))
         last_hash = h
     return out
 

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
+from opentelemetry.propagators.textmap import TextMapPropagator
 
 from ..auditing import Auditor
 from ..checker import Checker
@@ -40,11 +41,14 @@ audit_log = logging.getLogger("consentauthz.audit")
 def rpc(context: grpc.ServicerContext, name: str) -> Iterator[str]:
     """Span `server.<name>` continuing the caller's trace; errors -> status at one point."""
     carrier = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-    token = otel_context.attach(propagate.extract(carrier))
+    # Most calls carry no trace context: then there is nothing to extract or attach.
+    token = (otel_context.attach(propagate.extract(carrier))
+             if not _propagated_fields().isdisjoint(carrier) else None)
     try:
         with tracer().start_as_current_span(f"server.{name}") as span:
             caller = caller_of(context)
-            span.set_attribute(ATTR_CALLER, caller)
+            if span.is_recording():
+                span.set_attribute(ATTR_CALLER, caller)
             try:
                 yield caller
             except grpc.RpcError:
@@ -53,7 +57,21 @@ def rpc(context: grpc.ServicerContext, name: str) -> Iterator[str]:
                 span.record_exception(exc) if not isinstance(exc, InvalidArgument) else None
                 abort(context, exc)
     finally:
-        otel_context.detach(token)
+        if token is not None:
+            otel_context.detach(token)
+
+
+_FIELDS: tuple[TextMapPropagator | None, frozenset[str]] = (None, frozenset())
+
+
+def _propagated_fields() -> frozenset[str]:
+    """The metadata keys the installed propagators read (OTEL_PROPAGATORS may change them
+    from the default traceparent, tracestate and baggage)."""
+    global _FIELDS
+    textmap = propagate.get_global_textmap()
+    if _FIELDS[0] is not textmap:
+        _FIELDS = (textmap, frozenset(f.lower() for f in textmap.fields))
+    return _FIELDS[1]
 
 
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
