@@ -20,10 +20,15 @@ def canonical_json(value: Any) -> str:
 
 
 def link(prev_hash: str, payload: Any) -> str:
+    return link_text(prev_hash, canonical_json(payload))
+
+
+def link_text(prev_hash: str, text: str) -> str:
+    """`link` of a payload already in its canonical_json form."""
     digest = hashlib.sha256()
     digest.update(prev_hash.encode("ascii"))
     digest.update(b"\n")
-    digest.update(canonical_json(payload).encode("utf-8"))
+    digest.update(text.encode("utf-8"))
     return digest.hexdigest()
 
 

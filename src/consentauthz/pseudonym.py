@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Sequence
 
@@ -31,7 +30,8 @@ class Pseudonymizer:
 
     @staticmethod
     def _one(key_id: str, key: bytes, value: str) -> str:
-        digest = hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+        # hmac.digest: the one-shot form, a third of hmac.new's cost (once per decision).
+        digest = hmac.digest(key, value.encode("utf-8"), "sha256").hex()
         return f"{key_id}:{digest[:40]}"
 
     def __call__(self, value: str) -> str:

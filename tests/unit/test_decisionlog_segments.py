@@ -302,8 +302,8 @@ def test_tampering_inside_a_sealed_segment_is_located(tmp_path: Path) -> None:
     os.chmod(sealed, 0o644)
     conn = sqlite3.connect(sealed)
     conn.execute("DROP TRIGGER decisions_no_update")
-    conn.execute("UPDATE decisions SET record = replace(record, '\"legal_basis\": \"consent\"',"
-                 " '\"legal_basis\": \"contract\"') WHERE seq = 6")
+    conn.execute("UPDATE decisions SET record = json_set(record, '$.legal_basis', 'contract') "
+                 "WHERE seq = 6")
     conn.commit()
     conn.close()
     result = SqliteDecisionLog(tmp_path, read_only=True).verify()

@@ -108,12 +108,38 @@ def test_the_decision_column_edited_alone(original: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("column", ["subject", "purpose", "data_category", "reason",
-                                    "caller", "time", "entry_hash"])
+                                    "caller", "time"])
 def test_every_indexed_column_is_compared(original: Path, tmp_path: Path,
                                           column: str) -> None:
     result = tampered(original, tmp_path,
                       f"UPDATE decisions SET {column} = {column} || 'x' WHERE seq = 7")
     assert broken(result) == (7, "d7", Problem.COLUMNS)
+
+
+@pytest.mark.parametrize(("column", "problem"), [("entry_hash", Problem.CONTENT_HASH),
+                                                 ("prev_hash", Problem.BROKEN_LINK)])
+def test_the_hash_columns_are_the_chain(original: Path, tmp_path: Path, column: str,
+                                        problem: Problem) -> None:
+    # The record text is the content the entry hash covers; the two hashes are stored
+    # once, in their columns, so editing one breaks the chain itself.
+    result = tampered(original, tmp_path,
+                      f"UPDATE decisions SET {column} = {column} || 'x' WHERE seq = 7")
+    assert broken(result) == (7, "d7", problem)
+
+
+def test_an_entry_with_the_hashes_inside_its_text_still_verifies(
+        original: Path, tmp_path: Path) -> None:
+    # How entries were stored before the hashes moved out of the text: every hash is
+    # inside, equal to its column.
+    result = tampered(original, tmp_path,
+                      "UPDATE decisions SET record = json_set(record, '$.prev_hash', "
+                      "prev_hash, '$.entry_hash', entry_hash)")
+    assert result.ok and result.checked == 10
+    # ...and one that disagrees with its column is caught.
+    result = tampered(original, tmp_path,
+                      "UPDATE decisions SET record = json_set(record, '$.entry_hash', "
+                      "prev_hash) WHERE seq = 5")
+    assert broken(result) == (5, "d5", Problem.COLUMNS)
 
 
 def test_unreadable_json_is_reported_with_the_column_id(original: Path,

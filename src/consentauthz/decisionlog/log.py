@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-from ..chain import GENESIS, link
+from ..chain import GENESIS, canonical_json, link_text
 from ..domain import DecisionQuery, DecisionRecord
 from .record import record_to_dict
 from .verify import INDEXED, Checkpoint, StoredEntry, VerifyResult, verify_entries
@@ -44,24 +44,22 @@ def chain(records: Sequence[DecisionRecord], last_seq: int,
 
 
 def chain_entries(records: Sequence[DecisionRecord], last_seq: int, last_hash: str
-                  ) -> list[tuple[DecisionRecord, dict[str, Any]]]:
-    """`chain`, with each record's dict form (what a store writes) built on the way.
+                  ) -> list[tuple[DecisionRecord, str]]:
+    """`chain`, with each numbered record's content (its canonical JSON without the two
+    hashes: exactly the text its entry_hash covers) built on the way.
 
-    This runs under the log's lock, once per decision. Building the dict once, hashing
-    it directly rather than re-deriving it from a numbered copy of the record, and
-    letting the store write that same dict takes about a quarter off the time the lock
-    is held (measured). The hash is still `entry_hash(prev, numbered record)`, which the
-    golden file test holds it to: the dict of a numbered record is the record's dict
-    with its sequence and hashes set."""
+    This runs under the log's lock, once per decision, and serialising the record is the
+    largest part of it: a store writes this same text rather than serialising the record
+    again, and keeps the two hashes in their own columns (record.py, `stored_dict`)."""
     out = []
     for r in records:
         last_seq += 1
         d = record_to_dict(r)
         del d["prev_hash"], d["entry_hash"]
         d["sequence"] = last_seq
-        h = link(last_hash, d)
-        d["prev_hash"], d["entry_hash"] = last_hash, h
-        out.append((r.numbered(last_seq, last_hash, h), d))
+        text = canonical_json(d)
+        h = link_text(last_hash, text)
+        out.append((r.numbered(last_seq, last_hash, h), text))
         last_hash = h
     return out
 

@@ -6,6 +6,7 @@ are only ever added.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,20 @@ def record_to_dict(r: DecisionRecord) -> dict[str, Any]:
         "prev_hash": r.prev_hash,
         "entry_hash": r.entry_hash,
     }
+
+
+def parse_stored(text: str, prev_hash: str, entry_hash: str) -> Any:
+    """A stored entry's JSON, as the dict of the whole record. The SQLite log stores each
+    entry's content (the canonical text its entry_hash covers) with the two hashes in
+    their own columns, so the record is serialised once; entries written before that
+    carry the hashes inside, and are read as they are."""
+    d = json.loads(text)
+    if isinstance(d, dict):
+        # A hash inside the text (an older entry, or one edited) is kept, and verify
+        # compares it with its column.
+        d.setdefault("prev_hash", prev_hash)
+        d.setdefault("entry_hash", entry_hash)
+    return d
 
 
 def record_from_dict(d: dict[str, Any]) -> DecisionRecord:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import sqlite3
 import threading
@@ -34,7 +33,7 @@ from ..domain import DecisionQuery, DecisionRecord
 from ..errors import Unavailable
 from ..sqlite_files import open_database
 from .log import chain_entries
-from .record import record_from_dict
+from .record import parse_stored, record_from_dict
 from .retention import RetentionMark, anchor, inconsistency, load_marks, save_marks
 from .segments import Layout, Sealed, seal_file, sync_directory
 from .verify import BrokenEntry, Checkpoint, Problem, StoredEntry, VerifyResult, verify_entries
@@ -171,10 +170,10 @@ class SqliteDecisionLog:
             if not entries:
                 return []
             out = [r for r, _ in entries]
-            rows = [(r.sequence, r.decision_id, d["time"], r.subject, r.purpose,
-                     r.data_category, d["decision"], d["reason"], r.caller,
-                     json.dumps(d, sort_keys=True), r.prev_hash, r.entry_hash)
-                    for r, d in entries]
+            rows = [(r.sequence, r.decision_id, _iso(r.time), r.subject, r.purpose,
+                     r.data_category, r.decision.value, r.reason.value, r.caller, text,
+                     r.prev_hash, r.entry_hash)
+                    for r, text in entries]
             try:
                 conn = self._writer()
                 conn.execute("BEGIN IMMEDIATE")
@@ -199,10 +198,10 @@ class SqliteDecisionLog:
         with self._lock:
             try:
                 for conn, _ in self._newest_first():
-                    row = conn.execute("SELECT record FROM decisions WHERE decision_id = ?",
-                                       (decision_id,)).fetchone()
+                    row = conn.execute("SELECT record, prev_hash, entry_hash FROM decisions "
+                                       "WHERE decision_id = ?", (decision_id,)).fetchone()
                     if row:
-                        return record_from_dict(json.loads(row[0]))
+                        return record_from_dict(parse_stored(*row))
             except sqlite3.Error as exc:
                 raise Unavailable("decision log unavailable") from exc
         return None
@@ -228,11 +227,11 @@ class SqliteDecisionLog:
         if query.before_sequence:
             where.append("seq < ?")
             args.append(query.before_sequence)
-        sql = "SELECT record FROM decisions"
+        sql = "SELECT record, prev_hash, entry_hash FROM decisions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
-        found: list[str] = []
+        found: list[tuple[str, str, str]] = []
         with self._lock:
             try:
                 # Segments hold disjoint, ascending ranges: newest segment first, each
@@ -241,12 +240,12 @@ class SqliteDecisionLog:
                     if query.before_sequence and first >= query.before_sequence:
                         continue
                     rows = conn.execute(sql, [*args, query.limit - len(found)]).fetchall()
-                    found += (r[0] for r in rows)
+                    found += rows
                     if 0 <= query.limit <= len(found):
                         break
             except sqlite3.Error as exc:
                 raise Unavailable("decision log unavailable") from exc
-        return [record_from_dict(json.loads(r)) for r in found]
+        return [record_from_dict(parse_stored(*r)) for r in found]
 
     def close(self) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..chain import GENESIS, ChainReport, link
-from .record import record_from_dict
+from .record import parse_stored, record_from_dict
 
 #: Indexed columns a store keeps next to the JSON record, by the JSON field they copy.
 INDEXED = ("decision_id", "time", "subject", "purpose", "data_category", "decision",
@@ -175,7 +175,8 @@ def verify_entries(entries: Iterable[StoredEntry], *, anchor_sequence: int = 0,
             return fail(e.sequence, column_id, Problem.SEQUENCE_GAP,
                         f"expected sequence {expected}, found {e.sequence}")
         try:
-            d = json.loads(e.record)
+            d = parse_stored(e.record, str(e.columns.get("prev_hash", "")),
+                             str(e.columns.get("entry_hash", "")))
             if not isinstance(d, dict):
                 raise TypeError("not a JSON object")
             record_from_dict(d)
