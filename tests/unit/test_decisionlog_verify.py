@@ -42,7 +42,7 @@ def original(tmp_path: Path) -> Path:
 
 def tampered(original: Path, tmp_path: Path, *statements: str) -> VerifyResult:
     copy = tmp_path / "copy" / "decisions.db"
-    copy.parent.mkdir()
+    copy.parent.mkdir(parents=True)
     shutil.copy(original, copy)
     conn = sqlite3.connect(copy)
     conn.execute("DROP TRIGGER decisions_no_update")
@@ -136,7 +136,7 @@ def test_an_entry_with_the_hashes_inside_its_text_still_verifies(
                       "prev_hash, '$.entry_hash', entry_hash)")
     assert result.ok and result.checked == 10
     # ...and one that disagrees with its column is caught.
-    result = tampered(original, tmp_path,
+    result = tampered(original, tmp_path / "second",
                       "UPDATE decisions SET record = json_set(record, '$.entry_hash', "
                       "prev_hash) WHERE seq = 5")
     assert broken(result) == (5, "d5", Problem.COLUMNS)
