@@ -96,6 +96,7 @@ class Checker:
         # even when not recorded (its ids are real either way).
         with tracer().start_as_current_span("engine.Check") as span:
             trace_id, span_id = current_ids()
+            started = time.perf_counter()
             for i, request in enumerate(requests):
                 if isinstance(request, InvalidArgument):
                     results[i] = request
@@ -106,7 +107,7 @@ class Checker:
                     results[i] = exc
                     continue
                 try:
-                    pending.append((i, self._decide(request, caller, compiled, rpc,
+                    pending.append((i, self._decide(request, caller, compiled,
                                                     trace_id, span_id)))
                 except Unavailable as exc:
                     # Only a token this replica has not seen can be ahead of the ledger
@@ -115,6 +116,8 @@ class Checker:
                     if request.consistency_token <= self._consent.watermark:
                         raise
                     results[i] = exc
+            if pending:
+                self._metrics.check_duration(time.perf_counter() - started, rpc)
             if span.is_recording():
                 if prefix:
                     span.set_attributes({ATTR_CALLER: caller, ATTR_BATCH_SIZE: len(requests)})
@@ -136,8 +139,7 @@ class Checker:
         return done
 
     def _decide(self, request: CheckRequest, caller: str, compiled: CompiledPolicy,
-                rpc: Rpc, trace_id: str, span_id: str) -> CheckOutcome:
-        started = time.perf_counter()
+                trace_id: str, span_id: str) -> CheckOutcome:
         subject = self._consent.subject_key(request.subject_id)
         state = self._consent.state_of(subject, request.consistency_token)
         now = self._clock()
@@ -153,7 +155,6 @@ class Checker:
             consent_record_ids=decision.consent_record_ids,
             consistency_token=state.sequence, trace_id=trace_id, span_id=span_id,
             context=dict(request.context))
-        self._metrics.check_duration(time.perf_counter() - started, rpc)
         return CheckOutcome(decision, record)
 
 
