@@ -15,8 +15,38 @@ GENESIS = "0" * 64
 
 
 def canonical_json(value: Any) -> str:
-    """The one serialisation hashes are computed over: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The one serialisation hashes are computed over: sorted keys, no spaces, UTF-8.
+
+    What `json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
+    gives; with CPython's C encoder, built once with exactly those settings rather than
+    per call (that setting-up was 40% of the time, and this runs once per decision)."""
+    if _C_ENCODER is None:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "".join(_C_ENCODER(value, 0))
+
+
+def _c_encoder() -> Any:
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        # The arguments json.JSONEncoder.iterencode passes for the settings above (no
+        # circular-reference markers: a record is a tree), checked once against dumps.
+        encoder = make(None, _no_default, json.encoder.encode_basestring, None, ":", ",",
+                       True, False, True)
+        probe = {"b": [1, "\u00e9\n\u2028"], "a": {"z": None, "y": True}}
+        expected = json.dumps(probe, sort_keys=True, separators=(",", ":"),
+                              ensure_ascii=False)
+        return encoder if "".join(encoder(probe, 0)) == expected else None
+    except TypeError:  # another interpreter's signature: use dumps
+        return None
+
+
+def _no_default(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_C_ENCODER = _c_encoder()
 
 
 def link(prev_hash: str, payload: Any) -> str:
