@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from consentauthz.authoring.lint import has_errors, lint
+from consentauthz.authoring import load_suites
+from consentauthz.authoring.lint import Finding, _needs, has_errors, lint, lint_compiled
+from consentauthz.engine import ALWAYS, CompiledPolicy
+from consentauthz.policy import load_policy_set
 from tests.conftest import POLICIES
 
 
@@ -94,3 +99,75 @@ def test_load_errors_are_findings_with_file_and_line(pack: Path) -> None:
 def test_broken_test_suite_is_an_error(pack: Path) -> None:
     (pack / "tests" / "broken_test.yaml").write_text("cases: [oops\n")
     assert any("broken_test.yaml" in m for m in messages(pack))
+
+
+# -- the reachability sweep, against the exhaustive one it replaces ---------------------
+
+def _reachability_by_brute_force(compiled: CompiledPolicy) -> dict[int, str]:
+    """Rule position -> "decides", "never matches" or the blocker's position, from
+    `compiled.candidates` for one jurisdiction of each kind and every purpose and
+    category (as `policy lint` did before it grouped purposes and categories)."""
+    rule_regimes = {r.regime for r in compiled.rules}
+    kinds: dict[frozenset[str], str] = {}
+    for token in sorted(compiled.jurisdictions):
+        kinds.setdefault(frozenset(c for c in compiled.regime_closure(token)
+                                   if c in rule_regimes), token)
+    position = {id(r): i for i, r in enumerate(compiled.rules)}
+    tax = compiled.policy.taxonomy
+    verdict: dict[int, str] = {}
+    counts: dict[int, Counter[int]] = {}
+    for token in kinds.values():
+        for purpose in tax.purposes:
+            for category in tax.categories:
+                candidates = compiled.candidates(token, purpose, category)
+                for pos, rule in enumerate(candidates):
+                    need = _needs(rule)
+                    blocker = next((a for a in candidates[:pos]
+                                    if a.when == ALWAYS or a.when in need), None)
+                    if blocker is None:
+                        verdict[position[id(rule)]] = "decides"
+                    else:
+                        counts.setdefault(position[id(rule)], Counter())[
+                            position[id(blocker)]] += 1
+    for i in range(len(compiled.rules)):
+        if i not in verdict:
+            verdict[i] = (str(min(counts[i], key=lambda b: (-counts[i][b], b)))
+                          if i in counts else "never matches")
+    return verdict
+
+
+def _verdicts(findings: list[Finding], compiled: CompiledPolicy) -> dict[int, str]:
+    where = {f"{r.source.file}:{r.source.line}": i for i, r in enumerate(compiled.rules)}
+    verdict = {i: "decides" for i in range(len(compiled.rules))}
+    for f in findings:
+        if f.where not in where:
+            continue
+        if "can never match" in f.message:
+            verdict[where[f.where]] = "never matches"
+        else:
+            blocker = f.message.split(" by ", 1)[1].split(" ", 1)[0]
+            verdict[where[f.where]] = str(where[blocker])
+    return verdict
+
+
+EXTRA_RULES = [
+    "p, 605, gdpr, marketing.communications.sms, *, consent, deny, NO_CONSENT,",
+    "p, 611, gdpr, gdpr_consent_required, *, consent, deny, NO_CONSENT,",
+    "p, 700, gdpr, marketing.communications.email, *, consent, allow, CONSENT_GIVEN, consent",
+    "p, 615, gdpr, marketing, *, explicit_consent, allow, CONSENT_GIVEN, explicit_consent",
+    "p, 5, gdpr, analytics, user.contact, always, deny, NO_CONSENT,",
+    "p, 650, lgpd_like, marketing, *, consent, allow, CONSENT_GIVEN, consent",
+    "p, 1, ccpa, *, user.contact.email, gpc, deny, GPC_OPT_OUT,",
+]
+
+
+@pytest.mark.parametrize("extra", [(), EXTRA_RULES[:2], EXTRA_RULES[2:5], EXTRA_RULES])
+def test_reachability_equals_the_exhaustive_sweep(pack: Path, extra: Sequence[str]) -> None:
+    append(pack, "regimes.csv", "g, lgpd_like, gdpr")
+    for rule in extra:
+        append(pack, "gdpr.csv", rule)
+    compiled = CompiledPolicy(load_policy_set(pack))
+    found = lint_compiled(compiled, load_suites(pack))
+    assert compiled._candidates == {}  # the sweep leaves the decision memo alone
+    assert _verdicts(found, compiled) == _reachability_by_brute_force(compiled)
+    assert sorted(found) == lint(pack)  # the gate's entry point and `policy lint` agree

@@ -7,10 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consentauthz.app import compile_policy
 from consentauthz.engine import UNKNOWN_JURISDICTION, CompiledPolicy
 from consentauthz.errors import PolicyError
+from consentauthz.policy.loader import _split_bracketed, split_policy_line
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -318,3 +321,20 @@ def test_nested_declared_class_is_accepted(pack: Path) -> None:
 def test_non_ascii_digit_priority(pack: Path) -> None:
     line = edit(pack, "ccpa.csv", "p, 900,", "p, \u00b2900,")
     assert_problem(problems_of(pack), f"ccpa.csv:{line}", "priority")
+
+
+@settings(max_examples=2_000, deadline=None, database=None, derandomize=True)
+@given(st.text(alphabet="pg2, ab.*_[]()#", min_size=1, max_size=40))
+def test_split_policy_line_is_pycasbins_walk(line: str) -> None:
+    # The fast path (no brackets) must split exactly as the character walk does.
+    try:
+        expected = _split_bracketed(line)
+    except IndexError:  # the walk (like pycasbin's) fails on a leading bracket
+        return
+    assert split_policy_line(line) == expected
+
+
+def test_repeated_tokens_are_stored_once() -> None:
+    policy = compile_policy(POLICIES).policy
+    regimes = [line.fields[1] for line in policy.rules if line.fields[1] == "gdpr"]
+    assert len(regimes) > 1 and all(r is regimes[0] for r in regimes)

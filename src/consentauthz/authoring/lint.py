@@ -9,6 +9,7 @@ test suites that do not parse. Every finding carries `file:line`.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,44 +62,95 @@ def _needs(rule: Rule) -> frozenset[str]:
     return _IMPLIES.get(rule.when, frozenset({rule.when}))
 
 
+def _kinds(keys: Iterable[str], closure: Callable[[str], tuple[str, ...]],
+           named: Set[str]) -> Counter[tuple[str, ...]]:
+    """Keys that reach the same rule keys behave alike: each kind, with how many keys."""
+    return Counter(tuple(sorted(k for k in closure(key) if k in named)) for key in keys)
+
+
+def _candidate_lists(compiled: CompiledPolicy) -> Counter[tuple[int, ...]]:
+    """Every distinct candidate list `compiled.candidates` can give, with how many
+    (jurisdiction kind, purpose, category) requests give it.
+
+    Equivalent to calling `candidates` for one jurisdiction of each kind and every
+    purpose and category of the taxonomy, without the cost (or the memo entries) of
+    doing so: purposes and categories are grouped into kinds like jurisdictions, and the
+    categories that reach no rule of their own share the list of the `*` rules."""
+    rules = compiled.rules
+    rule_regimes = {r.regime for r in rules}
+    rule_purposes = {r.purpose for r in rules} - {"*"}
+    rule_categories = {r.category for r in rules} - {"*"}
+    regime_kinds: dict[frozenset[str], str] = {}
+    for token in sorted(compiled.jurisdictions):
+        closure = compiled.regime_closure(token)
+        regime_kinds.setdefault(frozenset(c for c in closure if c in rule_regimes), token)
+    tax = compiled.policy.taxonomy
+    purpose_kinds = _kinds(tax.purposes, compiled.purpose_closure, rule_purposes)
+    category_kinds = _kinds(tax.categories, compiled.category_closure, rule_categories)
+    all_categories = sum(category_kinds.values())
+    kinds_with: dict[str, list[tuple[str, ...]]] = {}
+    for kind in category_kinds:
+        for category in kind:
+            kinds_with.setdefault(category, []).append(kind)
+    # (regime, purpose) -> category -> positions, from the engine's own index
+    by_pair: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for (regime, purpose, category), positions in compiled.rules_by_triple().items():
+        by_pair.setdefault((regime, purpose), {}).setdefault(category, []).extend(positions)
+
+    lists: Counter[tuple[int, ...]] = Counter()
+    for token in regime_kinds.values():
+        regimes = compiled.regime_closure(token)
+        for purpose_kind, purposes in purpose_kinds.items():
+            reached: dict[str, list[int]] = {}
+            for regime in regimes:
+                for purpose in (*purpose_kind, "*"):
+                    for category, positions in by_pair.get((regime, purpose), {}).items():
+                        reached.setdefault(category, []).extend(positions)
+            star = reached.pop("*", [])
+            own = {kind for category in reached for kind in kinds_with.get(category, ())}
+            others = all_categories - sum(category_kinds[kind] for kind in own)
+            if others:
+                lists[tuple(sorted(star))] += purposes * others
+            for kind in own:
+                positions = star + [i for c in kind for i in reached.get(c, ())]
+                lists[tuple(sorted(positions))] += purposes * category_kinds[kind]
+    return lists
+
+
 def _reachability(compiled: CompiledPolicy) -> list[Finding]:
     """For every rule, is there any request for which it is the first match?
 
     A rule decides for (jurisdiction, purpose, category) with the facts it needs unless an
     earlier candidate matches those facts too. Jurisdictions that reach the same rule
-    regimes behave alike, so one of each kind is enough.
+    regimes behave alike, so one of each kind is enough. A blocker is reported by how
+    many requests it blocks the rule for (the earlier rule on a tie).
     """
-    rule_regimes = {r.regime for r in compiled.rules}
-    kinds: dict[frozenset[str], str] = {}
-    for token in sorted(compiled.jurisdictions):
-        closure = compiled._regime_closure.get(token, (token,))
-        kinds.setdefault(frozenset(c for c in closure if c in rule_regimes), token)
-    tax = compiled.policy.taxonomy
+    rules = compiled.rules
     seen: set[int] = set()
     decides: set[int] = set()
     blockers: dict[int, Counter[int]] = {}
-    by_index = {r.index: r for r in compiled.rules}
-    for token in kinds.values():
-        for purpose in tax.purposes:
-            for category in tax.categories:
-                candidates = compiled.candidates(token, purpose, category)
-                for pos, rule in enumerate(candidates):
-                    seen.add(rule.index)
-                    need = _needs(rule)
-                    blocker = next((a for a in candidates[:pos]
-                                    if a.when == ALWAYS or a.when in need), None)
-                    if blocker is None:
-                        decides.add(rule.index)
-                    else:
-                        blockers.setdefault(rule.index, Counter())[blocker.index] += 1
+    for positions, requests in _candidate_lists(compiled).items():
+        # the first earlier candidate with each `when`: a blocker is the first of those
+        # whose `when` is always or one the rule needs
+        first: dict[str, int] = {}
+        for pos in positions:
+            rule = rules[pos]
+            seen.add(pos)
+            found = [first[w] for w in (ALWAYS, *_needs(rule)) if w in first]
+            if found:
+                blockers.setdefault(pos, Counter())[min(found)] += requests
+            else:
+                decides.add(pos)
+            first.setdefault(rule.when, pos)
     out = []
-    for rule in compiled.rules:
+    for pos, rule in enumerate(rules):
         where = f"{rule.source.file}:{rule.source.line}"
-        if rule.index not in seen:
+        if pos not in seen:
             out.append(Finding(where, "error", "rule can never match: no jurisdiction reaches "
                                f"regime {rule.regime!r} with this purpose and category"))
-        elif rule.index not in decides:
-            blocker = by_index[blockers[rule.index].most_common(1)[0][0]]
+        elif pos not in decides:
+            counts = blockers[pos]
+            blocker = rules[min(counts, key=lambda b: (-counts[b], b))]
             kind = ("contradicted" if blocker.effect is not rule.effect
                     and blocker.when == rule.when else "shadowed")
             out.append(Finding(where, "error", f"rule never decides: {kind} by "
@@ -128,11 +180,19 @@ def lint(directory: Path) -> list[Finding]:
         compiled = CompiledPolicy(load_policy_set(directory))
     except PolicyError as exc:
         return sorted(_split(p) for p in exc.problems)
-    findings = _jurisdictions(compiled) + _reachability(compiled)
     try:
         suites = load_suites(directory)
     except PolicyError as exc:
-        findings += [_split(p) for p in exc.problems]
+        return lint_compiled(compiled, exc)
+    return lint_compiled(compiled, suites)
+
+
+def lint_compiled(compiled: CompiledPolicy, suites: list[Suite] | PolicyError) -> list[Finding]:
+    """`lint` on a pack already compiled, with its suites already loaded (or why they did
+    not load): what the hot-reload gate runs, without loading the pack a second time."""
+    findings = _jurisdictions(compiled) + _reachability(compiled)
+    if isinstance(suites, PolicyError):
+        findings += [_split(p) for p in suites.problems]
     else:
         findings += _regimes_without_tests(compiled, suites)
     return sorted(findings)

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from datetime import datetime
+from types import MappingProxyType
 
 from casbin.model import Model
 
 from ..domain import CheckRequest, Decision, Effect, LegalBasis, MatchedRule, Reason, SubjectState
 from ..errors import PolicyError
-from ..policy import Hierarchy, PolicyLine, PolicySet
+from ..policy import Hierarchy, PolicyLine, PolicySet, paused_gc
 from .facts import ALWAYS, FACTS, Facts, derive_facts
 
 CANONICAL_MODEL = """\
@@ -106,6 +107,10 @@ class CompiledPolicy:
     """An immutable, validated policy ready to decide. Thread-safe."""
 
     def __init__(self, policy: PolicySet) -> None:
+        with paused_gc():  # see policy.paused_gc: compiling allocates per rule, no cycles
+            self._compile(policy)
+
+    def _compile(self, policy: PolicySet) -> None:
         self.policy = policy
         self.version = policy.version
         problems: list[str] = []
@@ -211,48 +216,82 @@ class CompiledPolicy:
                category_classes: set[str], regimes: set[str],
                problems: list[str]) -> list[Rule]:
         tax = self.policy.taxonomy
+        # Looked up once, not per line: a large pack has hundreds of thousands of lines.
+        known_regimes = regimes | self._regime_closure.keys()
+        purposes = tax.purposes.parents.keys() | purpose_classes | {"*"}
+        categories = tax.categories.parents.keys() | category_classes | {"*"}
+        whens = FACTS.keys() | {ALWAYS}
+        reasons = {name: Reason(name) for name in Reason.__members__}
+        bases = frozenset(b.value for b in LegalBasis)
+        effects = {"allow": Effect.ALLOW, "deny": Effect.DENY}
         out: list[Rule] = []
         for index, line in enumerate(lines):
-            where = f"{line.file}:{line.line}"
-            if line.ptype != "p":
-                problems.append(f"{where}: unknown rule type {line.ptype!r}")
-                continue
-            if len(line.fields) != 8:
-                problems.append(f"{where}: a rule has 8 fields (priority, regime, purpose, "
-                                f"category, when, eft, reason, basis), found {len(line.fields)}")
-                continue
-            prio, regime, purpose, category, when, eft, reason, basis = line.fields
-            bad = len(problems)
-            if not (prio.isascii() and prio.isdigit()):
-                problems.append(f"{where}: priority {prio!r} must be a whole number")
-            if regime not in regimes and regime not in self._regime_closure:
-                problems.append(f"{where}: unknown regime {regime!r}")
-            if purpose != "*" and purpose not in tax.purposes and purpose not in purpose_classes:
-                problems.append(f"{where}: unknown purpose {purpose!r}")
-            if (category != "*" and category not in tax.categories
-                    and category not in category_classes):
-                problems.append(f"{where}: unknown data category {category!r}")
-            if when != ALWAYS and when not in FACTS:
-                problems.append(f"{where}: unknown fact {when!r} (known: always, "
-                                f"{', '.join(sorted(FACTS))})")
-            if eft not in ("allow", "deny"):
-                problems.append(f"{where}: eft must be allow or deny, not {eft!r}")
-            if reason not in Reason.__members__:
-                problems.append(f"{where}: unknown reason code {reason!r}")
-            if eft == "allow" and basis not in {b.value for b in LegalBasis}:
-                problems.append(f"{where}: an allow rule must name its legal basis "
-                                f"({', '.join(b.value for b in LegalBasis)})")
-            if eft == "deny" and basis:
-                problems.append(f"{where}: a deny rule has no legal basis")
-            if len(problems) > bad:
-                continue
-            out.append(Rule(
-                index=index, priority=int(prio), regime=regime, purpose=purpose,
-                category=category, when=when,
-                effect=Effect.ALLOW if eft == "allow" else Effect.DENY,
-                reason=Reason(reason), basis=basis,
-                source=MatchedRule(line.file, line.line, line.text), fields=line.fields))
+            fields = line.fields
+            if line.ptype == "p" and len(fields) == 8:
+                prio, regime, purpose, category, when, eft, reason, basis = fields
+                if (prio.isascii() and prio.isdigit() and regime in known_regimes
+                        and purpose in purposes and category in categories and when in whens
+                        and reason in reasons
+                        and (basis in bases if eft == "allow" else eft == "deny" and not basis)):
+                    out.append(Rule(
+                        index=index, priority=int(prio), regime=regime, purpose=purpose,
+                        category=category, when=when, effect=effects[eft],
+                        reason=reasons[reason], basis=basis,
+                        source=MatchedRule(line.file, line.line, line.text), fields=fields))
+                    continue
+            self._rule_problems(line, known_regimes, purposes, categories, problems)
         return out
+
+    @staticmethod
+    def _rule_problems(line: PolicyLine, regimes: Set[str], purposes: Set[str],
+                       categories: Set[str], problems: list[str]) -> None:
+        """Everything wrong with a rule line that did not compile."""
+        where = f"{line.file}:{line.line}"
+        if line.ptype != "p":
+            problems.append(f"{where}: unknown rule type {line.ptype!r}")
+            return
+        if len(line.fields) != 8:
+            problems.append(f"{where}: a rule has 8 fields (priority, regime, purpose, "
+                            f"category, when, eft, reason, basis), found {len(line.fields)}")
+            return
+        prio, regime, purpose, category, when, eft, reason, basis = line.fields
+        if not (prio.isascii() and prio.isdigit()):
+            problems.append(f"{where}: priority {prio!r} must be a whole number")
+        if regime not in regimes:
+            problems.append(f"{where}: unknown regime {regime!r}")
+        if purpose not in purposes:
+            problems.append(f"{where}: unknown purpose {purpose!r}")
+        if category not in categories:
+            problems.append(f"{where}: unknown data category {category!r}")
+        if when != ALWAYS and when not in FACTS:
+            problems.append(f"{where}: unknown fact {when!r} (known: always, "
+                            f"{', '.join(sorted(FACTS))})")
+        if eft not in ("allow", "deny"):
+            problems.append(f"{where}: eft must be allow or deny, not {eft!r}")
+        if reason not in Reason.__members__:
+            problems.append(f"{where}: unknown reason code {reason!r}")
+        if eft == "allow" and basis not in {b.value for b in LegalBasis}:
+            problems.append(f"{where}: an allow rule must name its legal basis "
+                            f"({', '.join(b.value for b in LegalBasis)})")
+        if eft == "deny" and basis:
+            problems.append(f"{where}: a deny rule has no legal basis")
+
+    # -- the index, for authoring tools ------------------------------------------------
+
+    def regime_closure(self, token: str) -> tuple[str, ...]:
+        """Every regime (and the token itself) a jurisdiction token reaches."""
+        return self._regime_closure.get(token, (token,))
+
+    def purpose_closure(self, purpose: str) -> tuple[str, ...]:
+        """Every key and class a purpose reaches (itself, its ancestors, their classes)."""
+        return self._purpose_closure.get(purpose, (purpose,))
+
+    def category_closure(self, category: str) -> tuple[str, ...]:
+        return self._category_closure.get(category, (category,))
+
+    def rules_by_triple(self) -> Mapping[tuple[str, str, str], Sequence[int]]:
+        """(regime, purpose, category) as written -> positions in `rules`, in order."""
+        return MappingProxyType(self._by_triple)
 
     # -- deciding ---------------------------------------------------------------------
 

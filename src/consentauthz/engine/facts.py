@@ -56,14 +56,6 @@ def age_on(birth: date, today: date) -> int:
     return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
 
 
-def _applies(ev: ConsentEvent, purpose: str, category: str, taxonomy: Taxonomy) -> bool:
-    if ev.purpose and not taxonomy.purposes.covers(ev.purpose, purpose):
-        return False
-    return not ev.data_categories or any(
-        taxonomy.categories.covers(c, category) for c in ev.data_categories
-    )
-
-
 def _describe(ev: ConsentEvent) -> str:
     scope = ev.purpose or "all purposes"
     cats = ", ".join(ev.data_categories) or "all categories"
@@ -95,6 +87,10 @@ def derive_facts(
         if ev is not None:
             records[token] = (ev.record_id,)
 
+    # A record applies when its purpose (if any) and one of its categories (if any) cover
+    # the decided ones; their lineages are looked up once, not per record.
+    purpose_lineage = taxonomy.purposes.lineage_or_empty(purpose)
+    category_lineage = taxonomy.categories.lineage_or_empty(category)
     birth = state.profile.birth_date
     age = age_on(birth, now.date()) if birth is not None else None
     if state.profile.erased_at is not None:
@@ -107,10 +103,14 @@ def derive_facts(
     sale: ConsentEvent | None = None
     limited: ConsentEvent | None = None
     for ev in state.events:  # ledger order
-        if not _applies(ev, purpose, category, taxonomy):
+        if ev.purpose and ev.purpose not in purpose_lineage:
             continue
-        if ev.action in _CONSENT_CHANNEL:
-            if ev.action is ConsentAction.GRANT and not ev.method.is_valid_consent:
+        if ev.data_categories and not any(
+                c in category_lineage for c in ev.data_categories):
+            continue
+        action = ev.action
+        if action in _CONSENT_CHANNEL:
+            if action is ConsentAction.GRANT and not ev.method.is_valid_consent:
                 # Kept as evidence; never consent, never overrides a real choice.
                 if consent is None:
                     invalid = ev
@@ -118,13 +118,13 @@ def derive_facts(
                     notes.append(f"{_describe(ev)} is not valid consent (pre-ticked or implied)")
                 continue
             consent, invalid = ev, None
-        elif ev.action in _SALE_CHANNEL:
-            if ev.action is ConsentAction.OPT_IN_TO_SALE and not ev.method.is_valid_consent:
+        elif action in _SALE_CHANNEL:
+            if action is ConsentAction.OPT_IN_TO_SALE and not ev.method.is_valid_consent:
                 if explain:
                     notes.append(f"{_describe(ev)} is not a valid opt-in (pre-ticked or implied)")
                 continue
             sale = ev
-        elif ev.action is ConsentAction.LIMIT_SENSITIVE:
+        elif action is ConsentAction.LIMIT_SENSITIVE:
             limited = ev
 
     if consent is None and invalid is None:

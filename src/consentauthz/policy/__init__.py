@@ -1,6 +1,6 @@
 """Policy packs: load and validate model, rules, settings and taxonomy into a PolicySet."""
 
-from .loader import PolicyLine, PolicySet, load_policy_set, split_policy_line
+from .loader import PolicyLine, PolicySet, load_policy_set, paused_gc, split_policy_line
 from .settings import PolicySettings
 from .store import PolicyStore
 from .taxonomy import Hierarchy, Taxonomy
@@ -13,5 +13,6 @@ __all__ = [
     "PolicyStore",
     "Taxonomy",
     "load_policy_set",
+    "paused_gc",
     "split_policy_line",
 ]

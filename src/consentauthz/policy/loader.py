@@ -6,8 +6,12 @@ What the rules mean is the engine's business (engine.compile validates it).
 
 from __future__ import annotations
 
+import gc
 import hashlib
-from collections.abc import Mapping
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -52,8 +56,20 @@ class PolicySet:
     source: str
 
 
+_BRACKETS = re.compile(r"[\[\]()]")
+
+
 def split_policy_line(line: str) -> list[str]:
     """Split a CSV policy line exactly as pycasbin's load_policy_line does."""
+    if line[:1] not in ("", ",") and _BRACKETS.search(line) is None:
+        # Without brackets (nearly every line) pycasbin's walk is a plain split; only a
+        # leading comma differs (the walk drops the empty first token).
+        return [t.strip() for t in line.split(",")]
+    return _split_bracketed(line)
+
+
+def _split_bracketed(line: str) -> list[str]:
+    """pycasbin's character walk: commas inside [...] or (...) do not split."""
     stack: list[str] = []
     tokens: list[str] = []
     for c in line:
@@ -90,7 +106,30 @@ def version_of(files: Mapping[str, bytes], fideslang_version: str) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a policy is built.
+
+    Loading and compiling a large pack allocates about ten objects per rule line and none
+    of them in cycles; the collector, triggered every few hundred allocations, would scan
+    the ever-growing young heap again and again (a third of the time at 100,000 rules).
+    Reference counting still frees everything as usual."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def load_policy_set(root: Path) -> PolicySet:
+    with paused_gc():
+        return _load_policy_set(root)
+
+
+def _load_policy_set(root: Path) -> PolicySet:
     root = root.resolve()
     if not (root / MODEL_FILE).is_file():
         raise PolicyError([f"{root}: no {MODEL_FILE} (is this a policy directory?)"])
@@ -124,13 +163,16 @@ def load_policy_set(root: Path) -> PolicySet:
 
     rules: list[PolicyLine] = []
     groupings: list[PolicyLine] = []
+    intern = sys.intern
     for path in _policy_files(root):
         rel = path.relative_to(root).as_posix()
         for lineno, raw in enumerate(read(rel).splitlines(), start=1):
             text = raw.strip()
             if not text or text.startswith("#"):
                 continue
-            tokens = split_policy_line(text)
+            # Interned: a large pack repeats a few hundred names (regimes, keys, facts,
+            # reasons) hundreds of thousands of times; one copy each keeps it small.
+            tokens = [intern(t) for t in split_policy_line(text)]
             ptype = tokens[0]
             line = PolicyLine(rel, lineno, ptype, tuple(tokens[1:]), text)
             if ptype.startswith("p"):

@@ -57,6 +57,10 @@ class Hierarchy:
         """The key, its parent, its grandparent, ... up to the root."""
         return self._lineage[key]
 
+    def lineage_or_empty(self, key: str) -> tuple[str, ...]:
+        """As `lineage`, and () for a key not in the hierarchy (which nothing covers)."""
+        return self._lineage.get(key, ())
+
     def subtree(self, key: str) -> tuple[str, ...]:
         """The key and every key below it (itself first)."""
         return self._subtree.get(key, (key,))
