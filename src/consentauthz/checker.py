@@ -92,8 +92,8 @@ class Checker:
         results: list[ItemResult | None] = [None] * len(requests)
         pending: list[tuple[int, CheckOutcome]] = []
         # One engine span for the call, however many items: a span per item would cost
-        # more than deciding it. Each item's log entry names this span, so it is opened
-        # even when not recorded (its ids are real either way).
+        # more than deciding it. Each item's log entry names this span (so it is opened
+        # even when it is not recorded).
         with tracer().start_as_current_span("engine.Check") as span:
             trace_id, span_id = current_ids()
             started = time.perf_counter()

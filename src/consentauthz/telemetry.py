@@ -17,7 +17,6 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Span
 
 INSTRUMENTATION = "consentauthz"
@@ -54,20 +53,19 @@ def tracer() -> trace.Tracer:
 
 
 def setup_tracing(service_name: str, otlp: bool,
-                  extra_processors: tuple[SpanProcessor, ...] = ()) -> TracerProvider:
-    """Install an SDK tracer provider so spans (and the trace ids in the decision log) are
-    real. OTLP export is switched on by the standard OTEL_EXPORTER_OTLP_* variables, and
-    sampling then follows the standard OTEL_TRACES_SAMPLER(_ARG) variables (default:
-    parent-based, always on).
+                  extra_processors: tuple[SpanProcessor, ...] = ()) -> TracerProvider | None:
+    """Install an SDK tracer provider, so spans are recorded and exported. OTLP export is
+    switched on by the standard OTEL_EXPORTER_OTLP_* variables, and sampling then follows
+    the standard OTEL_TRACES_SAMPLER(_ARG) variables (default: parent-based, always on).
 
-    With nothing to receive spans (no exporter, no processor), no span is recorded: each
-    still gets real trace and span ids (continuing the caller's trace when it sent one),
-    so decision-log entries stay linked to the caller's trace, but attributes and events
-    are not collected for nobody. A recorded span costs about three times an unrecorded
-    one, and a Check opens two or three (docs/performance.md)."""
-    receivers = otlp or bool(extra_processors)
-    provider = TracerProvider(resource=_resource(service_name),
-                              sampler=None if receivers else ALWAYS_OFF)
+    With nothing to receive spans (no exporter, no processor) no SDK is installed: spans
+    are the API's no-op ones, which cost a few microseconds where an SDK span, recorded or
+    not, costs tens (docs/performance.md), and nobody would ever see them. A decision
+    then still carries the caller's trace and span ids when the caller sent a trace
+    context (W3C traceparent), and none otherwise: there is no trace of ours to link."""
+    if not otlp and not extra_processors:
+        return None
+    provider = TracerProvider(resource=_resource(service_name))
     if otlp:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
