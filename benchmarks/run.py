@@ -74,6 +74,8 @@ class Plan:
     scale_seconds: float = 2.0
     scale_subjects: int = 1_000
     scale_generators: int = 2
+    #: calls per variant for the 1-client tracing comparison
+    log_one_calls: int = 2_000
 
 
 FULL = Plan(False, (100, 1_000, 10_000, 100_000),
@@ -84,7 +86,7 @@ QUICK = Plan(True, (100, 1_000, 10_000),
              {"shipped": 100, "100": 100, "1000": 30, "10000": 3},
              1_000, 1_000, (10_000, 50_000), 4, 250, 3, 0.75, 300, 2, 100, 1.5, 5,
              2, 0.75, 2.0, warm_subjects=500, scale_rounds=2, scale_seconds=1.0,
-             scale_subjects=300)
+             scale_subjects=300, log_one_calls=300)
 
 
 def log(msg: str) -> None:
@@ -558,11 +560,12 @@ def run_log_variants(plan: Plan, res: Results, ledger: str, redis_url: str) -> N
     made: dict[str, int] = {}
     warm = list(range(plan.warm_subjects))
     try:
-        for kind in ("memory", "sqlite", "sqlite-fsync"):
+        for kind in ("memory", "sqlite", "sqlite-fsync", "traced"):
             data = WORK / f"data-log-{kind}"
             shutil.rmtree(data, ignore_errors=True)
-            servers[kind] = start_variant(f"log-{kind}", data, kind, ledger=ledger,
-                                          redis_url=redis_url)
+            servers[kind] = start_variant(
+                f"log-{kind}", data, "sqlite" if kind == "traced" else kind, ledger=ledger,
+                redis_url=redis_url, tracing="exported" if kind == "traced" else "default")
             stubs[kind] = Stubs.open(servers[kind].target, plan.clients)
             made[kind] = warm_up(stubs[kind], warm, plan.clients)
         reqs = load.check_requests(warm, 4_000)
@@ -573,6 +576,8 @@ def run_log_variants(plan: Plan, res: Results, ledger: str, redis_url: str) -> N
             for kind in servers})
         for kind, run in runs.items():
             made[kind] += run.calls
+        one = load.alternate({kind: (stubs[kind].check[0], reqs) for kind in ("sqlite", "traced")},
+                             plan.log_one_calls)
     finally:
         for s in stubs.values():
             s.close()
@@ -583,7 +588,7 @@ def run_log_variants(plan: Plan, res: Results, ledger: str, redis_url: str) -> N
         line = next((ln for ln in server.output if ln.startswith("variant-stats ")), "")
         stats[kind] = json.loads(line.split(" ", 1)[1]) if line else {}
     res.raw["log"] = {"runs": {k: _summary(v) for k, v in runs.items()}, "stats": stats,
-                      "answered": made}
+                      "answered": made, "one": {k: _summary(v) for k, v in one.items()}}
     off = runs["memory"]
     for kind, label in (("sqlite", "SQLite, no fsync (the default)"),
                         ("sqlite-fsync", "SQLite + fsync (durable)")):
@@ -601,6 +606,20 @@ def run_log_variants(plan: Plan, res: Results, ledger: str, redis_url: str) -> N
             "≤ 15% cost, zero drops" if durable else "",
             met(cost <= 0.15 and complete) if durable else
             ("" if complete else "**entries missing**")))
+    base, traced = runs["sqlite"], runs["traced"]
+    spans = stats.get("traced", {}).get("spans")
+    res.rows.append(Row(
+        "Tracing", f"every span recorded and exported (OTLP encoding, 100% sampled), "
+        f"{plan.clients} clients",
+        f"{rate(traced.rate)}, p99 {ms(traced.p99)}"
+        + (f"; {spans:,} spans exported" if spans is not None else ""),
+        f"no OTLP endpoint (the default: no spans) {rate(base.rate)}",
+        f"-{100 * (1 - traced.rate / base.rate):.0f}%", "", ""))
+    res.rows.append(Row(
+        "Tracing", "every span recorded and exported, 1 client, p50",
+        f"{ms(one['traced'].p50)} (p99 {ms(one['traced'].p99)})",
+        f"no spans {ms(one['sqlite'].p50)} (p99 {ms(one['sqlite'].p99)})",
+        f"+{1e3 * (one['traced'].p50 - one['sqlite'].p50):.0f} µs", "", ""))
 
 
 def run_scaling(plan: Plan, res: Results, ledger: str, redis_url: str) -> None:

@@ -198,8 +198,11 @@ def start_noop(workers: int = 16) -> Server:
 
 
 def start_variant(name: str, data_dir: Path, log: str, *, ledger: str, redis_url: str,
-                  timeout: float = 120) -> Server:
-    """benchmarks/variant_server.py: the same App, with the decision log `log`."""
+                  tracing: str = "default", timeout: float = 120) -> Server:
+    """benchmarks/variant_server.py: the same App, with the decision log `log` and
+    tracing `tracing` (default: as serve, no spans; exported: every span recorded and
+    encoded for OTLP)."""
     return _spawn(name, [sys.executable, "-m", "benchmarks.variant_server", "--data-dir",
                          str(data_dir), "--log", log, "--ledger", ledger, "--redis-url",
-                         redis_url], server_env(), timeout, pattern=r"serving on port (\d+)")
+                         redis_url, "--tracing", tracing], server_env(), timeout,
+                  pattern=r"serving on port (\d+)")

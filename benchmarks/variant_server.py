@@ -8,8 +8,12 @@ log. Logs:
 - sqlite:       the default: QueuedDecisionLog over SqliteDecisionLog, no fsync
 - sqlite-fsync: as `serve --decision-log-fsync` (durable: fsync on every group commit)
 
-Tracing and metrics are set up as `serve` sets them up (cli.py cmd_serve). On SIGTERM it
-prints `variant-stats {...}`: decisions logged and dropped, read from the log itself.
+Tracing and metrics are set up as `serve` sets them up (cli.py cmd_serve): with no OTLP
+endpoint, no spans. `--tracing exported` records every span and exports it as OTLP does
+(BatchSpanProcessor, spans encoded to OTLP protobuf), except that the bytes go nowhere
+instead of to a collector: the cost a server pays with tracing on and sampling at 100%.
+On SIGTERM it prints `variant-stats {...}`: decisions logged and dropped, read from the
+log itself, and spans exported.
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from consentauthz.app import App, utc_now
 from consentauthz.checker import Checker
@@ -29,16 +38,31 @@ from consentauthz.server import GrpcServer
 from consentauthz.telemetry import setup_metrics, setup_tracing
 
 
+class EncodingExporter(SpanExporter):
+    """OTLP's work up to the wire: encode each batch to protobuf bytes, then drop them."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        encode_spans(spans).SerializeToString()
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--log", choices=["memory", "sqlite", "sqlite-fsync"], required=True)
     parser.add_argument("--ledger", required=True)
     parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--tracing", choices=["default", "exported"], default="default")
     ns = parser.parse_args(argv)
     import os
 
-    setup_tracing("consentauthz", otlp=False)
+    exporter = EncodingExporter()
+    setup_tracing("consentauthz", otlp=False, extra_processors=(
+        (BatchSpanProcessor(exporter),) if ns.tracing == "exported" else ()))
     setup_metrics("consentauthz", prometheus=False, otlp=False)
     config = ServeConfig(
         listen="127.0.0.1:0", data_dir=Path(ns.data_dir), watch_policies=False,
@@ -69,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             reader = SqliteDecisionLog(Path(ns.data_dir) / "decisions.db", read_only=True)
             logged, dropped = reader.checkpoint().count, app.decision_log.dropped()
             reader.close()
-        print("variant-stats " + json.dumps({"logged": logged, "dropped": dropped}),
-              flush=True)
+        print("variant-stats " + json.dumps({"logged": logged, "dropped": dropped,
+                                              "spans": exporter.spans}), flush=True)
         done.set()
 
     signal.signal(signal.SIGTERM, stop)
