@@ -37,7 +37,7 @@ from .telemetry import (
     ATTR_SUBJECT,
     child_span,
     current_ids,
-    tracer,
+    open_span,
 )
 from .validation import validate_batch_size, validate_check
 
@@ -93,8 +93,8 @@ class Checker:
         pending: list[tuple[int, CheckOutcome]] = []
         # One engine span for the call, however many items: a span per item would cost
         # more than deciding it. Each item's log entry names this span (so it is opened
-        # even when it is not recorded).
-        with tracer().start_as_current_span("engine.Check") as span:
+        # even when it is not recorded, as long as spans are on at all).
+        with open_span("engine.Check") as span:
             trace_id, span_id = current_ids()
             started = time.perf_counter()
             for i, request in enumerate(requests):

@@ -18,7 +18,7 @@ from ..checker import Checker
 from ..consent import ConsentService
 from ..domain import CheckRequest, PolicyStatus
 from ..errors import ConsentAuthzError, InvalidArgument
-from ..telemetry import ATTR_CALLER, tracer
+from ..telemetry import ATTR_CALLER, open_span
 from ..v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -45,7 +45,7 @@ def rpc(context: grpc.ServicerContext, name: str) -> Iterator[str]:
     token = (otel_context.attach(propagate.extract(carrier))
              if not _propagated_fields().isdisjoint(carrier) else None)
     try:
-        with tracer().start_as_current_span(f"server.{name}") as span:
+        with open_span(f"server.{name}") as span:
             caller = caller_of(context)
             if span.is_recording():
                 span.set_attribute(ATTR_CALLER, caller)
