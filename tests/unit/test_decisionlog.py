@@ -24,6 +24,7 @@ from consentauthz.decisionlog import (
     record_to_dict,
 )
 from consentauthz.domain import DecisionQuery, DecisionRecord, Effect, Reason
+from consentauthz.errors import Unavailable
 
 GOLDEN = Path(__file__).parent / "golden" / "decision_record.json"
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -238,6 +239,25 @@ def test_query_pages_through_everything(populated: DecisionLog) -> None:
 
 
 # -- SQLite only ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 3, 2_500])  # 2,500 rows: more than one statement
+def test_sqlite_writes_an_append_all_or_nothing(tmp_path: Path, size: int) -> None:
+    dlog = SqliteDecisionLog(tmp_path / "d.db")
+    dlog.append([record("first")])
+    batch = [record(f"b{i}", i % 50) for i in range(size)]
+    stored = dlog.append(batch)
+    assert [r.sequence for r in stored] == list(range(2, size + 2))
+    assert dlog.get(f"b{size - 1}") == stored[-1]
+    # A batch whose last row cannot be written (its id is taken) leaves no row behind.
+    bad = [record(f"c{i}") for i in range(size - 1)] + [record("first")]
+    with pytest.raises(Unavailable):
+        dlog.append(bad)
+    assert dlog.get("c0") is None
+    (after,) = dlog.append([record("after")])
+    assert after.sequence == size + 2
+    assert dlog.verify().ok and dlog.verify().checked == size + 2
+    dlog.close()
 
 
 def test_sqlite_survives_reopen_and_continues_the_chain(tmp_path: Path) -> None:

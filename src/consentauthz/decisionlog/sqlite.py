@@ -19,6 +19,7 @@ A read-only log sees the segments present when it was opened.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import sqlite3
@@ -67,6 +68,18 @@ BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 _INSERT = ("INSERT INTO decisions (seq, decision_id, time, subject, purpose, data_category, "
            "decision, reason, caller, record, prev_hash, entry_hash) "
            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_COLUMNS = 12
+#: Rows per INSERT: 12,000 parameters, under SQLite's default limit of 32,766.
+_ROWS_PER_STATEMENT = 1_000
+_ROW = "(" + ", ".join("?" * _COLUMNS) + ")"
+
+
+@functools.lru_cache(maxsize=64)
+def _insert(rows: int) -> str:
+    """One INSERT of `rows` rows (cached: SQLite's statement cache is keyed by the text)."""
+    return _INSERT.removesuffix(_ROW) + ", ".join([_ROW] * rows)
+
+
 _ALL_UP_TO = ("SELECT seq, decision_id, time, subject, purpose, data_category, decision, "
               "reason, caller, record, prev_hash, entry_hash FROM decisions WHERE seq <= ? "
               "ORDER BY seq")
@@ -170,22 +183,20 @@ class SqliteDecisionLog:
             if not entries:
                 return []
             out = [r for r, _ in entries]
-            rows = [(r.sequence, r.decision_id, _iso(r.time), r.subject, r.purpose,
-                     r.data_category, r.decision.value, r.reason.value, r.caller, text,
-                     r.prev_hash, r.entry_hash)
-                    for r, text in entries]
+            values: list[object] = []
+            for r, text in entries:
+                values += (r.sequence, r.decision_id, _iso(r.time), r.subject, r.purpose,
+                           r.data_category, r.decision.value, r.reason.value, r.caller, text,
+                           r.prev_hash, r.entry_hash)
             try:
                 conn = self._writer()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(_INSERT, rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    # A failed COMMIT (busy, I/O) leaves the transaction open; every later
-                    # BEGIN would fail until it is rolled back.
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                if len(entries) <= _ROWS_PER_STATEMENT:
+                    # One statement is one transaction (all rows or none), and one call
+                    # into SQLite instead of three (BEGIN, INSERT, COMMIT): each call lets
+                    # go of the GIL and, under load, costs two thread switches.
+                    conn.execute(_insert(len(entries)), values)
+                else:
+                    self._insert_in_chunks(conn, values)
             except sqlite3.Error as exc:
                 raise Unavailable("decision log unavailable") from exc
             last = out[-1]
@@ -193,6 +204,22 @@ class SqliteDecisionLog:
                 last.sequence, last.entry_hash, last.time)
             self._maybe_seal()
             return out
+
+    @staticmethod
+    def _insert_in_chunks(conn: sqlite3.Connection, values: list[object]) -> None:
+        step = _ROWS_PER_STATEMENT * _COLUMNS
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(0, len(values), step):
+                chunk = values[i:i + step]
+                conn.execute(_insert(len(chunk) // _COLUMNS), chunk)
+            conn.execute("COMMIT")
+        except BaseException:
+            # A failed COMMIT (busy, I/O) leaves the transaction open; every later BEGIN
+            # would fail until it is rolled back.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def get(self, decision_id: str) -> DecisionRecord | None:
         with self._lock:
