@@ -91,15 +91,16 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             items: list[CheckRequest | InvalidArgument] = [
                 convert.check_request(item, f"items[{i}].")
                 for i, item in enumerate(request.items)]
-            results = []
+            # Results are added in place: a message handed to a repeated field is copied.
+            response = decision_pb2.BatchCheckResponse()
+            add = response.results.add
             # An item ahead of the ledger gets its own UNAVAILABLE; the others are answered.
             for result in self._checker.check_batch(items, caller):
                 if isinstance(result, ConsentAuthzError):
-                    results.append(decision_pb2.BatchCheckResult(error=to_status(result)))
+                    add(error=to_status(result))
                 else:
-                    results.append(decision_pb2.BatchCheckResult(
-                        response=convert.check_response(result.decision, result.record)))
-            return decision_pb2.BatchCheckResponse(results=results)
+                    add(response=convert.check_response(result.decision, result.record))
+            return response
 
 
 class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
