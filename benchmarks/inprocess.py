@@ -3,10 +3,10 @@ steps of the cold paths, each timed on its own.
 
 The Checker is the one `App` wires for `serve` (embedded SQLite ledger here; the state
 comes from the in-process cache either way once warm), measured with the decision log as
-served (QueuedDecisionLog over SQLite) and with the in-memory twin, first before any
-OpenTelemetry SDK is installed (spans are no-ops) and then with the SDK tracer and meter
-providers `serve` installs. The differences are what tracing and the durable log cost
-per decision.
+served (QueuedDecisionLog over SQLite) and with the in-memory twin, first as `serve` runs
+without an OTLP endpoint (the metrics SDK, no spans) and then with every span recorded
+and exported (as with an endpoint and 100% sampling). The differences are what tracing and
+the durable log cost per decision.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
 from consentauthz.app import App, utc_now
 from consentauthz.checker import Checker
 from consentauthz.config import ServeConfig
@@ -30,12 +32,15 @@ from consentauthz.telemetry import setup_metrics, setup_tracing, tracer
 
 from .subjects import (
     ARCHETYPES,
+    EVENTS,
     MASTER_KEY,
     PSEUDONYM_KEY,
     REQUESTS,
     Renderer,
+    first_seq,
     subject_id,
 )
+from .variant_server import EncodingExporter
 
 
 @dataclass
@@ -104,11 +109,14 @@ def bench_checker(work: Path, policies: Path, subjects: int, calls: int) -> Chec
                 res.variants[f"{label}, {name}"] = (
                     one, Timing(many.p50_us / len(batch), many.mean_us / len(batch), 3))
 
-        measure("spans no-op")
-        # What `serve` installs (cli.py cmd_serve): spans and metrics become real.
-        setup_tracing("consentauthz", otlp=False)
+        # What `serve` installs without an OTLP endpoint (cli.py cmd_serve): the metrics
+        # SDK, and no tracing SDK (no spans).
         setup_metrics("consentauthz", prometheus=False, otlp=False)
-        measure("SDK spans")
+        measure("no spans (serve without an OTLP endpoint)")
+        # With an endpoint: every span recorded, batched and encoded for OTLP.
+        setup_tracing("consentauthz", otlp=False,
+                      extra_processors=(BatchSpanProcessor(EncodingExporter()),))
+        measure("spans recorded and exported")
 
         attrs = {f"consentauthz.a{k}": "x" * 12 for k in range(14)}
 
@@ -116,7 +124,8 @@ def bench_checker(work: Path, policies: Path, subjects: int, calls: int) -> Chec
             with tracer().start_as_current_span("engine.Check") as s:
                 s.set_attributes(attrs)
 
-        res.parts["one SDK span with 14 attributes"] = _time(span, range(5000))
+        res.parts["one SDK span with 14 attributes, recorded and exported"] = _time(
+            span, range(5000))
         res.parts["tracer() lookup (get_tracer)"] = _time(lambda _: tracer(), range(5000))
         res.parts["new_id() (UUIDv7)"] = _time(lambda _: new_id(), range(5000))
         res.parts["subject_key (HMAC pseudonym)"] = _time(
@@ -155,9 +164,10 @@ def close_app(app: App) -> None:
 def bench_cold_steps(app: App, ledger_url: str, renderer: Renderer,
                      subjects: Sequence[int]) -> dict[str, Timing]:
     """The steps of a local miss, each on its own, with the servers' own Redis cache and
-    ledger: Redis read (one pipelined round trip and decoding), and for a Redis miss the
-    ledger read (the projection, then the subject's key and the sealed values opened),
-    and the Redis populate."""
+    ledger: Redis read (one round trip and decoding), and for a Redis miss the ledger read
+    (the projection with the subject's key record, the key unwrapped, the birth date
+    opened), and the Redis populate (as a call, and what a caller waits for when it is
+    handed to the cache's own thread)."""
     out: dict[str, Timing] = {}
     assert app.redis is not None
     cache = app.redis
@@ -165,16 +175,27 @@ def bench_cold_steps(app: App, ledger_url: str, renderer: Renderer,
     sealing = app.ledger
     try:
         keys = [renderer.pseudonymize(subject_id(i)) for i in subjects]
-        out["Redis read (GET head + entry, decrypt, decode)"] = _time(cache.read, keys)
-        blobs = [renderer.compact(i)[1] for i in subjects[:200]]
+        out["Redis read (MGET head + entry, decrypt, decode)"] = _time(cache.read, keys)
+        blobs = [(renderer.compact(i)[1], first_seq(i) + EVENTS) for i in subjects[:200]]
         out["state_from_bytes alone (no decryption)"] = _time(
-            lambda b: state_from_bytes(b, 1), blobs)
+            lambda bv: state_from_bytes(bv[0], 1, bv[1]), blobs)
         out["PostgresLedger.load (projection)"] = _time(plain.load, keys)
-        out["SealingLedger.load (+ subject key, unseal)"] = _time(sealing.load, keys)
-        states = [sealing.load(k) for k in keys[:200]]
+        out["SealingLedger.load (+ subject key in the same statement, unseal)"] = _time(
+            sealing.load, keys)
+        states = [sealing.load(k) for k in keys[:400]]
+        pairs = list(zip(keys, states, strict=False))
         out["Redis populate (script)"] = _time(
-            lambda kv: cache.populate(kv[0], kv[1], None, False), list(zip(keys, states,
-                                                                           strict=False)))
+            lambda kv: cache.populate(kv[0], kv[1], None, False), pairs[:200])
+        perf = time.perf_counter_ns
+        waits = []
+        for key, state in pairs[200:]:
+            t = perf()
+            cache.populate_soon(key, state, None, False)
+            waits.append(perf() - t)
+            cache.wait_populated()  # not timed: the next call starts with the thread idle
+        waits.sort()
+        out["Redis populate_soon (what the caller waits for)"] = Timing(
+            waits[len(waits) // 2] / 1e3, statistics.fmean(waits) / 1e3, len(waits))
     finally:
         plain.close()
     return out

@@ -32,7 +32,6 @@ from typing import Any
 
 import psycopg
 import redis
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg.copy import QueuedLibpqWriter
 
 from consentauthz.chain import GENESIS, canonical_json, link
@@ -52,6 +51,7 @@ from consentauthz.consent.codec import (
 )
 from consentauthz.consent.ledger import entry_payload
 from consentauthz.consent.projection import apply_event, apply_profile
+from consentauthz.consent.redis_cache import head_value
 from consentauthz.domain import (
     PERMISSION_ACTIONS,
     CollectionMethod,
@@ -71,9 +71,8 @@ ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_time
 DB_PREFIX = "cabench_"
 EVENTS = 5
 ROWS_PER_SUBJECT = EVENTS + 1  # the profile, then the events
-REDIS_PREFIX = "ca:"
 REDIS_TTL_MS = 86_400_000  # RedisStateCache's max_ttl: none of these grants has an expiry
-_GEN = "bench0"  # the Redis generation the preloaded entries belong to
+_GEN = "be9c0000"  # the Redis generation the preloaded entries belong to
 
 
 @dataclass(frozen=True)
@@ -222,15 +221,10 @@ def _build(arch: Archetype, base: datetime, subj: str, rids: list[str], seqs: li
 class Templates:
     rows: tuple[tuple[str, str, str], ...]  # (kind, body template, payload template)
     state_json: str
-    compact: str  # the Redis form's JSON, before compression
+    #: the state a reader sees (birth date opened), subject values as markers: what Redis
+    #: caches once the markers are replaced (Renderer.compact)
+    revealed: SubjectState
     birth: date | None
-
-
-def _compact_json(state: SubjectState) -> bytes:
-    import zlib
-
-    packed = state_to_bytes(state)
-    return zlib.decompress(packed[1:]) if packed[:1] == b"z" else packed[1:]
 
 
 def make_templates(base: datetime) -> list[Templates]:
@@ -246,14 +240,14 @@ def make_templates(base: datetime) -> list[Templates]:
         revealed = replace(state, profile=replace(state.profile, birth_date=birth))
         out.append(Templates(
             tuple((kind, _template(b), _template(p)) for kind, b, p in rows),
-            _template(state_json), _template(_compact_json(revealed).decode()), birth))
+            _template(state_json), revealed, birth))
     return out
 
 
 def fingerprint(templates: list[Templates]) -> str:
     digest = hashlib.sha256()
-    for t in templates:
-        digest.update(repr(t).encode())
+    for t in templates:  # the ledger's content only: Redis' layout is not in the database
+        digest.update(repr((t.rows, t.state_json, t.birth)).encode())
     return digest.hexdigest()[:10]
 
 
@@ -288,13 +282,12 @@ class Renderer:
         if sealed:
             data_key = os.urandom(32)
             wrapped = self.master.wrap(data_key, subj)
-            aes = AESGCM(data_key)
             evidence = self._evidence[i % len(self._evidence)]
             for k in self._sealed_events[i % len(ARCHETYPES)]:
-                v[_E[k]] = Sealer.seal(aes, subj, "evidence", evidence)
+                v[_E[k]] = Sealer.seal(data_key, subj, "evidence", evidence)
             birth = self.templates[i % len(ARCHETYPES)].birth
             if birth is not None:
-                v["birth"] = Sealer.seal(aes, subj, "birth_date", birth.isoformat().encode())
+                v["birth"] = Sealer.seal(data_key, subj, "birth_date", birth.isoformat().encode())
         return v, wrapped
 
     def ledger_lines(self, i: int, v: dict[str, Any], prev: str) -> tuple[str, str]:
@@ -314,14 +307,20 @@ class Renderer:
         t = self.templates[i % len(ARCHETYPES)]
         return f"{v['subj']}\t{v[_S[EVENTS]]}\t{t.state_json.format_map(v)}\n"
 
+    def state(self, i: int) -> tuple[str, SubjectState]:
+        """(pseudonym, state as a reader sees it, but for its `sequence`) of subject i,
+        without sealing anything."""
+        v, _ = self.values(i, sealed=False)
+        proto = self.templates[i % len(ARCHETYPES)].revealed
+        s0 = first_seq(i)
+        events = tuple(replace(e, record_id=v[_R[k]], sequence=s0 + k, sealed_evidence="")
+                       for k, e in enumerate(proto.events, start=1))
+        return v["subj"], replace(proto, events=events, version=s0 + EVENTS)
+
     def compact(self, i: int) -> tuple[str, bytes]:
         """(pseudonym, Redis state bytes) of subject i, as state_to_bytes makes them."""
-        import zlib
-
-        v, _ = self.values(i, sealed=False)
-        raw = self.templates[i % len(ARCHETYPES)].compact.format_map(v).encode()
-        packed = zlib.compress(raw, 6)
-        return v["subj"], (b"z" + packed if len(packed) < len(raw) else b"j" + raw)
+        subj, state = self.state(i)
+        return subj, state_to_bytes(state)
 
 
 def verify_templates(r: Renderer, taxonomy: Any) -> None:
@@ -353,8 +352,8 @@ def verify_templates(r: Renderer, taxonomy: Any) -> None:
             prev = link(prev, json.loads(payload))
         assert last == prev, "hash chain differs from chain.link"
         revealed = replace(state, profile=replace(state.profile, birth_date=t.birth))
-        assert _compact_json(revealed) == t.compact.format(**v).encode(), \
-            "Redis template differs from state_to_bytes"
+        assert r.compact(i) == (v["subj"], state_to_bytes(revealed)), \
+            "Redis state differs from what the real code projects"
         assert len(state.events) == EVENTS, "an archetype's events must all stay in effect"
 
 
@@ -485,7 +484,7 @@ def verify_loaded(url: str, r: Renderer, subjects: int) -> None:
     try:
         assert ledger.head() == subjects * ROWS_PER_SUBJECT
         for i in (0, 1, 5, 7, subjects - 1):
-            state = ledger.load(r.pseudonymize(subject_id(i)))
+            state = ledger.load(r.pseudonymize(subject_id(i)), evidence=True)
             assert len(state.events) == EVENTS and state.version == first_seq(i) + EVENTS
             assert state.profile.birth_date == r.templates[i % len(ARCHETYPES)].birth
             assert any(e.evidence for e in state.events), "evidence must open"
@@ -510,22 +509,21 @@ def populate_redis(cache: RedisStateCache, url: str, r: Renderer, lo: int, hi: i
                    head: int, skip: set[str] | frozenset[str] = frozenset(),
                    batch: int = 5_000) -> int:
     """Cache subjects [lo, hi) as a replica would after reading them from the ledger at
-    position `head`, in the layout of consent/redis_cache.py (head `<gen>:<pos>`, entries
-    `<gen>:<as of>:<version>:<state>` with the same TTL, the state sealed by the entry
-    cipher when the cache has one). `cache` must be the RedisStateCache an App built
-    (so: configured exactly as the servers'); a few entries are read back through it and
-    the load fails loudly if the server would not accept them. Returns how many were
+    position `head`, in the layout of consent/redis_cache.py (the head `head_value`
+    makes, entries `RedisStateCache.entry_value` makes, with the same TTL). `cache` must be
+    the RedisStateCache an App built (so: configured exactly as the servers'); a few
+    entries are read back through it and the load fails loudly if the server would not
+    accept them. Returns how many were
     cached (subjects written to since the bulk load are skipped)."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     # One round trip per subject through cache.populate would take minutes for a million
-    # subjects; this pipelines the same writes. The entry cipher is the cache's own.
-    cipher = getattr(cache, "_cipher", None)
+    # subjects; this pipelines the same writes, made by the cache's own code and cipher.
     client = redis.Redis.from_url(url)
     pending: Future[Any] | None = None
     cached = 0
     try:
-        client.set(REDIS_PREFIX + "head", f"{_GEN}:{head}")
+        client.set(cache.head_key, head_value(_GEN, head))
         # Rendering here while the previous pipeline is sent (the socket wait frees the GIL).
         with ThreadPoolExecutor(1) as sender:
             for start in range(lo, hi, batch):
@@ -534,12 +532,10 @@ def populate_redis(cache: RedisStateCache, url: str, r: Renderer, lo: int, hi: i
                     subj, blob = r.compact(i)
                     if subj in skip:
                         continue
-                    key = cache.entry_key(subj)
-                    if cipher is not None:
-                        blob = cipher.seal(blob, key)
                     version = first_seq(i) + EVENTS
                     cached += 1
-                    pipe.set(key, f"{_GEN}:{head}:{version}:".encode() + blob,
+                    pipe.set(cache.entry_key(subj),
+                             cache.entry_value(subj, _GEN, version, blob),
                              px=REDIS_TTL_MS)
                 if pending is not None:
                     pending.result()

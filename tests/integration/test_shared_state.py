@@ -134,6 +134,8 @@ def read(r: Replica, spans: InMemorySpanExporter, token: int = 0,
     # Under a recorded span, as in the server: consent.Get is only opened under one.
     with tracer().start_as_current_span("test.read"):
         state = r.service.state_of(r.service.subject_key(subject), token)
+    if r.redis is not None:  # a read that went to the ledger may populate Redis after it
+        assert r.redis.wait_populated()
     tiers = [s.attributes.get(ATTR_CACHE_TIER) for s in spans.get_finished_spans()
              if s.name == "consent.Get" and s.attributes is not None]
     # No consent.Get span: the local cache answered (the hot path opens none).

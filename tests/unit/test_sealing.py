@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from consentauthz.consent import (
@@ -15,11 +16,13 @@ from consentauthz.consent import (
     MemoryKeyStore,
     MemoryLedger,
     PostgresKeyStore,
+    PostgresLedger,
     Sealer,
     SealingLedger,
     SqliteKeyStore,
     parse_master_ring,
 )
+from consentauthz.consent.sealing import KeyRecord
 from consentauthz.domain import (
     CollectionMethod,
     ConsentAction,
@@ -27,6 +30,7 @@ from consentauthz.domain import (
     SubjectProfile,
 )
 from consentauthz.errors import InvalidArgument, SubjectErased, Unavailable
+from tests.pg import fresh_database
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 M1, M2 = b"\x01" * 32, b"\x02" * 32
@@ -192,3 +196,50 @@ def test_the_idempotency_hash_is_keyed_by_the_subjects_key() -> None:
     # of the evidence against it).
     with pytest.raises(InvalidArgument):
         inner.append_consent("s", event({}), plain)
+
+
+# -- PostgreSQL: the key record read with the state ---------------------------------------
+
+
+def _refuse(subject: str) -> KeyRecord | None:
+    raise AssertionError("the key store was asked separately")
+
+
+def test_on_the_ledgers_own_database_the_key_comes_with_the_state_and_erasure_holds(
+        postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = PostgresKeyStore(postgres_dsn)
+    ledger = SealingLedger(PostgresLedger(postgres_dsn), Sealer(MasterKeys([("m1", M1)]), store))
+    try:
+        ledger.append_profile("child", SubjectProfile("DE", date(2015, 1, 1)), "p1", NOW)
+        ledger.append_consent("adult", event({"ip": "192.0.2.1"}))
+        monkeypatch.setattr(store, "get", _refuse)  # one statement reads both
+        assert ledger.load("child").profile.birth_date == date(2015, 1, 1)
+        assert ledger.load("adult", evidence=True).events[0].evidence == {"ip": "192.0.2.1"}
+        assert ledger.load("nobody").events == ()
+        # EraseSubject destroyed the key, then failed before recording the erasure.
+        store.destroy("child")
+        state = ledger.load("child")
+        assert state.profile.birth_date is None and state.profile.erased_at is not None
+        # The key store lost a key: sealed values are never guessed to be absent.
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM subject_keys WHERE subject = 'adult'")
+        with pytest.raises(Unavailable):
+            ledger.load("adult")
+    finally:
+        ledger.close()
+
+
+def test_a_key_store_in_another_database_is_asked_on_its_own(
+        postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with fresh_database() as other:
+        store = PostgresKeyStore(other)
+        ledger = SealingLedger(PostgresLedger(postgres_dsn),
+                               Sealer(MasterKeys([("m1", M1)]), store))
+        try:
+            ledger.append_profile("child", SubjectProfile("DE", date(2015, 1, 1)), "p1", NOW)
+            assert ledger.load("child").profile.birth_date == date(2015, 1, 1)
+            monkeypatch.setattr(store, "get", _refuse)
+            with pytest.raises(AssertionError, match="asked separately"):
+                ledger.load("child")
+        finally:
+            ledger.close()

@@ -291,6 +291,29 @@ class PostgresLedger:
         return state_from_json(stored, head) if stored is not None else SubjectState(
             sequence=head)
 
+    def load_with_key_record(self, subject: str
+                             ) -> tuple[SubjectState, tuple[str | None, datetime | None] | None]:
+        """load(), and the subject's row of `subject_keys` (wrapped key, destroyed at; None
+        when there is none) in the same statement: one round trip, one snapshot. For
+        SealingLedger, when its key store is the PostgresKeyStore of this very database
+        (which creates that table)."""
+        with self._read_one() as conn:
+            row = conn.execute(
+                "SELECT h.head, s.state, k.subject IS NOT NULL, k.wrapped, k.destroyed_at "
+                "FROM (SELECT coalesce(max(seq), 0) AS head FROM ledger) h "
+                "LEFT JOIN subject_state s ON s.subject = %(s)s "
+                "LEFT JOIN subject_keys k ON k.subject = %(s)s", {"s": subject}).fetchone()
+        assert row is not None
+        head, stored, has_key, wrapped, destroyed_at = row
+        state = state_from_json(stored, int(head)) if stored is not None else SubjectState(
+            sequence=int(head))
+        return state, ((wrapped, destroyed_at) if has_key else None)
+
+    @property
+    def conninfo(self) -> str:
+        """Which database (and how): another component on the same one may share a read."""
+        return self._conninfo
+
     def has_subject(self, subject: str) -> bool:
         with self._read_one() as conn:
             return conn.execute("SELECT 1 FROM subject_state WHERE subject = %s",

@@ -1,13 +1,18 @@
 """The consent-state cache every replica shares (Redis), and its invalidation channel.
 
-Layout (PREFIX defaults to `ca:`):
-- `PREFIX head` = `<generation>:<position>`: every entry of this generation is current as
-  of ledger position `position`. Only ledger writers move it, one at a time, in ledger
-  order (they hold the ledger's global write order while they do, `Ledger.exclusive`).
-- `PREFIX s:<key id>:<20-byte digest>` = `<generation>:<as of>:<version>:<state>`: one
-  subject's state (consent/codec.py's compact form, no evidence), current as of ledger
-  position `as of` and, while its generation lasts, as of the head too. The subject is its
-  keyed HMAC pseudonym, fixed length: no subject id can collide with another's key.
+Layout (PREFIX defaults to `ca:`; F is consent/codec.py's FORMAT, now 2):
+- `PREFIX head` = `F.<generation>:<position>` (generation: 8 hex digits): every entry of
+  this generation is current as of ledger position `position`. Only ledger writers move
+  it, one at a time, in ledger order (they hold the ledger's global write order while
+  they do, `Ledger.exclusive`).
+- `PREFIX <10 bytes>` = format byte, generation (4 bytes), version (varint), sealed state:
+  one subject's state (consent/codec.py's compact form, no evidence, encrypted), current as
+  of the head's position while its generation lasts. The key is the first 10 bytes of the
+  subject's keyed HMAC pseudonym: short, because Redis keeps one per subject. Two subjects
+  that share those 80 bits (at a billion subjects, a chance below one in a million that
+  any two do) share a key and never an answer: the full pseudonym is the entry's
+  associated data, so each one's entry fails to open for the other (a miss, read through
+  to the ledger). Without an entry cipher (tests) the key holds the whole pseudonym.
 - channel `PREFIX inv`: `<sequence>:<pseudonym>` for each write, published by the same
   script that writes it through, so replicas receive them in ledger order.
 
@@ -18,6 +23,15 @@ costs cache hits, never a stale answer. A reader that finds Redis behind the fre
 floor, or no head at all (Redis restarted empty), starts the new generation itself when it
 repopulates an entry from the ledger.
 
+A release with another entry layout (during a rolling upgrade) writes other keys, and so
+must never move a head this layout trusts (its write would leave this layout's entry of
+that subject stale yet in the current generation): each layout takes a head of the other's
+form for no head at all, and replaces it with a generation of its own (a release before
+this one finds no entry of an `F.` generation, and its writes replace such a head). Mixed
+releases thus keep starting new generations (misses), never read a stale entry as
+current. An entry of another format found under a key is a miss, read through and
+overwritten.
+
 Every call has a short timeout; a failure opens a breaker for `retry_after` seconds so a
 dead Redis costs one timeout, not one per request.
 """
@@ -27,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import secrets
 import threading
 import time
@@ -45,53 +60,101 @@ from redis.retry import Retry
 
 from ..domain import SubjectState
 from .cache import LocalCache
-from .codec import state_from_bytes, state_to_bytes
+from .codec import FORMAT, state_from_bytes, state_to_bytes
 
 log = logging.getLogger("consentauthz.consent")
 
-# KEYS: head, entry. ARGV: new generation, sequence, state, ttl ms, channel, message.
-_WRITE_THROUGH = """
-local head = redis.call('GET', KEYS[1])
-local seq = tonumber(ARGV[2])
-local gen, pos
-if head then
-  gen, pos = string.match(head, '^(%w+):(%d+)$')
-  pos = tonumber(pos)
+# Heads: `<FORMAT>.<generation: 8 hex digits>:<position>`. Entries: format byte, generation
+# (its 8 hex digits as 4 bytes), version (LEB128 varint), then the sealed state.
+_LUA_COMMON = """
+local FORMAT = @FORMAT@
+-- A head of this layout: '<FORMAT>.<8 hex digits>:<position>' -> hex digits, position
+local function parse_head(head)
+  if not head then return nil end
+  local gen, pos = string.match(head, '^' .. FORMAT .. '%.(%x%x%x%x%x%x%x%x):(%d+)$')
+  if not gen then return nil end
+  return gen, tonumber(pos)
 end
+local function raw(gen)
+  return (string.gsub(gen, '%x%x', function(h) return string.char(tonumber(h, 16)) end))
+end
+-- (raw generation, version) of an entry of this layout; nil for anything else
+local function entry_of(entry)
+  if (not entry) or string.byte(entry, 1) ~= FORMAT then return nil end
+  local n, m = 0, 1
+  for i = 6, 14 do
+    local b = string.byte(entry, i)
+    if not b then return nil end
+    if b < 128 then return string.sub(entry, 2, 5), n + b * m end
+    n = n + (b - 128) * m
+    m = m * 128
+  end
+  return nil
+end
+""".replace("@FORMAT@", str(FORMAT))
+
+# KEYS: head, entry. ARGV: new generation, sequence, entry tail (version and sealed state),
+# ttl ms, channel, message.
+_WRITE_THROUGH = _LUA_COMMON + """
+local seq = tonumber(ARGV[2])
+local gen, pos = parse_head(redis.call('GET', KEYS[1]))
 -- Behind: Redis missed writes. Ahead: a late command after a timeout, or a ledger that
 -- went back. Either way the old generation is not to be trusted: start a new one.
-if (not head) or (not pos) or pos < seq - 1 or pos > seq then
+if (not gen) or pos < seq - 1 or pos > seq then
   gen = ARGV[1]
 end
-redis.call('SET', KEYS[1], gen .. ':' .. seq)
-redis.call('SET', KEYS[2], gen .. ':' .. seq .. ':' .. seq .. ':' .. ARGV[3], 'PX', ARGV[4])
+redis.call('SET', KEYS[1], FORMAT .. '.' .. gen .. ':' .. seq)
+redis.call('SET', KEYS[2], string.char(FORMAT) .. raw(gen) .. ARGV[3], 'PX', ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
 # KEYS: head, entry. ARGV: head seen (or ''), bump (1/0), new generation, ledger position
-# the state is current as of, subject version, state, ttl ms.
-_POPULATE = """
+# the state is current as of, subject version, entry tail (version and sealed state), ttl ms.
+_POPULATE = _LUA_COMMON + """
 local head = redis.call('GET', KEYS[1])
-if (not head) or (ARGV[2] == '1' and head == ARGV[1]) then
-  head = ARGV[3] .. ':' .. ARGV[4]
-  redis.call('SET', KEYS[1], head)
+local gen, pos = parse_head(head)
+if (not gen) or (ARGV[2] == '1' and head == ARGV[1]) then
+  gen, pos = ARGV[3], tonumber(ARGV[4])
+  redis.call('SET', KEYS[1], FORMAT .. '.' .. gen .. ':' .. ARGV[4])
 end
-local gen, pos = string.match(head, '^(%w+):(%d+)$')
-if (not pos) or tonumber(pos) > tonumber(ARGV[4]) then
+if pos > tonumber(ARGV[4]) then
   return 0
 end
-local current = redis.call('GET', KEYS[2])
-if current then
-  local cgen, casof, cver = string.match(current, '^(%w+):(%d+):(%d+):')
-  if cgen == gen and tonumber(cver) > tonumber(ARGV[5]) then
-    return 0
-  end
+local cgen, cver = entry_of(redis.call('GET', KEYS[2]))
+if cgen == raw(gen) and cver > tonumber(ARGV[5]) then
+  return 0
 end
-redis.call('SET', KEYS[2], gen .. ':' .. ARGV[4] .. ':' .. ARGV[5] .. ':' .. ARGV[6],
-           'PX', ARGV[7])
+redis.call('SET', KEYS[2], string.char(FORMAT) .. raw(gen) .. ARGV[6], 'PX', ARGV[7])
 return 1
 """
+
+_FORMAT_BYTE = bytes([FORMAT])
+#: populate_soon() calls waiting for the populating thread; more are dropped (a dropped
+#: populate costs a later miss, nothing else).
+MAX_PENDING_POPULATES = 10_000
+#: The bytes of the pseudonym's digest a key keeps when entries are authenticated.
+KEY_DIGEST_BYTES = 10
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    for i in range(pos, min(pos + 9, len(data))):
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i + 1
+        shift += 7
+    raise ValueError("malformed entry header")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +169,10 @@ class RedisRead:
 
 
 class EntryCipher:
-    """Entries are encrypted and authenticated (AES-256-GCM, the entry's key as associated
-    data) under a key derived from the master key: a Redis dump or snapshot holds no birth
-    date in the clear, and an entry cannot be forged or moved to another subject by whoever
+    """Entries are encrypted and authenticated (AES-256-GCM; associated data: the subject's
+    whole pseudonym under the cache's prefix, the entry's format byte and version) under a
+    key derived from the master key: a Redis dump or snapshot holds no birth date in the
+    clear, and an entry cannot be forged or moved to another subject (or key) by whoever
     can write to Redis (old entries can still be replayed: docs/security.md)."""
 
     def __init__(self, key: bytes) -> None:
@@ -122,30 +186,51 @@ class EntryCipher:
         return self._aead.decrypt(sealed[:12], sealed[12:], where)
 
 
-def _decode_entry(raw: bytes, gen: str, position: int, where: bytes,
+def _decode_entry(raw: bytes, gen: bytes, position: int, where: bytes,
                   cipher: EntryCipher | None) -> SubjectState | None:
-    """An entry of generation `gen`; None for another generation or anything unreadable
-    (treated as a miss: the ledger answers and the next populate overwrites it)."""
+    """An entry of generation `gen` (4 bytes); None for another generation or layout (a
+    plain miss) or anything unreadable (a miss too, logged: the ledger answers and the next
+    populate overwrites it)."""
+    if raw[:1] != _FORMAT_BYTE or raw[1:5] != gen:
+        return None
     try:
-        egen, asof, _version, blob = raw.split(b":", 3)
-        if egen.decode() != gen:
-            return None
+        version, start = _read_varint(raw, 5)
+        blob = raw[start:]
         if cipher is not None:
-            blob = cipher.open(blob, where)
-        # Current as of its own position, and as of the head while its generation lasts.
-        return state_from_bytes(blob, max(position, int(asof)))
+            # The format byte and version are authenticated with the state.
+            blob = cipher.open(blob, where + raw[:1] + raw[5:start])
+        # Current as of the head while its generation lasts.
+        return state_from_bytes(_FORMAT_BYTE + blob, position, version)
     except (ValueError, TypeError, KeyError, IndexError, zlib.error, InvalidTag):
         # Any corruption is a miss: never an error, never an answer.
         log.warning("ignored an unreadable consent cache entry")
         return None
 
 
-def _parse_head(raw: bytes | None) -> tuple[str, str, int]:
+_HEAD_MARK = f"{FORMAT}."
+
+
+def head_value(generation: str, position: int) -> str:
+    """The head of this layout for `generation` (8 hex digits) at `position`."""
+    return f"{_HEAD_MARK}{generation}:{position}"
+
+
+def _parse_head(raw: bytes | None) -> tuple[str, bytes, int]:
+    """(head as read, generation as entries hold it, position); a head that is absent or
+    not of this layout's form has position -1 (no entry is read)."""
     if raw is None:
-        return "", "", -1
-    text = raw.decode()
+        return "", b"", -1
+    text = raw.decode("ascii", "replace")
     gen, _, pos = text.partition(":")
-    return text, gen, int(pos) if pos.isdigit() else -1
+    if not gen.startswith(_HEAD_MARK) or not (pos.isascii() and pos.isdigit()):
+        return text, b"", -1
+    try:
+        gen_raw = bytes.fromhex(gen[len(_HEAD_MARK):])
+    except ValueError:
+        return text, b"", -1
+    if len(gen_raw) != 4:
+        return text, b"", -1
+    return text, gen_raw, int(pos)
 
 
 class RedisStateCache:
@@ -177,12 +262,50 @@ class RedisStateCache:
         self._available = True
         self._stop = threading.Event()
         self._probe: threading.Thread | None = None
+        self._populates: queue.Queue[tuple[str, SubjectState, RedisRead | None, bool]] = (
+            queue.Queue(MAX_PENDING_POPULATES))
+        self._populator: threading.Thread | None = None
+        self._populator_lock = threading.Lock()
+        #: Each thread's connection for reads (see read()), and all of them for close().
+        self._local = threading.local()
+        self._read_connections: list[redis.connection.AbstractConnection] = []
+        #: populate_soon() calls dropped because too many were waiting
+        self.dropped_populates = 0
 
     # -- keys and state ---------------------------------------------------------------
 
+    @property
+    def head_key(self) -> bytes:
+        return self._head_key
+
     def entry_key(self, subject: str) -> bytes:
         key_id, _, digest = subject.partition(":")
+        if self._cipher is not None:
+            return self._prefix + bytes.fromhex(digest[:2 * KEY_DIGEST_BYTES])
         return self._prefix + b"s:" + key_id.encode() + b":" + bytes.fromhex(digest)
+
+    def _where(self, subject: str) -> bytes:
+        """The entry's associated data: the whole pseudonym (a key holds only part of it)."""
+        return self._prefix + b"s:" + subject.encode()
+
+    def _tail(self, subject: str, state_bytes: bytes, version: int) -> bytes:
+        """What follows the format byte and generation in an entry: version, sealed state."""
+        if state_bytes[:1] != _FORMAT_BYTE:
+            raise ValueError("state bytes of another format")
+        header = _varint(version)
+        body = state_bytes[1:]
+        if self._cipher is not None:
+            body = self._cipher.seal(body, self._where(subject) + _FORMAT_BYTE + header)
+        return header + body
+
+    def entry_value(self, subject: str, generation: str, version: int,
+                    state_bytes: bytes) -> bytes:
+        """A whole entry of generation `generation` (8 hex digits), as the scripts write it:
+        for loading many entries at once (benchmarks)."""
+        gen = bytes.fromhex(generation)
+        if len(gen) != 4:
+            raise ValueError("a generation is 8 hex digits")
+        return _FORMAT_BYTE + gen + self._tail(subject, state_bytes, version)
 
     def _ttl_ms(self, state: SubjectState) -> int:
         """Never outlive the earliest consent expiry the state holds (expiries already past
@@ -236,22 +359,47 @@ class RedisStateCache:
 
     # -- operations -------------------------------------------------------------------
 
-    def _blob(self, state: SubjectState, key: bytes) -> bytes:
-        blob = state_to_bytes(state)
-        return self._cipher.seal(blob, key) if self._cipher is not None else blob
+    def _read_connection(self) -> redis.connection.AbstractConnection:
+        """This thread's own connection, checked as the client's pool checks one it hands
+        out: a read is on the path of every check that misses the local cache, and the
+        pool (checking a connection out and back in, and its instrumentation) costs about
+        as much again as the round trip itself."""
+        conn: redis.connection.AbstractConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            pool = self._client.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+            with self._lock:
+                self._read_connections.append(conn)
+            self._local.conn = conn
+        # Something to read before a command was sent: the server closed the connection
+        # (Redis restarted) or an old reply is pending. Either way, connect afresh.
+        if conn.is_connected:
+            try:
+                stale = conn.can_read()
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                stale = True
+            if stale:
+                conn.disconnect()
+        return conn
 
     def read(self, subject: str) -> RedisRead | None:
         key = self.entry_key(subject)
 
         def run() -> RedisRead:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.get(self._head_key)  # the head first: the entry is then at least as new
-            pipe.get(key)
-            raw_head, raw_entry = pipe.execute()
+            conn = self._read_connection()
+            try:
+                # One command, so head and entry are read at the same instant.
+                conn.send_command("MGET", self._head_key, key)  # type: ignore[no-untyped-call]
+                raw_head, raw_entry = conn.read_response()
+            except BaseException:
+                # A reply may still be on its way: it must never be read as the next one's.
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
             head, gen, position = _parse_head(raw_head)
             state = None
             if raw_entry is not None and position >= 0:
-                state = _decode_entry(bytes(raw_entry), gen, position, key, self._cipher)
+                state = _decode_entry(raw_entry, gen, position, self._where(subject),
+                                      self._cipher)
             return RedisRead(head, position, state)
 
         result: RedisRead | None = self._call("read", run)
@@ -262,7 +410,8 @@ class RedisStateCache:
         message = f"{sequence}:{subject}".encode()
         key = self.entry_key(subject)
         args: list[bytes | str | int] = [
-            secrets.token_hex(4), sequence, self._blob(state, key), self._ttl_ms(state),
+            secrets.token_hex(4), sequence,
+            self._tail(subject, state_to_bytes(state), sequence), self._ttl_ms(state),
             self.channel, message]
         return self._call("write", lambda: self._write(
             keys=[self._head_key, key], args=args)) is not None
@@ -275,9 +424,55 @@ class RedisStateCache:
         key = self.entry_key(subject)
         args: list[bytes | str | int] = [
             seen.head if seen else "", 1 if behind else 0, secrets.token_hex(4),
-            state.sequence, state.version, self._blob(state, key), self._ttl_ms(state)]
+            state.sequence, state.version,
+            self._tail(subject, state_to_bytes(state), state.version), self._ttl_ms(state)]
         return bool(self._call("populate", lambda: self._populate(
             keys=[self._head_key, key], args=args)))
+
+    def populate_soon(self, subject: str, state: SubjectState, seen: RedisRead | None,
+                      behind: bool) -> None:
+        """populate(), on a thread of this cache's own: a check that read the ledger need
+        not wait for Redis too. As safe late as at once: the script compares the head and
+        the entry's version when it runs, so a populate overtaken by writes, by another
+        populate or by a new generation changes nothing (as one delayed in the network
+        would)."""
+        if self._stop.is_set():
+            return
+        try:
+            self._populates.put_nowait((subject, state, seen, behind))
+        except queue.Full:
+            self.dropped_populates += 1
+            return
+        if self._populator is None:
+            with self._populator_lock:
+                if self._populator is None and not self._stop.is_set():
+                    self._populator = threading.Thread(
+                        target=self._populate_loop, name="consentauthz-redis-populate",
+                        daemon=True)
+                    self._populator.start()
+
+    def _populate_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._populates.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.populate(*item)
+            except Exception:  # never let the thread die: a lost populate is a later miss
+                log.exception("populating the consent cache failed")
+            finally:
+                self._populates.task_done()
+
+    def wait_populated(self, timeout: float = 5.0) -> bool:
+        """Whether every populate_soon() made so far has run within `timeout` seconds
+        (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while self._populates.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
 
     def start(self) -> None:
         """Probe a Redis that is down, so health and the cache come back without waiting
@@ -299,6 +494,14 @@ class RedisStateCache:
         self._stop.set()
         if self._probe is not None:
             self._probe.join(timeout=5)
+        with self._populator_lock:
+            populator = self._populator
+        if populator is not None:
+            populator.join(timeout=5)
+        with self._lock:
+            connections, self._read_connections = self._read_connections, []
+        for conn in connections:
+            conn.disconnect()  # type: ignore[no-untyped-call]
         self._client.close()
 
 

@@ -60,7 +60,7 @@ class MasterKeys:
     """The key ring that wraps subject keys: oldest first, the last wraps new keys. Older
     keys stay to unwrap what they wrapped (docs/security.md: rotation)."""
 
-    __slots__ = ("_current", "_keys")
+    __slots__ = ("_aeads", "_current", "_keys")
 
     def __init__(self, ring: Sequence[tuple[str, bytes]]) -> None:
         if not ring:
@@ -74,22 +74,23 @@ class MasterKeys:
             raise ValueError("key ids must be unique")
         self._keys = dict(ring)
         self._current = ring[-1][0]
+        # Built once: every ledger read of a sealed subject unwraps its key.
+        self._aeads = {kid: AESGCM(key) for kid, key in ring}
 
     def wrap(self, data_key: bytes, subject: str) -> str:
         nonce = os.urandom(_NONCE)
-        sealed = AESGCM(self._keys[self._current]).encrypt(
+        sealed = self._aeads[self._current].encrypt(
             nonce, data_key, b"subject-key:" + subject.encode())
         return f"{self._current}:{_b64(nonce + sealed)}"
 
     def unwrap(self, wrapped: str, subject: str) -> bytes:
         kid, _, body = wrapped.partition(":")
-        key = self._keys.get(kid)
-        if key is None:
+        aead = self._aeads.get(kid)
+        if aead is None:
             raise Unavailable(f"subject key wrapped under unknown master key {kid!r}")
         raw = _unb64(body)
         try:
-            return AESGCM(key).decrypt(raw[:_NONCE], raw[_NONCE:],
-                                       b"subject-key:" + subject.encode())
+            return aead.decrypt(raw[:_NONCE], raw[_NONCE:], b"subject-key:" + subject.encode())
         except InvalidTag as exc:
             raise Unavailable("a subject key does not unwrap (wrong master key?)") from exc
 
@@ -268,6 +269,7 @@ class PostgresKeyStore:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
             with self._pool.connection() as conn:
                 conn.execute(_PG_SCHEMA)
+        self.conninfo = _conninfo(dsn, CONNECT_TIMEOUT, STATEMENT_TIMEOUT)
 
     def get(self, subject: str) -> KeyRecord | None:
         with self._translated(), self._pool.connection() as conn:
@@ -323,6 +325,10 @@ class Sealer:
     def record(self, subject: str) -> KeyRecord | None:
         return self._store.get(subject)
 
+    @property
+    def store(self) -> KeyStore:
+        return self._store
+
     def unwrap(self, subject: str, record: KeyRecord) -> bytes:
         assert record.wrapped is not None
         return self._master.unwrap(record.wrapped, subject)
@@ -364,6 +370,13 @@ _EVIDENCE = "evidence"
 _BIRTH = "birth_date"
 
 
+class _Unread:
+    """A key record not read yet (None already means: the subject has none)."""
+
+
+_UNREAD = _Unread()
+
+
 def _has_sealed(state: SubjectState) -> bool:
     return bool(state.profile.sealed_birth_date) or any(e.sealed_evidence for e in state.events)
 
@@ -392,6 +405,16 @@ class SealingLedger:
     def __init__(self, inner: Ledger, sealer: Sealer) -> None:
         self._inner = inner
         self._sealer = sealer
+        #: The ledger's read that also returns the subject's key record, when the key store
+        #: lives in the ledger's own PostgreSQL database: one round trip instead of two on
+        #: every ledger read of a check (and both from one snapshot).
+        self._load_with_key: Callable[
+            [str], tuple[SubjectState, tuple[str | None, datetime | None] | None]] | None = None
+        store = sealer.store
+        joined = getattr(inner, "load_with_key_record", None)
+        if (joined is not None and isinstance(store, PostgresKeyStore)
+                and getattr(inner, "conninfo", None) == store.conninfo):
+            self._load_with_key = joined
 
     # -- sealing on the way in ------------------------------------------------------------
 
@@ -452,9 +475,12 @@ class SealingLedger:
         return replace(state, profile=profile,
                        events=tuple(self._open_event(subject, e, key) for e in state.events))
 
-    def _key_for_read(self, subject: str) -> bytes | datetime:
-        """The subject's key, or when it was destroyed."""
-        record = self._sealer.record(subject)
+    def _key_for_read(self, subject: str, record: KeyRecord | _Unread | None = _UNREAD
+                      ) -> bytes | datetime:
+        """The subject's key, or when it was destroyed. `record`: the subject's key record
+        if already read (None: it has none)."""
+        if isinstance(record, _Unread):
+            record = self._sealer.record(subject)
         if record is None:
             # Sealed values without a key: the key store lost it. Never guess.
             raise Unavailable("the subject's key is missing from the key store")
@@ -463,19 +489,24 @@ class SealingLedger:
         return self._sealer.unwrap(subject, record)
 
     def _reveal(self, subject: str, state: SubjectState, live: bool,
-                evidence: bool = True) -> SubjectState:
+                evidence: bool = True, record: KeyRecord | _Unread | None = _UNREAD
+                ) -> SubjectState:
         """`live`: the state decisions use now (a destroyed key means erased); otherwise a
         past state for replay (opened if it still can be, never marked erased)."""
         if state.profile.erased_at is not None:
             return _stripped(state)
         if not _has_sealed(state):
             return state
-        key = self._key_for_read(subject)
+        key = self._key_for_read(subject, record)
         if isinstance(key, datetime):
             return _stripped(state, key if live else None)
         return self._open_state(subject, state, key, evidence)
 
     def load(self, subject: str, evidence: bool = False) -> SubjectState:
+        if self._load_with_key is not None:
+            state, row = self._load_with_key(subject)
+            record = KeyRecord(*row) if row is not None else None
+            return self._reveal(subject, state, live=True, evidence=evidence, record=record)
         return self._reveal(subject, self._inner.load(subject), live=True, evidence=evidence)
 
     def state_at(self, subject: str, sequence: int) -> SubjectState:

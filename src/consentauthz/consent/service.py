@@ -153,7 +153,8 @@ class ConsentService:
             stale = seen is not None and (
                 (floor is not None and seen.position < floor)
                 or seen.position > state.sequence)
-            self._redis.populate(subject, state, seen, stale)
+            # After answering, on the cache's own thread: the caller does not wait for it.
+            self._redis.populate_soon(subject, state, seen, stale)
         self._cache.put(subject, state)
         return self._answer(span, "ledger", state)
 
