@@ -580,6 +580,8 @@ def run_log_variants(plan: Plan, res: Results, ledger: str, redis_url: str) -> N
             made[kind] += run.calls
         one = load.alternate({kind: (stubs[kind].check[0], reqs) for kind in ("sqlite", "traced")},
                              plan.log_one_calls)
+        for kind, run in one.items():
+            made[kind] += run.calls
     finally:
         for s in stubs.values():
             s.close()
