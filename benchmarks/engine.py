@@ -21,7 +21,7 @@ from consentauthz.domain import (
 )
 from consentauthz.engine import CompiledPolicy, derive_facts
 from consentauthz.engine.reference import reference_enforcer, reference_request
-from consentauthz.policy import load_policy_set
+from consentauthz.policy import PolicySet, load_policy_set
 
 from .subjects import ARCHETYPES, REQUESTS
 
@@ -106,28 +106,56 @@ def _time_decisions(compiled: CompiledPolicy,
     return out
 
 
-def bench_pack(name: str, directory: Path, probes: list[tuple[str, str, str]] | None,
-               decisions: int, casbin_samples: int) -> EngineResult:
+@dataclass
+class Prepared:
+    """A pack loaded, compiled and warmed, with its requests, ready to be timed."""
+
+    name: str
+    policy: PolicySet
+    compiled: CompiledPolicy
+    work: list[tuple[CheckRequest, SubjectState]]
+    load_s: float
+    compile_s: float
+    cold: list[int]
+    warm: list[int] = field(default_factory=list)
+
+
+def prepare_pack(name: str, directory: Path, probes: list[tuple[str, str, str]] | None,
+                 decisions: int) -> Prepared:
     t = time.perf_counter()
     policy = load_policy_set(directory)
     load_s = time.perf_counter() - t
     t = time.perf_counter()
     compiled = CompiledPolicy(policy)
     compile_s = time.perf_counter() - t
-    probes = probes or shipped_probes(compiled)
-    work = samples(compiled, probes, decisions)
+    work = samples(compiled, probes or shipped_probes(compiled), decisions)
     # Cold: the first decision for each key computes its candidate list.
     cold = _time_decisions(compiled, work[:200])
     _time_decisions(compiled, work)  # warm every key used below
-    warm: list[int] = []
-    for _ in range(3):
-        warm += _time_decisions(compiled, work)
-    warm.sort()
+    return Prepared(name, policy, compiled, work, load_s, compile_s, cold)
+
+
+def time_warm(packs: list[Prepared], passes: int = 3, chunks: int = 3) -> None:
+    """`passes` timed passes over each pack's requests, cut in `chunks` and interleaved
+    across the packs chunk by chunk (the order rotating), so that a burst of load on this
+    shared machine slows every pack alike instead of one pack's whole measurement."""
+    k = 0
+    for _ in range(passes):
+        for c in range(chunks):
+            for p in packs[k % len(packs):] + packs[:k % len(packs)]:
+                size = -(-len(p.work) // chunks)
+                p.warm += _time_decisions(p.compiled, p.work[c * size:(c + 1) * size])
+            k += 1
+
+
+def result_of(p: Prepared, casbin_samples: int) -> EngineResult:
+    warm = sorted(p.warm)
+    policy, compiled, work = p.policy, p.compiled, p.work
     result = EngineResult(
-        pack=name, rules=len(policy.rules), jurisdictions=len(compiled.jurisdictions),
-        load_s=load_s, compile_s=compile_s, mean_us=statistics.fmean(warm) / 1e3,
+        pack=p.name, rules=len(policy.rules), jurisdictions=len(compiled.jurisdictions),
+        load_s=p.load_s, compile_s=p.compile_s, mean_us=statistics.fmean(warm) / 1e3,
         p50_us=warm[len(warm) // 2] / 1e3, p99_us=warm[int(len(warm) * 0.99)] / 1e3,
-        cold_p50_us=sorted(cold)[len(cold) // 2] / 1e3, decisions=len(warm))
+        cold_p50_us=sorted(p.cold)[len(p.cold) // 2] / 1e3, decisions=len(warm))
     if casbin_samples:
         t = time.perf_counter()
         enforcer = reference_enforcer(policy)

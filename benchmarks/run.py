@@ -140,15 +140,20 @@ def run_engine(plan: Plan, res: Results) -> dict[int, packs.PackInfo]:
     log("generating synthetic packs")
     infos = {n: packs.generate_pack(WORK / "packs" / f"rules-{n}", n, POLICIES)
              for n in plan.pack_sizes}
-    results = []
-    log("engine in-process: shipped pack")
-    results.append(eng.bench_pack("shipped pack", POLICIES, None, plan.engine_decisions,
-                                  plan.casbin_samples.get("shipped", 0)))
+    log("engine in-process: loading and compiling the shipped pack and the synthetic ones")
+    prepared = [eng.prepare_pack("shipped pack", POLICIES, None, plan.engine_decisions)]
+    keys = ["shipped"]
     for n, info in infos.items():
-        log(f"engine in-process: {n:,} synthetic rules")
-        results.append(eng.bench_pack(f"{n:,} synthetic rules", info.path, list(info.probes),
-                                      plan.engine_decisions,
-                                      plan.casbin_samples.get(str(n), 0)))
+        prepared.append(eng.prepare_pack(f"{n:,} synthetic rules", info.path,
+                                         list(info.probes), plan.engine_decisions))
+        keys.append(str(n))
+    log("engine in-process: warm decisions, all packs interleaved")
+    eng.time_warm(prepared)
+    results = []
+    for key, p in zip(keys, prepared, strict=True):
+        log(f"engine in-process: plain casbin.Enforcer on the {p.name}")
+        results.append(eng.result_of(p, plan.casbin_samples.get(key, 0)))
+    del prepared
     res.raw["engine"] = [asdict(r) for r in results]
     for r in results:
         res.rows.append(Row(
