@@ -789,7 +789,8 @@ def profile_section(res: Results) -> list[str]:
 def sample_sizes(p: Plan) -> str:
     enforcer = ", ".join(f"{v} at {k}" for k, v in p.casbin_samples.items())
     return (f"Samples: engine {3 * p.engine_decisions:,} timed decisions per pack (after one "
-            f"warm-up pass), plain Enforcer {enforcer} rules; "
+            f"warm-up pass; in 9 chunks interleaved across the packs), plain Enforcer "
+            f"{enforcer} rules; "
             f"Check 1 client {p.seq_rounds * p.seq_per_round:,} calls per side, alternating "
             f"call by call with the floor; {p.clients} clients {p.conc_rounds} interleaved "
             f"rounds x {p.conc_seconds} s per side; cold paths {p.cold_samples:,} subjects per "
