@@ -143,7 +143,8 @@ def open_span(name: str) -> AbstractContextManager[Span]:
 
 def child_span(name: str) -> AbstractContextManager[Span]:
     """A span under the current one, when the current one is recorded; otherwise the
-    current span itself. An unrecorded (unsampled) parent has unrecorded children, so
+    current span itself. Under a parent-based sampler (the default, and what
+    docs/operations.md recommends) an unrecorded parent has unrecorded children, so
     opening them would cost time and show nothing: the hot path opens none."""
     current = trace.get_current_span()
     if current.is_recording():
