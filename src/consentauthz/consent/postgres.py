@@ -13,9 +13,8 @@ import json
 import math
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -23,19 +22,15 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from ..chain import GENESIS, ChainReport, link
-from ..domain import ConsentEvent, SubjectProfile, SubjectState
+from ..chain import ChainReport
+from ..domain import ConsentEvent, SubjectState
 from ..errors import Unavailable
-from .codec import event_from_dict, event_to_dict, profile_to_dict, state_from_json, state_to_json
+from .codec import event_from_dict, state_from_json
 from .ledger import (
-    AppendResult,
-    Idempotency,
-    entry_payload,
-    idempotency_conflict,
     replay,
     verify_entries,
 )
-from .projection import apply_event, apply_profile
+from .tables import Connection, LedgerTables
 
 Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
 
@@ -127,9 +122,11 @@ def _configure_reader(conn: Conn) -> None:
     conn.read_only = True
 
 
-class PostgresLedger:
+class PostgresLedger(LedgerTables):
     """Thread-safe. Appends go through one writer connection (they are serialised by the
     advisory lock anyway); reads use a pool."""
+
+    PLACEHOLDER = "%s"
 
     def __init__(self, dsn: str, min_size: int = 1, max_size: int = 8, *,
                  connect_timeout: float = CONNECT_TIMEOUT,
@@ -213,72 +210,10 @@ class PostgresLedger:
             finally:
                 conn.autocommit = False
 
-    @staticmethod
-    def _state(conn: Conn, subject: str, head: int) -> SubjectState:
-        row = conn.execute("SELECT state FROM subject_state WHERE subject = %s",
-                           (subject,)).fetchone()
-        return state_from_json(row[0], head) if row else SubjectState(sequence=head)
-
-    @staticmethod
-    def _last(conn: Conn) -> tuple[int, str]:
-        row = conn.execute("SELECT seq, entry_hash FROM ledger ORDER BY seq DESC LIMIT 1"
-                           ).fetchone()
-        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
-
-    def _insert(self, conn: Conn, subject: str, kind: str, record_id: str,
-                recorded_at: datetime, body: dict[str, Any],
-                idempotency: Idempotency | None) -> int:
-        last, prev = self._last(conn)
-        seq = last + 1
-        stamp = recorded_at.isoformat()
-        entry_hash = link(prev, entry_payload(seq, subject, kind, record_id, stamp, body))
-        conn.execute(
-            "INSERT INTO ledger (seq, record_id, subject, kind, body, recorded_at, "
-            "idempotency_key, request_hash, prev_hash, entry_hash) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (seq, record_id, subject, kind, json.dumps(body, sort_keys=True), stamp,
-             idempotency.key if idempotency else None,
-             idempotency.request_hash if idempotency else None, prev, entry_hash))
-        return seq
-
-    @staticmethod
-    def _save_state(conn: Conn, subject: str, state: SubjectState) -> None:
-        conn.execute(
-            "INSERT INTO subject_state (subject, version, state) VALUES (%s, %s, %s) "
-            "ON CONFLICT (subject) DO UPDATE SET version = excluded.version, "
-            "state = excluded.state",
-            (subject, state.version, state_to_json(state)))
-
-    def append_consent(self, subject: str, event: ConsentEvent,
-                       idempotency: Idempotency | None = None) -> AppendResult:
-        with self._append_tx() as conn:
-            if idempotency is not None:
-                row = conn.execute(
-                    "SELECT record_id, seq, request_hash FROM ledger "
-                    "WHERE idempotency_key = ANY(%s) ORDER BY seq LIMIT 1",
-                    (list(idempotency.all_keys),)).fetchone()
-                if row is not None:
-                    if row[2] != idempotency.request_hash:
-                        raise idempotency_conflict()
-                    head = self._last(conn)[0]
-                    return AppendResult(row[0], int(row[1]), self._state(conn, subject, head),
-                                        replayed=True)
-            seq = self._last(conn)[0] + 1
-            ev = replace(event, sequence=seq)
-            self._insert(conn, subject, "consent", ev.record_id, ev.recorded_at,
-                         event_to_dict(ev), idempotency)
-            state = apply_event(self._state(conn, subject, seq), ev)
-            self._save_state(conn, subject, state)
-            return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
-
-    def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
-                       recorded_at: datetime) -> AppendResult:
-        with self._append_tx() as conn:
-            seq = self._insert(conn, subject, "profile", record_id, recorded_at,
-                               profile_to_dict(profile), None)
-            state = apply_profile(self._state(conn, subject, seq), profile, seq)
-            self._save_state(conn, subject, state)
-            return AppendResult(record_id, seq, replace(state, sequence=seq))
+    def _retried(self, conn: Connection, keys: Sequence[str]) -> Any:
+        return conn.execute(
+            "SELECT record_id, seq, request_hash FROM ledger "
+            "WHERE idempotency_key = ANY(%s) ORDER BY seq LIMIT 1", (list(keys),)).fetchone()
 
     def load(self, subject: str, evidence: bool = False) -> SubjectState:
         with self._read_one() as conn:

@@ -7,27 +7,21 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..chain import GENESIS, ChainReport, link
-from ..domain import ConsentEvent, SubjectProfile, SubjectState
+from ..chain import ChainReport
+from ..domain import ConsentEvent, SubjectState
 from ..errors import ConsentAuthzError, Unavailable
 from ..sqlite_files import open_database
-from .codec import event_from_dict, event_to_dict, profile_to_dict, state_from_json, state_to_json
+from .codec import event_from_dict
 from .ledger import (
-    AppendResult,
-    Idempotency,
-    entry_payload,
-    idempotency_conflict,
     replay,
     verify_entries,
 )
-from .projection import apply_event, apply_profile
+from .tables import Connection, LedgerTables
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -58,8 +52,10 @@ BEGIN SELECT RAISE(ABORT, 'projections are only ever replaced, never deleted'); 
 """
 
 
-class SqliteLedger:
+class SqliteLedger(LedgerTables):
     """Thread-safe; one connection serialised by a lock (writes are serial in SQLite anyway)."""
+
+    PLACEHOLDER = "?"
 
     def __init__(self, path: Path, read_only: bool = False) -> None:
         self._lock = threading.Lock()
@@ -85,73 +81,14 @@ class SqliteLedger:
             except sqlite3.Error as exc:
                 raise Unavailable("consent ledger unavailable") from exc
 
-    @staticmethod
-    def _state(conn: sqlite3.Connection, subject: str, head: int) -> SubjectState:
-        row = conn.execute("SELECT state FROM subject_state WHERE subject = ?",
-                           (subject,)).fetchone()
-        return state_from_json(row[0], head) if row else SubjectState(sequence=head)
+    def _append_tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._tx()
 
-    @staticmethod
-    def _last(conn: sqlite3.Connection) -> tuple[int, str]:
-        row = conn.execute("SELECT seq, entry_hash FROM ledger ORDER BY seq DESC LIMIT 1"
-                           ).fetchone()
-        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
-
-    def _insert(self, conn: sqlite3.Connection, subject: str, kind: str, record_id: str,
-                recorded_at: datetime, body: dict[str, Any],
-                idempotency: Idempotency | None) -> int:
-        last, prev = self._last(conn)
-        seq = last + 1
-        stamp = recorded_at.isoformat()
-        entry_hash = link(prev, entry_payload(seq, subject, kind, record_id, stamp, body))
-        conn.execute(
-            "INSERT INTO ledger (seq, record_id, subject, kind, body, recorded_at, "
-            "idempotency_key, request_hash, prev_hash, entry_hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, record_id, subject, kind, json.dumps(body, sort_keys=True), stamp,
-             idempotency.key if idempotency else None,
-             idempotency.request_hash if idempotency else None, prev, entry_hash))
-        return seq
-
-    @staticmethod
-    def _save_state(conn: sqlite3.Connection, subject: str, state: SubjectState) -> None:
-        conn.execute(
-            "INSERT INTO subject_state (subject, version, state) VALUES (?, ?, ?) "
-            "ON CONFLICT (subject) DO UPDATE SET version = excluded.version, "
-            "state = excluded.state",
-            (subject, state.version, state_to_json(state)))
-
-    def append_consent(self, subject: str, event: ConsentEvent,
-                       idempotency: Idempotency | None = None) -> AppendResult:
-        with self._tx() as conn:
-            if idempotency is not None:
-                keys = idempotency.all_keys
-                marks = ", ".join("?" * len(keys))  # only placeholders, never values
-                sql = ("SELECT record_id, seq, request_hash FROM ledger "  # noqa: S608
-                       f"WHERE idempotency_key IN ({marks}) ORDER BY seq LIMIT 1")
-                row = conn.execute(sql, keys).fetchone()
-                if row is not None:
-                    if row[2] != idempotency.request_hash:
-                        raise idempotency_conflict()
-                    head = self._last(conn)[0]
-                    return AppendResult(row[0], int(row[1]), self._state(conn, subject, head),
-                                        replayed=True)
-            seq = self._last(conn)[0] + 1
-            ev = replace(event, sequence=seq)
-            self._insert(conn, subject, "consent", ev.record_id, ev.recorded_at,
-                         event_to_dict(ev), idempotency)
-            state = apply_event(self._state(conn, subject, seq), ev)
-            self._save_state(conn, subject, state)
-            return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
-
-    def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
-                       recorded_at: datetime) -> AppendResult:
-        with self._tx() as conn:
-            seq = self._insert(conn, subject, "profile", record_id, recorded_at,
-                               profile_to_dict(profile), None)
-            state = apply_profile(self._state(conn, subject, seq), profile, seq)
-            self._save_state(conn, subject, state)
-            return AppendResult(record_id, seq, replace(state, sequence=seq))
+    def _retried(self, conn: Connection, keys: Sequence[str]) -> Any:
+        marks = ", ".join("?" * len(keys))  # only placeholders, never values
+        sql = ("SELECT record_id, seq, request_hash FROM ledger "  # noqa: S608
+               f"WHERE idempotency_key IN ({marks}) ORDER BY seq LIMIT 1")
+        return conn.execute(sql, list(keys)).fetchone()
 
     def load(self, subject: str, evidence: bool = False) -> SubjectState:
         with self._tx(immediate=False) as conn:

@@ -1,0 +1,112 @@
+"""The ledger's write path over SQL, shared by the SQLite and PostgreSQL ledgers.
+
+Both keep the same tables (`ledger`, hash-chained; `subject_state`, the projection) and
+record a write the same way: the retry check, the next sequence, the chained entry, the
+projection replaced, in one transaction. Only the placeholder style, the transaction
+(and how appends are serialised) and the retry lookup differ; the subclasses supply
+those.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+from ..chain import GENESIS, link
+from ..domain import ConsentEvent, SubjectProfile, SubjectState
+from .codec import event_to_dict, profile_to_dict, state_from_json, state_to_json
+from .ledger import AppendResult, Idempotency, entry_payload, idempotency_conflict
+from .projection import apply_event, apply_profile
+
+
+class Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+
+
+class Connection(Protocol):
+    """What both drivers' connections offer: sqlite3's and psycopg's."""
+
+    def execute(self, query: Any, params: Any = ..., /) -> Cursor: ...
+
+
+class LedgerTables:
+    #: the driver's parameter placeholder: "?" (sqlite3) or "%s" (psycopg)
+    PLACEHOLDER: ClassVar[str]
+
+    def _append_tx(self) -> AbstractContextManager[Any]:
+        """A transaction that holds the ledger's append order until it ends."""
+        raise NotImplementedError
+
+    def _retried(self, conn: Connection, keys: Sequence[str]) -> Any:
+        """(record_id, seq, request_hash) of the first entry written under one of `keys`,
+        or None."""
+        raise NotImplementedError
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self.PLACEHOLDER)
+
+    def _state(self, conn: Connection, subject: str, head: int) -> SubjectState:
+        row = conn.execute(self._sql("SELECT state FROM subject_state WHERE subject = ?"),
+                           (subject,)).fetchone()
+        return state_from_json(row[0], head) if row else SubjectState(sequence=head)
+
+    @staticmethod
+    def _last(conn: Connection) -> tuple[int, str]:
+        row = conn.execute("SELECT seq, entry_hash FROM ledger ORDER BY seq DESC LIMIT 1"
+                           ).fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+    def _insert(self, conn: Connection, subject: str, kind: str, record_id: str,
+                recorded_at: datetime, body: dict[str, Any],
+                idempotency: Idempotency | None) -> int:
+        last, prev = self._last(conn)
+        seq = last + 1
+        stamp = recorded_at.isoformat()
+        entry_hash = link(prev, entry_payload(seq, subject, kind, record_id, stamp, body))
+        conn.execute(
+            self._sql("INSERT INTO ledger (seq, record_id, subject, kind, body, recorded_at, "
+                      "idempotency_key, request_hash, prev_hash, entry_hash) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+            (seq, record_id, subject, kind, json.dumps(body, sort_keys=True), stamp,
+             idempotency.key if idempotency else None,
+             idempotency.request_hash if idempotency else None, prev, entry_hash))
+        return seq
+
+    def _save_state(self, conn: Connection, subject: str, state: SubjectState) -> None:
+        conn.execute(
+            self._sql("INSERT INTO subject_state (subject, version, state) VALUES (?, ?, ?) "
+                      "ON CONFLICT (subject) DO UPDATE SET version = excluded.version, "
+                      "state = excluded.state"),
+            (subject, state.version, state_to_json(state)))
+
+    def append_consent(self, subject: str, event: ConsentEvent,
+                       idempotency: Idempotency | None = None) -> AppendResult:
+        with self._append_tx() as conn:
+            if idempotency is not None:
+                row = self._retried(conn, idempotency.all_keys)
+                if row is not None:
+                    if row[2] != idempotency.request_hash:
+                        raise idempotency_conflict()
+                    head = self._last(conn)[0]
+                    return AppendResult(row[0], int(row[1]), self._state(conn, subject, head),
+                                        replayed=True)
+            seq = self._last(conn)[0] + 1
+            ev = replace(event, sequence=seq)
+            self._insert(conn, subject, "consent", ev.record_id, ev.recorded_at,
+                         event_to_dict(ev), idempotency)
+            state = apply_event(self._state(conn, subject, seq), ev)
+            self._save_state(conn, subject, state)
+            return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
+
+    def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
+                       recorded_at: datetime) -> AppendResult:
+        with self._append_tx() as conn:
+            seq = self._insert(conn, subject, "profile", record_id, recorded_at,
+                               profile_to_dict(profile), None)
+            state = apply_profile(self._state(conn, subject, seq), profile, seq)
+            self._save_state(conn, subject, state)
+            return AppendResult(record_id, seq, replace(state, sequence=seq))
