@@ -41,8 +41,10 @@ from typing import Any
 
 import redis
 
+from tests.redis_server import free_port
+
 from . import load
-from .services import ROOT, Server, free_port, start_serve
+from .services import ROOT, Server, start_serve
 
 
 def machine_busy() -> float:
