@@ -120,14 +120,19 @@ class Prepared:
     warm: list[int] = field(default_factory=list)
 
 
-def prepare_pack(name: str, directory: Path, probes: list[tuple[str, str, str]] | None,
-                 decisions: int) -> Prepared:
+def load_and_compile(directory: Path) -> tuple[PolicySet, CompiledPolicy, float, float]:
+    """The pack, compiled, and the seconds each step took."""
     t = time.perf_counter()
     policy = load_policy_set(directory)
     load_s = time.perf_counter() - t
     t = time.perf_counter()
     compiled = CompiledPolicy(policy)
-    compile_s = time.perf_counter() - t
+    return policy, compiled, load_s, time.perf_counter() - t
+
+
+def prepare_pack(name: str, directory: Path, probes: list[tuple[str, str, str]] | None,
+                 decisions: int) -> Prepared:
+    policy, compiled, load_s, compile_s = load_and_compile(directory)
     work = samples(compiled, probes or shipped_probes(compiled), decisions)
     # Cold: the first decision for each key computes its candidate list.
     cold = _time_decisions(compiled, work[:200])
@@ -199,12 +204,7 @@ def gate_breakdown(directory: Path) -> GateBreakdown:
     from consentauthz.authoring.lint import lint_compiled
     from consentauthz.authoring.runner import GATE_CASBIN_BUDGET
 
-    t = time.perf_counter()
-    policy = load_policy_set(directory)
-    load_s = time.perf_counter() - t
-    t = time.perf_counter()
-    compiled = CompiledPolicy(policy)
-    compile_s = time.perf_counter() - t
+    policy, compiled, load_s, compile_s = load_and_compile(directory)
     suites = load_suites(directory)
     t = time.perf_counter()
     findings = [f for f in lint_compiled(compiled, suites) if f.severity == "error"]
