@@ -133,8 +133,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
                 else "",
                 records=[convert.consent_record(e) for e in state.events],
                 consistency_token=str(state.sequence),
-                erased_at=convert.timestamp(state.profile.erased_at)
-                if state.profile.erased_at else None)
+                erased_at=convert.timestamp(state.profile.erased_at))
 
     def EraseSubject(self, request: consent_pb2.EraseSubjectRequest,
                      context: grpc.ServicerContext) -> Any:
@@ -146,8 +145,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             state = self._consent.get_state(request.subject_id)
             return consent_pb2.EraseSubjectResponse(
                 consistency_token=str(result.consistency_token),
-                erased_at=convert.timestamp(state.profile.erased_at)
-                if state.profile.erased_at else None)
+                erased_at=convert.timestamp(state.profile.erased_at))
 
     def ExportSubject(self, request: consent_pb2.ExportSubjectRequest,
                       context: grpc.ServicerContext) -> Any:
