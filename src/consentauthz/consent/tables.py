@@ -10,6 +10,7 @@ those.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -33,18 +34,18 @@ class Connection(Protocol):
     def execute(self, query: Any, params: Any = ..., /) -> Cursor: ...
 
 
-class LedgerTables:
+class LedgerTables(ABC):
     #: the driver's parameter placeholder: "?" (sqlite3) or "%s" (psycopg)
     PLACEHOLDER: ClassVar[str]
 
+    @abstractmethod
     def _append_tx(self) -> AbstractContextManager[Any]:
         """A transaction that holds the ledger's append order until it ends."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _retried(self, conn: Connection, keys: Sequence[str]) -> Any:
         """(record_id, seq, request_hash) of the first entry written under one of `keys`,
         or None."""
-        raise NotImplementedError
 
     def _sql(self, text: str) -> str:
         return text.replace("?", self.PLACEHOLDER)
