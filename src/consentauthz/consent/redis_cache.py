@@ -534,8 +534,7 @@ class InvalidationListener:
         while not self._stop.is_set():
             pubsub: PubSub | None = None
             try:
-                pubsub = self._client.pubsub(  # type: ignore[no-untyped-call]
-                    ignore_subscribe_messages=True)
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self._channel)
                 self._subscribed.set()
                 backoff = 0.1
