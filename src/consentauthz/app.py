@@ -7,7 +7,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .auditing import Auditor
@@ -231,7 +231,8 @@ class App:
         self.consent = ConsentService(
             self.ledger, self.cache, pseudonymize,
             lambda: self.policy().policy.taxonomy, utc_now, self.metrics,
-            freshness=self.freshness, shared=self.redis, shredder=self.ledger)
+            freshness=self.freshness, shared=self.redis, shredder=self.ledger,
+            clock_skew=timedelta(seconds=config.clock_skew))
         self.checker = Checker(self.consent, self.policy, self.decision_log,
                                utc_now, self.metrics)
         self.audit = Auditor(self.decision_store, self.ledger, self.policy_store, pseudonymize,

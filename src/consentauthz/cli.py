@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-staleness", type=float, default=1.0, metavar="SECONDS",
                        help="without a consistency token, the oldest write a check may miss "
                             "(shared ledger only; default 1.0)")
+    serve.add_argument("--clock-skew", type=float, metavar="SECONDS",
+                       help="how far in the future a consent record's collected_at may be; "
+                            "it counts from then (default 300; env CONSENTAUTHZ_CLOCK_SKEW)")
     serve.add_argument("--tls-cert", metavar="PEM", help="server certificate chain (TLS)")
     serve.add_argument("--tls-key", metavar="PEM", help="server private key (TLS)")
     serve.add_argument("--client-ca", metavar="PEM",

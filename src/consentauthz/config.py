@@ -60,6 +60,9 @@ class ServeConfig:
     #: Without a consistency token, a check may miss writes at most this many seconds old
     #: (with a shared ledger; the embedded default has no staleness at all).
     max_staleness: float = 1.0
+    #: How far in the future a consent record's collected_at may be (callers' clocks run
+    #: ahead); such a record counts from its collected time.
+    clock_skew: float = 300.0
     #: Let several serve processes share the port (SO_REUSEPORT; docs/performance.md).
     reuse_port: bool = False
     #: TLS on the gRPC port: server certificate chain and key (PEM files).
@@ -165,6 +168,14 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
     max_staleness = getattr(ns, "max_staleness", 1.0)
     if redis_timeout_ms <= 0 or max_staleness <= 0:
         raise ConfigError("--redis-timeout-ms and --max-staleness must be positive")
+    clock_skew = getattr(ns, "clock_skew", None)
+    if clock_skew is None:
+        try:
+            clock_skew = float(_env(env, "CLOCK_SKEW") or 300.0)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}CLOCK_SKEW must be a number of seconds") from None
+    if not 0 <= clock_skew <= 86400:
+        raise ConfigError("--clock-skew must be from 0 to 86400 seconds")
     master_hex = _env(env, "MASTER_KEY")
     master = None
     if master_hex:
@@ -208,6 +219,7 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         redis_prefix=redis_prefix,
         redis_timeout=redis_timeout_ms / 1000,
         max_staleness=max_staleness,
+        clock_skew=clock_skew,
         reuse_port=bool(getattr(ns, "reuse_port", False)),
         tls_cert=Path(tls_cert) if tls_cert else None,
         tls_key=Path(tls_key) if tls_key else None,

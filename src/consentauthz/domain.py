@@ -147,9 +147,20 @@ class ConsentEvent:
     sealed_evidence: str = ""
 
 
+def event_order(ev: ConsentEvent) -> tuple[datetime, int, int]:
+    """The one order of a subject's consent records, used wherever the latest one matters
+    (the projection, the facts, replay, explain, the caches): event time first, because
+    choices arrive late (offline queues, CRM imports, lead-form syncs) and a grant
+    collected before a withdrawal must not undo it by arriving after it. At the same
+    `collected_at` a withdrawal, objection, opt-out or limit comes after a grant or
+    opt-in, so it wins (the reading that can only deny more). Then ledger order."""
+    return (ev.collected_at, 0 if ev.action in PERMISSION_ACTIONS else 1, ev.sequence)
+
+
 @dataclass(frozen=True, slots=True)
 class SubjectState:
-    """What the engine needs about one subject: profile and the consent events in effect."""
+    """What the engine needs about one subject: profile and the consent events in effect,
+    in `event_order` (oldest first)."""
 
     profile: SubjectProfile = field(default_factory=SubjectProfile)
     events: tuple[ConsentEvent, ...] = ()

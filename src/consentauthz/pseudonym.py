@@ -1,9 +1,23 @@
-"""Keyed HMAC pseudonyms: how subject ids (and other caller-chosen keys) are stored."""
+"""Keyed HMAC pseudonyms: how subject ids (and other caller-chosen keys) are stored.
+
+Values are canonicalised first (Unicode NFC): "Zoë" typed on one system and on another
+may arrive as different code points for the same text, and a withdrawal or an erasure
+sent under one spelling must reach the records made under the other. Validation
+(validation.check_subject_id) refuses what canonicalisation will not fix: surrounding
+whitespace and control characters. Case is left alone (docs/api.md says why).
+"""
 
 from __future__ import annotations
 
 import hmac
+import unicodedata
 from collections.abc import Sequence
+
+
+def canonical(value: str) -> str:
+    """The one spelling of a caller-chosen id that is pseudonymised (NFC). ASCII ids (most
+    e-mail addresses and database keys) are their own canonical form."""
+    return value if value.isascii() else unicodedata.normalize("NFC", value)
 
 
 class Pseudonymizer:
@@ -36,10 +50,11 @@ class Pseudonymizer:
 
     def __call__(self, value: str) -> str:
         key_id, key = self._keys[0]
-        return self._one(key_id, key, value)
+        return self._one(key_id, key, canonical(value))
 
     def all(self, value: str) -> tuple[str, ...]:
         """The value's pseudonym under every key of the ring, current key first."""
+        value = canonical(value)
         return tuple(self._one(kid, k, value) for kid, k in self._keys)
 
     @property

@@ -46,7 +46,8 @@ MAX_TOKEN_DIGITS = 19
 #: Ledger positions are SQLite/PostgreSQL 64-bit integers.
 MAX_TOKEN = 2**63 - 1
 MAX_PAGE_SIZE = 1000
-#: Accepted clock skew for collected_at in the future.
+#: How far in the future collected_at may be (the caller's clock ahead of ours), unless
+#: `serve --clock-skew` says otherwise. Such a record counts from its collected time.
 CLOCK_SKEW = timedelta(minutes=5)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
@@ -91,8 +92,15 @@ def _text(v: Violations, field: str, value: str, limit: int, *, required: bool) 
 
 
 def check_subject_id(v: Violations, value: str, field: str = "subject_id") -> None:
-    if _text(v, field, value, MAX_SUBJECT_ID, required=True) and not value.strip():
+    """One subject, one id: ids are compared after Unicode NFC (pseudonym.canonical);
+    what NFC cannot make one (surrounding whitespace, control characters) is refused rather
+    than silently becoming a second subject. The value is never echoed."""
+    if not _text(v, field, value, MAX_SUBJECT_ID, required=True):
+        return
+    if not value.strip():
         v.add(field, "is blank")
+    elif value != value.strip():
+        v.add(field, "has leading or trailing whitespace")
 
 
 def check_jurisdiction(v: Violations, value: str, field: str = "jurisdiction") -> None:
@@ -154,14 +162,16 @@ def _check_time(v: Violations, field: str, value: datetime | None) -> None:
         v.add(field, f"must be between {EARLIEST.date()} and {LATEST.date()}")
 
 
-def validate_write(w: ConsentWrite, taxonomy: Taxonomy, now: datetime) -> None:
+def validate_write(w: ConsentWrite, taxonomy: Taxonomy, now: datetime,
+                   clock_skew: timedelta = CLOCK_SKEW) -> None:
     v = Violations()
-    check_write(v, w, taxonomy, now)
+    check_write(v, w, taxonomy, now, clock_skew=clock_skew)
     v.raise_if_any()
 
 
 def check_write(v: Violations, w: ConsentWrite, taxonomy: Taxonomy | None, now: datetime,
-                unknown: frozenset[str] = frozenset()) -> None:
+                unknown: frozenset[str] = frozenset(), *,
+                clock_skew: timedelta = CLOCK_SKEW) -> None:
     """`unknown`: fields the edge could not convert (and has reported); `w` holds
     placeholders there, so no rule that depends on them is applied. Without a
     `taxonomy`, purposes and categories are checked for form only."""
@@ -192,8 +202,9 @@ def check_write(v: Violations, w: ConsentWrite, taxonomy: Taxonomy | None, now: 
     expires = None if "expires_at" in unknown else w.expires_at
     _check_time(v, "collected_at", collected)
     _check_time(v, "expires_at", expires)
-    if collected is not None and collected.tzinfo and collected > now + CLOCK_SKEW:
-        v.add("collected_at", "is in the future")
+    if collected is not None and collected.tzinfo and collected > now + clock_skew:
+        v.add("collected_at", f"is more than {int(clock_skew.total_seconds())} seconds in "
+                              "the future")
     if expires is not None:
         if action is not None and not permission:
             v.add("expires_at", "only applies to a grant or opt-in")

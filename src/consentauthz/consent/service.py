@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from opentelemetry.trace import Span
@@ -28,6 +28,7 @@ from ..policy import Taxonomy
 from ..pseudonym import Pseudonymizer
 from ..telemetry import ATTR_CACHE_TIER, child_span, tracer
 from ..validation import (
+    CLOCK_SKEW,
     check_subject_only,
     validate_history,
     validate_state_read,
@@ -72,7 +73,8 @@ class ConsentService:
                  taxonomy: Callable[[], Taxonomy], clock: Callable[[], datetime],
                  metrics: Metrics = NO_METRICS, freshness: Freshness | None = None,
                  shared: RedisStateCache | None = None,
-                 shredder: Shredder | None = None) -> None:
+                 shredder: Shredder | None = None,
+                 clock_skew: timedelta = CLOCK_SKEW) -> None:
         self._ledger = ledger
         self._cache = cache
         self._pseudonymize = pseudonymize
@@ -84,6 +86,8 @@ class ConsentService:
         self._redis = shared
         #: Destroys subjects' keys (consent/sealing.py); None: nothing is sealed.
         self._shredder = shredder
+        #: How far in the future a record's collected_at may be (validation.CLOCK_SKEW).
+        self.clock_skew = clock_skew
         self._write_lock = threading.Lock()
         self._resolved_lock = threading.Lock()  # never the write lock: checks must not wait
         #: current-key pseudonym -> the pseudonym the subject's records live under
@@ -185,7 +189,7 @@ class ConsentService:
 
     def record(self, write: ConsentWrite) -> WriteResult:
         now = self._clock()
-        validate_write(write, self._taxonomy(), now)
+        validate_write(write, self._taxonomy(), now, self.clock_skew)
         subject = self.subject_key(write.subject_id)
         idempotency = None
         if write.idempotency_key:

@@ -326,14 +326,16 @@ class CompiledPolicy:
     def decide(self, request: CheckRequest, state: SubjectState, now: datetime) -> Decision:
         """Decide the request; a key covers its descendants, so the answer for a broader
         purpose or category is ALLOW only if every purpose and category under it would be
-        allowed. When the caller's jurisdiction and the subject's recorded one lead to
-        different regimes, both are evaluated and the stricter answer wins (fail closed).
+        allowed. When the caller's jurisdiction and the subject's recorded one differ, both
+        are evaluated and the stricter answer wins (fail closed).
         The first denial found decides; otherwise the requested keys' own answer does."""
         tax = self.policy.taxonomy
         jurisdictions = [request.jurisdiction or state.profile.jurisdiction]
         recorded = state.profile.jurisdiction
-        if (request.jurisdiction and recorded and self.jurisdictions[self.jurisdiction_token(
-                recorded)] != self.jurisdictions[self.jurisdiction_token(request.jurisdiction)]):
+        if request.jurisdiction and recorded and recorded != request.jurisdiction:
+            # Whenever they differ, not only when their regimes do: inside one regime the
+            # rules that depend on where the subject is (Art. 8 ages, member-state rules)
+            # differ too, and the caller's word must never loosen what was recorded.
             jurisdictions.append(recorded)
         purposes = tax.purposes.subtree(request.purpose)
         categories = tax.categories.subtree(request.data_category)
@@ -362,7 +364,8 @@ class CompiledPolicy:
         if combinations > 1:
             lines.insert(0, f"the request covers {combinations} combinations of jurisdiction, "
                             f"purpose and data category (a key covers its descendants; a "
-                            f"recorded jurisdiction with another regime counts too); each "
+                            f"recorded jurisdiction other than the requested one counts "
+                            f"too); each "
                             f"must be allowed. Deciding: {jurisdiction or '(none)'}, "
                             f"{purpose}, {category}")
         return replace(decision, explanation=tuple(lines))

@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from ..domain import CollectionMethod, ConsentAction, ConsentEvent, SubjectState
+from ..domain import (
+    PERMISSION_ACTIONS,
+    CollectionMethod,
+    ConsentAction,
+    ConsentEvent,
+    SubjectState,
+    event_order,
+)
 from ..policy import PolicySettings, Taxonomy
 
 ALWAYS = "always"
@@ -54,6 +61,10 @@ class Facts:
 
 def age_on(birth: date, today: date) -> int:
     return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+
+
+def _later(ev: ConsentEvent, than: ConsentEvent | None) -> bool:
+    return than is None or event_order(ev) > event_order(than)
 
 
 def _describe(ev: ConsentEvent) -> str:
@@ -102,8 +113,16 @@ def derive_facts(
     invalid: ConsentEvent | None = None
     sale: ConsentEvent | None = None
     limited: ConsentEvent | None = None
-    for ev in state.events:  # ledger order
+    # The latest record of each kind by event_order. The projection keeps events in that
+    # order, but the comparison is made here all the same: the facts must not depend on
+    # how a state was put together (a cache entry, a replay, a test).
+    for ev in state.events:
         if ev.purpose and ev.purpose not in purpose_lineage:
+            continue
+        if ev.collected_at > now and ev.action in PERMISSION_ACTIONS:
+            # Collected a little in the future (clock skew the ledger accepted): a
+            # permission counts from its collected time, not sooner; a restriction
+            # counts at once.
             continue
         if ev.data_categories and not any(
                 c in category_lineage for c in ev.data_categories):
@@ -112,20 +131,24 @@ def derive_facts(
         if action in _CONSENT_CHANNEL:
             if action is ConsentAction.GRANT and not ev.method.is_valid_consent:
                 # Kept as evidence; never consent, never overrides a real choice.
-                if consent is None:
+                if _later(ev, invalid):
                     invalid = ev
                 if explain:
                     notes.append(f"{_describe(ev)} is not valid consent (pre-ticked or implied)")
                 continue
-            consent, invalid = ev, None
+            if _later(ev, consent):
+                consent = ev
         elif action in _SALE_CHANNEL:
             if action is ConsentAction.OPT_IN_TO_SALE and not ev.method.is_valid_consent:
                 if explain:
                     notes.append(f"{_describe(ev)} is not a valid opt-in (pre-ticked or implied)")
                 continue
-            sale = ev
-        elif action is ConsentAction.LIMIT_SENSITIVE:
+            if _later(ev, sale):
+                sale = ev
+        elif action is ConsentAction.LIMIT_SENSITIVE and _later(ev, limited):
             limited = ev
+    if consent is not None:
+        invalid = None
 
     if consent is None and invalid is None:
         add("no_consent")

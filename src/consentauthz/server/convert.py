@@ -9,7 +9,7 @@ checks it (a consistency token that is not one travels as NOT_A_TOKEN for that r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 
@@ -32,6 +32,7 @@ from ..domain import (
 )
 from ..v1 import audit_pb2, consent_pb2, decision_pb2, policy_pb2
 from ..validation import (
+    CLOCK_SKEW,
     NOT_A_TOKEN,
     Violations,
     check_query,
@@ -111,7 +112,8 @@ def check_response(decision: Decision, record: DecisionRecord) -> decision_pb2.C
         jurisdiction=decision.jurisdiction, explanation=list(decision.explanation))
 
 
-def consent_write(msg: consent_pb2.RecordConsentRequest) -> ConsentWrite:
+def consent_write(msg: consent_pb2.RecordConsentRequest,
+                  clock_skew: timedelta = CLOCK_SKEW) -> ConsentWrite:
     v = Violations()
     action = _ACTIONS.get(msg.action)
     if action is None:
@@ -134,7 +136,7 @@ def consent_write(msg: consent_pb2.RecordConsentRequest) -> ConsentWrite:
         # as far as they can be without the fields that failed (their placeholders are
         # ignored) and without the live taxonomy (keys are checked for form only).
         unknown = frozenset(x.field for x in v.items)
-        check_write(v, write, None, datetime.now(UTC), unknown)
+        check_write(v, write, None, datetime.now(UTC), unknown, clock_skew=clock_skew)
         v.raise_if_any()
     return write
 

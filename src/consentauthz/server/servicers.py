@@ -112,7 +112,8 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     def RecordConsent(self, request: consent_pb2.RecordConsentRequest,
                       context: grpc.ServicerContext) -> Any:
         with rpc(context, "RecordConsent"):
-            result = self._consent.record(convert.consent_write(request))
+            result = self._consent.record(
+                convert.consent_write(request, self._consent.clock_skew))
             return consent_pb2.RecordConsentResponse(
                 record_id=result.record_id, consistency_token=str(result.consistency_token))
 
