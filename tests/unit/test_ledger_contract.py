@@ -865,3 +865,56 @@ def test_sqlite_identity_survives_reopen(tmp_path: Path) -> None:
         assert again.identity() == first
     finally:
         again.close()
+
+
+# -- event order (issue 12) and projections written by an earlier release -------------------
+
+
+def test_a_record_collected_earlier_but_appended_later_does_not_displace_a_later_one(
+        ledger: Ledger) -> None:
+    ledger.append_consent("alice", event("w", ConsentAction.WITHDRAW, minutes=60))
+    ledger.append_consent("alice", event("g", minutes=0))
+    assert ids(ledger.load("alice")) == ["w"]
+    ledger.append_consent("alice", event("g2", minutes=61))
+    assert ids(ledger.load("alice")) == ["g2"]
+    assert ledger.verify().ok
+
+
+def _projection_of_release_one(subject: str) -> str:
+    """What an earlier release stored after withdraw(t+60) then grant(t): arrival order
+    let the late grant displace the withdrawal."""
+    from consentauthz.consent.codec import state_to_json
+    return state_to_json(SubjectState(events=(replace(event("g"), sequence=2),), version=2))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_projections_of_an_earlier_release_are_rebuilt_on_open(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    def open_ledger() -> Ledger:
+        if kind == "sqlite":
+            return SqliteLedger(tmp_path / "ledger.db")
+        return PostgresLedger(request.getfixturevalue("postgres_dsn"))
+
+    led = open_ledger()
+    led.append_consent("alice", event("w", ConsentAction.WITHDRAW, minutes=60))
+    led.append_consent("alice", event("g", minutes=0))
+    led.close()
+    # Make the database look like one an earlier release wrote.
+    if kind == "sqlite":
+        conn: Any = sqlite3.connect(tmp_path / "ledger.db")
+    else:
+        conn = psycopg.connect(request.getfixturevalue("postgres_dsn"), autocommit=True)
+    mark = "?" if kind == "sqlite" else "%s"
+    conn.execute(f"UPDATE subject_state SET state = {mark} WHERE subject = 'alice'",
+                 (_projection_of_release_one("alice"),))
+    conn.execute("DELETE FROM ledger_meta")
+    if kind == "sqlite":
+        conn.commit()
+    conn.close()
+
+    led = open_ledger()
+    try:
+        assert ids(led.load("alice")) == ["w"]
+        assert led.verify().ok
+    finally:
+        led.close()

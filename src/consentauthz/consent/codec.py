@@ -135,7 +135,9 @@ def state_from_json(text: str, sequence: int) -> SubjectState:
 # FORMAT: an entry of another format is a miss (read through and overwritten), never
 # misread. tests/unit/test_codec.py pins them.
 
-FORMAT = 2
+#: 3: the bytes of 2; the state is projected in event order (projection.PROJECTION_RULES
+#: 2), so an entry of 2 (arrival order) must not be served.
+FORMAT = 3
 _FORMAT_BYTE = bytes([FORMAT])
 _MICRO = timedelta(microseconds=1)
 #: Timestamps count from here: fewer varint bytes than from 1970 (and signed: zigzag).

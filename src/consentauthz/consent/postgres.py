@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     entry_hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ledger_by_subject ON ledger (subject, seq);
+CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS subject_state (
     subject TEXT PRIMARY KEY,
     version BIGINT NOT NULL,
@@ -141,6 +142,8 @@ class PostgresLedger(LedgerTables):
             self._writer: Conn = self._connect()
             try:
                 self._create_schema()
+                with self._append_tx() as conn:
+                    self._refresh_projections(conn)
                 self._pool: ConnectionPool[Conn] = ConnectionPool(
                     self._conninfo, min_size=min_size, max_size=max_size, open=False,
                     configure=_configure_reader, timeout=connect_timeout,

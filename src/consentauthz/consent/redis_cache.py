@@ -1,6 +1,6 @@
 """The consent-state cache every replica shares (Redis), and its invalidation channel.
 
-Layout (PREFIX defaults to `ca:`; F is consent/codec.py's FORMAT, now 2):
+Layout (PREFIX defaults to `ca:`; F is consent/codec.py's FORMAT, now 3):
 - `PREFIX head` = `F.<generation>:<position>` (generation: 8 hex digits): every entry of
   this generation is current as of ledger position `position`. Only ledger writers move
   it, one at a time, in ledger order (they hold the ledger's global write order while

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS ledger (
 );
 CREATE INDEX IF NOT EXISTS ledger_by_subject ON ledger (subject, seq);
 CREATE TABLE IF NOT EXISTS ledger_identity (id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS subject_state (
     subject TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -64,6 +65,9 @@ class SqliteLedger(LedgerTables):
             self._conn = open_database(path, _SCHEMA, fsync=True, read_only=read_only)
         except sqlite3.Error as exc:
             raise Unavailable(f"consent ledger cannot be opened: {exc}") from exc
+        if not read_only:
+            with self._tx() as conn:
+                self._refresh_projections(conn)
 
     @contextmanager
     def _tx(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:

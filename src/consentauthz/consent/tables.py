@@ -10,6 +10,7 @@ those.
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -20,12 +21,21 @@ from typing import Any, ClassVar, Protocol
 from ..chain import GENESIS, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from .codec import event_to_dict, profile_to_dict, state_from_json, state_to_json
-from .ledger import AppendResult, Idempotency, entry_payload, idempotency_conflict
-from .projection import apply_event, apply_profile
+from .ledger import AppendResult, Idempotency, entry_payload, idempotency_conflict, replay
+from .projection import PROJECTION_RULES, apply_event, apply_profile
+
+log = logging.getLogger("consentauthz.consent")
+
+#: Facts about the ledger itself (key/value); created when missing, for ledgers made
+#: before it existed.
+META_TABLE = ("CREATE TABLE IF NOT EXISTS ledger_meta "
+              "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
 class Cursor(Protocol):
     def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Any: ...
 
 
 class Connection(Protocol):
@@ -83,6 +93,39 @@ class LedgerTables(ABC):
                       "ON CONFLICT (subject) DO UPDATE SET version = excluded.version, "
                       "state = excluded.state"),
             (subject, state.version, state_to_json(state)))
+
+    def _meta(self, conn: Connection, key: str) -> str | None:
+        row = conn.execute(self._sql("SELECT value FROM ledger_meta WHERE key = ?"),
+                           (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _put_meta(self, conn: Connection, key: str, value: str) -> None:
+        conn.execute(self._sql("INSERT INTO ledger_meta (key, value) VALUES (?, ?) "
+                               "ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+                     (key, value))
+
+    def _refresh_projections(self, conn: Connection) -> int:
+        """Rebuild every stored projection from the records when they were made under
+        other rules than projection.PROJECTION_RULES (a ledger written by an earlier
+        release); the caller holds the ledger's append order. Returns how many subjects
+        were rebuilt. The records are the truth, so this is always safe to do."""
+        conn.execute(META_TABLE)
+        if self._meta(conn, "projection_rules") == PROJECTION_RULES:
+            return 0
+        rows = conn.execute("SELECT seq, subject, kind, body FROM ledger ORDER BY seq"
+                            ).fetchall()
+        head = int(rows[-1][0]) if rows else 0
+        per_subject: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+        for seq, subject, kind, body in rows:
+            per_subject.setdefault(str(subject), []).append((int(seq), kind, json.loads(body)))
+        for subject, entries in per_subject.items():
+            self._save_state(conn, subject, replay(entries, head))
+        self._put_meta(conn, "projection_rules", PROJECTION_RULES)
+        if per_subject:
+            log.warning("consent ledger: rebuilt the projections of %d subjects under the "
+                        "current rules (projection rules %s)", len(per_subject),
+                        PROJECTION_RULES)
+        return len(per_subject)
 
     def append_consent(self, subject: str, event: ConsentEvent,
                        idempotency: Idempotency | None = None) -> AppendResult:
