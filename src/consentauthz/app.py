@@ -201,8 +201,9 @@ class App:
             data / "decisions.db", fsync=config.decision_log_fsync,
             max_segment_bytes=config.decision_log_segment_bytes,
             retention_days=config.decision_log_retention_days)
-        # One writer thread, group commit. Block mode: no answer before its entry is
-        # committed; a full queue slows callers down instead of losing entries.
+        # Group commit by whichever caller finds no write in progress (no writer thread in
+        # block mode). Block mode: no answer before its entry is committed; a full queue
+        # slows callers down instead of losing entries.
         self.decision_log = QueuedDecisionLog(self.decision_store,
                                               mode=config.decision_log_mode)
         self.metrics.observe_decision_log(queue_depth=self.decision_log.queue_depth,

@@ -133,13 +133,28 @@ def test_a_head_of_another_form_is_never_trusted(cache: RedisStateCache,
 def test_an_entry_of_the_previous_layout_is_a_miss_and_is_replaced(
         cache: RedisStateCache, redis_server: RedisServer) -> None:
     client = redis_server.client()
-    client.set(cache.head_key, b"2.0a0b0c0d:12")
+    client.set(cache.head_key, f"{FORMAT}.0a0b0c0d:12".encode())
     client.set(cache.entry_key(ALICE), b"0a0b0c0d:12:12:" + b"\x00" * 60)  # format 1
     seen = cache.read(ALICE)
     assert seen is not None and seen.position == 12 and seen.state is None
     assert cache.populate(ALICE, state(12), seen, False)
     again = cache.read(ALICE)
     assert again is not None and again.state == state(12)
+
+
+def test_entries_of_format_2_projected_in_arrival_order_are_never_served(
+        cache: RedisStateCache, redis_server: RedisServer) -> None:
+    """Format 2 had the same bytes, but its states were projected in arrival order (a late
+    grant could displace a later withdrawal): after the upgrade its heads are no heads."""
+    assert cache.write_through(ALICE, state(12), 12)
+    client = redis_server.client()
+    head = client.get(cache.head_key)
+    entry = client.get(cache.entry_key(ALICE))
+    assert head is not None and entry is not None
+    client.set(cache.head_key, b"2." + head.split(b".", 1)[1])
+    client.set(cache.entry_key(ALICE), bytes([2]) + entry[1:])
+    seen = cache.read(ALICE)
+    assert seen is None or seen.state is None
 
 
 def test_a_write_after_a_gap_starts_a_new_generation(cache: RedisStateCache) -> None:
