@@ -433,7 +433,9 @@ def expect(must: set[str], may: set[str] | None = None, *, ahead: bool = False,
 
 
 def subject_ok(value: str) -> bool:
-    return 0 < len(value) <= MAX_SUBJECT and value.isprintable() and bool(value.strip())
+    # One subject, one id (issue 12): no surrounding whitespace either.
+    return (0 < len(value) <= MAX_SUBJECT and value.isprintable() and bool(value.strip())
+            and value == value.strip())
 
 
 def label_ok(value: str, *, required: bool, limit: int = MAX_LABEL) -> bool:

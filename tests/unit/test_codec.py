@@ -130,7 +130,8 @@ def test_the_format_byte_pins_the_tables_and_the_dictionary() -> None:
     digest = hashlib.sha256(repr((codec._ACTIONS, codec._METHODS, codec._VOCAB,
                                   codec._EPOCH, codec._WBITS)).encode()
                             + codec._ZDICT).hexdigest()
-    assert (FORMAT, digest) == (2, PINNED)
+    # FORMAT 3 has the tables of 2 (it changed what a state means, not how it reads).
+    assert (FORMAT, digest) == (3, PINNED)
 
 
 PINNED = "5e04097df6cc68b3e356d2616d79fb53145136e769ce456e88c65391cdd93554"
