@@ -13,6 +13,9 @@ RUN_LOCK := requirements/run.lock
 TEST_LOCK := requirements/test.lock
 RUN_STAMP := $(VENV)/.run-$(shell cat $(RUN_LOCK) pyproject.toml | cksum | cut -d' ' -f1)
 TEST_STAMP := $(VENV)/.test-$(shell cat $(TEST_LOCK) pyproject.toml | cksum | cut -d' ' -f1)
+# node-casbin for the parity test (tests/node): `npm ci` from its committed package-lock.json.
+NODE_DIR := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed-$(shell cat $(NODE_DIR)/package-lock.json | cksum | cut -d' ' -f1)
 LATEST_VENV := .venv-latest
 LOCK_VENV := .venv-lock
 UV_VERSION := 0.13.8
@@ -50,6 +53,11 @@ run: $(RUN_STAMP)
 
 check-system:
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is required by the test suite: install it with 'sudo apt-get install -y redis-server' (Debian/Ubuntu) or 'brew install redis' (macOS)"; exit 1; }
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { echo "node and npm are required by the test suite (node-casbin parity): install them with 'sudo apt-get install -y nodejs npm' (Debian/Ubuntu) or 'brew install node' (macOS)"; exit 1; }
+
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json | check-system
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
 
 check-protos: $(TEST_STAMP)
 	$(PY) scripts/gen_protos.py --check
@@ -63,7 +71,7 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(VENV)/bin/mypy
 
-test: $(TEST_STAMP) check-system
+test: $(TEST_STAMP) check-system $(NODE_STAMP)
 	@$(MAKE) --no-print-directory suite
 
 # The whole suite in whatever venv VENV names (test and test-latest share it).
@@ -73,7 +81,7 @@ suite:
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
-test-latest: check-python check-system
+test-latest: check-python check-system $(NODE_STAMP)
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install --quiet --upgrade pip setuptools wheel

@@ -232,7 +232,7 @@ def test_jurisdiction_mapped_to_two_regimes(pack: Path) -> None:
 
 
 @pytest.mark.parametrize(("old", "new"), [
-    ('(p.when == "always" || p.when in r.facts)', "p.when in r.facts"),
+    ('(p.when == "always" || (p.when in r.facts))', "(p.when in r.facts)"),
     ("e = priority(p.eft) || deny", "e = some(where (p.eft == allow))"),
     ("p = priority, regime, purpose, category, when, eft, reason, basis",
      "p = priority, regime, purpose, category, when, eft, reason"),
@@ -244,8 +244,14 @@ def test_changed_model_is_rejected(pack: Path, old: str, new: str) -> None:
 
 
 def test_model_whitespace_and_comments_do_not_matter(pack: Path) -> None:
-    edit(pack, "model.conf", "m = g(r.jurisdiction, p.regime) && ",
-         "# a comment\nm = g(r.jurisdiction,  p.regime)  &&  ")
+    edit(pack, "model.conf", "m = g(r.jurisdiction, p.regime) &&(",
+         "# a comment\nm = g(r.jurisdiction,  p.regime)  &&(")
+    compile_policy(pack)
+
+
+def test_the_matcher_as_written_before_node_casbin_parity_still_loads(pack: Path) -> None:
+    from consentauthz.engine.compiled import _EARLIER_MODEL
+    (pack / "model.conf").write_text(_EARLIER_MODEL, encoding="utf-8")
     compile_policy(pack)
 
 

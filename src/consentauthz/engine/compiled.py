@@ -24,7 +24,7 @@ from ..errors import PolicyError
 from ..policy import Hierarchy, PolicyLine, PolicySet, paused_gc
 from .facts import ALWAYS, FACTS, Facts, derive_facts
 
-CANONICAL_MODEL = """\
+_MODEL_SECTIONS = """\
 [request_definition]
 r = jurisdiction, purpose, category, facts
 
@@ -40,9 +40,18 @@ g3 = _, _
 e = priority(p.eft) || deny
 
 [matchers]
-m = g(r.jurisdiction, p.regime) && (p.purpose == "*" || g2(r.purpose, p.purpose)) \
-&& (p.category == "*" || g3(r.category, p.category)) && (p.when == "always" || p.when in r.facts)
 """
+CANONICAL_MODEL = _MODEL_SECTIONS + (
+    'm = g(r.jurisdiction, p.regime) &&(p.purpose == "*" || g2(r.purpose, p.purpose)) '
+    '&&(p.category == "*" || g3(r.category, p.category)) '
+    '&&(p.when == "always" || (p.when in r.facts))\n')
+#: The matcher as packs wrote it before it was made to parse in node-casbin too: the same
+#: decisions in pycasbin, so such a pack still loads (policies/model.conf says why the
+#: canonical form is written as it is).
+_EARLIER_MODEL = _MODEL_SECTIONS + (
+    'm = g(r.jurisdiction, p.regime) && (p.purpose == "*" || g2(r.purpose, p.purpose)) '
+    '&& (p.category == "*" || g3(r.category, p.category)) '
+    '&& (p.when == "always" || p.when in r.facts)\n')
 
 #: The jurisdiction token for codes the pack does not map; the pack must map it (fail-closed).
 UNKNOWN_JURISDICTION = "UNKNOWN"
@@ -85,7 +94,8 @@ def _model_signature(text: str) -> tuple[tuple[str, ...], ...]:
     return (tokens("r", "r"), tokens("p", "p"), (value("e", "e"), value("m", "m")), roles)
 
 
-_CANONICAL_SIGNATURE = _model_signature(CANONICAL_MODEL)
+_CANONICAL_SIGNATURES = frozenset(
+    {_model_signature(CANONICAL_MODEL), _model_signature(_EARLIER_MODEL)})
 
 
 def _closure(edges: Mapping[str, set[str]], node: str) -> tuple[tuple[str, ...], int]:
@@ -114,7 +124,7 @@ class CompiledPolicy:
         self.policy = policy
         self.version = policy.version
         problems: list[str] = []
-        if _model_signature(policy.model_text) != _CANONICAL_SIGNATURE:
+        if _model_signature(policy.model_text) not in _CANONICAL_SIGNATURES:
             problems.append(
                 "model.conf: must be the consentauthz model (request, policy, roles, effect "
                 "and matcher as in docs/policy-authoring.md); the engine's index reproduces "

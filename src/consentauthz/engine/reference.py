@@ -28,12 +28,19 @@ def reference_enforcer(policy: PolicySet, workdir: Path | None = None) -> Any:
         # casbin reads both files while it is constructed; nothing is left behind.
         with tempfile.TemporaryDirectory(prefix="consentauthz-ref-") as tmp:
             return reference_enforcer(policy, Path(tmp))
+    model, csv = write_reference_files(policy, workdir)
+    return casbin.Enforcer(str(model), str(csv))
+
+
+def write_reference_files(policy: PolicySet, workdir: Path) -> tuple[Path, Path]:
+    """model.conf and one policy.csv (rules, groupings, taxonomy links, in load order):
+    what any Casbin implementation can load to decide as the engine does."""
     model = workdir / "model.conf"
     model.write_text(policy.model_text)
     csv = workdir / "policy.csv"
     body = [line.text for line in policy.rules] + [line.text for line in policy.groupings]
     csv.write_text("\n".join(body + taxonomy_links(policy)) + "\n")
-    return casbin.Enforcer(str(model), str(csv))
+    return model, csv
 
 
 def reference_request(compiled: CompiledPolicy, jurisdiction: str, purpose: str,
