@@ -232,6 +232,10 @@ class Decision:
     #: the first key under it that is denied; otherwise these are the requested keys).
     decided_purpose: str = ""
     decided_category: str = ""
+    #: The jurisdiction token the rules were matched with: a mapped code, UNKNOWN, or, for
+    #: a jurisdiction the pack does not map, the regime whose rules decided (an unknown
+    #: jurisdiction is evaluated under every regime of the pack).
+    decided_jurisdiction: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -307,16 +307,21 @@ def _reference_decision(pack: Pack, request: CheckRequest, state: SubjectState,
     if request.jurisdiction and recorded and recorded != request.jurisdiction:
         jurisdictions.append(recorded)
     own = None
-    for jurisdiction in jurisdictions:
+    # A jurisdiction the pack does not map: under UNKNOWN's regime and every other regime a
+    # code maps to (a regime name as casbin's jurisdiction reaches exactly its rules).
+    regimes = sorted(set(pack.compiled.jurisdictions.values())
+                     - {pack.compiled.jurisdictions["UNKNOWN"]})
+    evaluations = [(j, t) for j in jurisdictions
+                   for t in ([j] if j in pack.compiled.jurisdictions else ["UNKNOWN", *regimes])]
+    for jurisdiction, token in evaluations:
         for purpose in policy.taxonomy.purposes.subtree(request.purpose):
             for category in policy.taxonomy.categories.subtree(request.data_category):
                 facts = derive_facts(state, purpose, category, jurisdiction, now,
                                      request.context, policy.taxonomy, policy.settings)
-                allowed, explain = _casbin(pack, jurisdiction, purpose, category,
-                                           facts.tokens)
+                allowed, explain = _casbin(pack, token, purpose, category, facts.tokens)
                 reason = Reason(explain[6]) if explain else Reason.NO_MATCHING_RULE
                 result = (Effect.ALLOW if allowed else Effect.DENY, reason,
-                          explain[7] if allowed else "", explain, facts.tokens, jurisdiction)
+                          explain[7] if allowed else "", explain, facts.tokens, token)
                 own = own or result
                 if not allowed:
                     return result
@@ -339,8 +344,8 @@ def test_decide_equals_casbin_end_to_end(shipped: Pack, data: st.DataObject) -> 
                if decision.matched_rule is not None else [])
     assert matched == explain
     assert decision.facts == tuple(sorted(facts))
-    token = shipped.compiled.jurisdiction_token(deciding)
-    assert decision.regime == shipped.compiled.jurisdictions[token]
+    assert decision.regime == shipped.compiled.regime_of(deciding)
+    assert decision.decided_jurisdiction == deciding
     assert bool(decision.explanation) == request.explain
 
 

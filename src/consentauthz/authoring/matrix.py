@@ -314,7 +314,8 @@ def _jurisdiction_note(regime: Regime) -> str:
     text = f"Jurisdictions: {', '.join(mapped) or '(none)'}; probed as {regime.jurisdiction}."
     if UNKNOWN_JURISDICTION in regime.jurisdictions:
         text += (f" Any jurisdiction the pack does not map ({UNKNOWN_JURISDICTION}) is "
-                 "evaluated under this regime.")
+                 "evaluated under this regime and under every other regime of the pack: "
+                 "it is allowed only where all of them allow.")
     return text
 
 

@@ -136,7 +136,8 @@ def casbin_disagreement(case: Case, compiled: CompiledPolicy, decision: Decision
     # Casbin is asked about the combination that decided (a broader request is decided
     # by the first denied key under it).
     allowed, explain = enforcer.enforce_ex(*reference_request(
-        compiled, decision.jurisdiction, decision.decided_purpose or case.purpose,
+        compiled, decision.decided_jurisdiction or decision.jurisdiction,
+        decision.decided_purpose or case.purpose,
         decision.decided_category or case.data_category, frozenset(decision.facts)))
     ours = list(_rule_fields(compiled, decision))
     if list(explain) != ours or allowed != (decision.effect is Effect.ALLOW):

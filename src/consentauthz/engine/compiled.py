@@ -211,6 +211,13 @@ class CompiledPolicy:
         self.purpose_classes = frozenset(purpose_classes)
         self.category_classes = frozenset(category_classes)
         self.regimes = frozenset(regimes)
+        # A jurisdiction the pack does not map is answered as strictly as any regime in the
+        # pack would answer it: UNKNOWN's own regime first (it names the answer when all
+        # allow), then every other regime a jurisdiction maps to, by name. A regime name
+        # as the token reaches exactly that regime's rules (casbin links a name to itself).
+        unknown_regime = self.jurisdictions[UNKNOWN_JURISDICTION]
+        self.unknown_tokens: tuple[str, ...] = (UNKNOWN_JURISDICTION, *sorted(
+            set(self.jurisdictions.values()) - {unknown_regime}))
         self._by_triple: dict[tuple[str, str, str], list[int]] = {}
         for pos, rule in enumerate(self.rules):
             self._by_triple.setdefault((rule.regime, rule.purpose, rule.category), []).append(pos)
@@ -306,7 +313,21 @@ class CompiledPolicy:
     # -- deciding ---------------------------------------------------------------------
 
     def jurisdiction_token(self, jurisdiction: str) -> str:
-        return jurisdiction if jurisdiction in self.jurisdictions else UNKNOWN_JURISDICTION
+        """The token a jurisdiction code is matched with: itself when the pack maps it,
+        UNKNOWN otherwise. A regime name (what an unknown jurisdiction is also evaluated
+        as) is its own token; request validation never lets a caller send one."""
+        if jurisdiction in self.jurisdictions or jurisdiction in self.regimes:
+            return jurisdiction
+        return UNKNOWN_JURISDICTION
+
+    def tokens_for(self, jurisdiction: str) -> tuple[str, ...]:
+        """Every token a jurisdiction is evaluated under: its own, or for one the pack does
+        not map, every regime (the strictest answer wins)."""
+        token = self.jurisdiction_token(jurisdiction)
+        return self.unknown_tokens if token == UNKNOWN_JURISDICTION else (token,)
+
+    def regime_of(self, token: str) -> str:
+        return self.jurisdictions.get(token) or token
 
     def candidates(self, jurisdiction_token: str, purpose: str, category: str) -> tuple[Rule, ...]:
         key = (jurisdiction_token, purpose, category)
@@ -349,42 +370,43 @@ class CompiledPolicy:
             jurisdictions.append(recorded)
         purposes = tax.purposes.subtree(request.purpose)
         categories = tax.categories.subtree(request.data_category)
-        combinations = len(jurisdictions) * len(purposes) * len(categories)
+        evaluations = [(j, token) for j in jurisdictions for token in self.tokens_for(j)]
+        combinations = len(evaluations) * len(purposes) * len(categories)
         own: Decision | None = None
-        for jurisdiction in jurisdictions:
+        for jurisdiction, token in evaluations:
             for purpose in purposes:
                 for category in categories:
                     decision = self._decide_one(request, state, now, jurisdiction, purpose,
-                                                category)
+                                                category, token)
                     own = own or decision
                     if decision.effect is Effect.DENY:
                         return self._explained(request, state, now, decision, jurisdiction,
-                                               purpose, category, combinations)
+                                               purpose, category, combinations, token)
         assert own is not None
-        return self._explained(request, state, now, own, jurisdictions[0], request.purpose,
-                               request.data_category, combinations)
+        return self._explained(request, state, now, own, evaluations[0][0], request.purpose,
+                               request.data_category, combinations, evaluations[0][1])
 
     def _explained(self, request: CheckRequest, state: SubjectState, now: datetime,
                    decision: Decision, jurisdiction: str, purpose: str, category: str,
-                   combinations: int) -> Decision:
+                   combinations: int, token: str) -> Decision:
         if not request.explain:
             return decision
         lines = list(self._decide_one(request, state, now, jurisdiction, purpose, category,
-                                      explain=True).explanation)
+                                      token, explain=True).explanation)
         if combinations > 1:
             lines.insert(0, f"the request covers {combinations} combinations of jurisdiction, "
                             f"purpose and data category (a key covers its descendants; a "
                             f"recorded jurisdiction other than the requested one counts "
-                            f"too); each "
+                            f"too, and one the policy does not map counts under every "
+                            f"regime); each "
                             f"must be allowed. Deciding: {jurisdiction or '(none)'}, "
                             f"{purpose}, {category}")
         return replace(decision, explanation=tuple(lines))
 
     def _decide_one(self, request: CheckRequest, state: SubjectState, now: datetime,
-                    jurisdiction: str, purpose: str, category: str,
+                    jurisdiction: str, purpose: str, category: str, token: str,
                     explain: bool = False) -> Decision:
-        token = self.jurisdiction_token(jurisdiction)
-        regime = self.jurisdictions[token]
+        regime = self.regime_of(token)
         facts = derive_facts(state, purpose, category, jurisdiction, now, request.context,
                              self.policy.taxonomy, self.policy.settings, explain=explain)
         rule = self.first_match(token, purpose, category, facts.tokens)
@@ -395,7 +417,7 @@ class CompiledPolicy:
                 effect=Effect.DENY, reason=Reason.NO_MATCHING_RULE, legal_basis="",
                 regime=regime, jurisdiction=jurisdiction, policy_version=self.version,
                 matched_rule=None, facts=tuple(sorted(facts.tokens)), explanation=explanation,
-                decided_purpose=purpose, decided_category=category)
+                decided_purpose=purpose, decided_category=category, decided_jurisdiction=token)
         return Decision(
             effect=rule.effect, reason=rule.reason,
             legal_basis=rule.basis if rule.effect is Effect.ALLOW else "",
@@ -403,13 +425,14 @@ class CompiledPolicy:
             matched_rule=rule.source,
             consent_record_ids=facts.records.get(rule.when, ()),
             facts=tuple(sorted(facts.tokens)), explanation=explanation,
-            decided_purpose=purpose, decided_category=category)
+            decided_purpose=purpose, decided_category=category, decided_jurisdiction=token)
 
     def _explain(self, purpose: str, category: str, jurisdiction: str, token: str, regime: str,
                  facts: Facts, matched: Rule | None) -> tuple[str, ...]:
         lines = [
             f"jurisdiction {jurisdiction or '(none recorded)'}"
-            + (" is not mapped by the policy: evaluated as UNKNOWN" if token != jurisdiction
+            + (" is not mapped by the policy: evaluated under every regime of the policy, "
+               f"the strictest answer wins (here: {token})" if token != jurisdiction
                else "") + f" -> regime {regime}",
             f"purpose {purpose}, data category {category}",
             *facts.notes,
