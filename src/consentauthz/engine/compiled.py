@@ -131,6 +131,10 @@ class CompiledPolicy:
                 "exactly that matcher")
             raise PolicyError(problems)
         tax = policy.taxonomy
+        for key in policy.settings.direct_marketing_purposes:
+            if key not in tax.purposes:
+                problems.append(f"settings.yaml: gdpr.direct_marketing_purposes: {key!r} is "
+                                "not a purpose of the taxonomy")
         purpose_edges = self._tree_edges(tax.purposes)
         category_edges = self._tree_edges(tax.categories)
         regime_edges: dict[str, set[str]] = {}

@@ -8,7 +8,7 @@ rejected at load time, so a typo can never silently disable a deny rule.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -93,10 +93,11 @@ def derive_facts(
     records: dict[str, tuple[str, ...]] = {}
     notes: list[str] = []
 
-    def add(token: str, ev: ConsentEvent | None = None) -> None:
+    def add(token: str, *evs: ConsentEvent | None) -> None:
         tokens.add(token)
-        if ev is not None:
-            records[token] = (ev.record_id,)
+        ids = tuple(ev.record_id for ev in evs if ev is not None)
+        if ids:
+            records[token] = ids
 
     # A record applies when its purpose (if any) and one of its categories (if any) cover
     # the decided ones; their lineages are looked up once, not per record.
@@ -109,17 +110,28 @@ def derive_facts(
         if explain:
             notes.append(f"the subject was erased at {state.profile.erased_at.isoformat()}")
 
-    consent: ConsentEvent | None = None
+    consent: ConsentEvent | None = None  # the latest consent-channel choice
     invalid: ConsentEvent | None = None
-    sale: ConsentEvent | None = None
+    restriction: ConsentEvent | None = None  # the latest withdrawal or objection
+    grants: list[ConsentEvent] = []  # valid grants that cover the request
+    opt_out: ConsentEvent | None = None
+    opt_ins: list[ConsentEvent] = []  # opt-ins collected by a valid method
     limited: ConsentEvent | None = None
+    # Art. 21(2)-(3): an objection to direct marketing covers every direct-marketing
+    # purpose, not only those under the purpose it names (sales outreach is not under
+    # `marketing` in fideslang, yet it is direct marketing).
+    direct_marketing = settings.direct_marketing_purposes
+    in_direct_marketing = any(p in purpose_lineage for p in direct_marketing)
     # The latest record of each kind by event_order. The projection keeps events in that
     # order, but the comparison is made here all the same: the facts must not depend on
     # how a state was put together (a cache entry, a replay, a test).
     for ev in state.events:
-        if ev.purpose and ev.purpose not in purpose_lineage:
+        action = ev.action
+        if ev.purpose and ev.purpose not in purpose_lineage and not (
+                action is ConsentAction.OBJECT and in_direct_marketing
+                and ev.purpose in direct_marketing):
             continue
-        if ev.collected_at > now and ev.action in PERMISSION_ACTIONS:
+        if ev.collected_at > now and action in PERMISSION_ACTIONS:
             # Collected a little in the future (clock skew the ledger accepted): a
             # permission counts from its collected time, not sooner; a restriction
             # counts at once.
@@ -127,7 +139,6 @@ def derive_facts(
         if ev.data_categories and not any(
                 c in category_lineage for c in ev.data_categories):
             continue
-        action = ev.action
         if action in _CONSENT_CHANNEL:
             if action is ConsentAction.GRANT and not ev.method.is_valid_consent:
                 # Kept as evidence; never consent, never overrides a real choice.
@@ -138,18 +149,26 @@ def derive_facts(
                 continue
             if _later(ev, consent):
                 consent = ev
+            if action is ConsentAction.GRANT:
+                grants.append(ev)
+            elif _later(ev, restriction):
+                restriction = ev
         elif action in _SALE_CHANNEL:
             if action is ConsentAction.OPT_IN_TO_SALE and not ev.method.is_valid_consent:
                 if explain:
                     notes.append(f"{_describe(ev)} is not a valid opt-in (pre-ticked or implied)")
                 continue
-            if _later(ev, sale):
-                sale = ev
+            if action is ConsentAction.OPT_OUT_OF_SALE:
+                if _later(ev, opt_out):
+                    opt_out = ev
+            else:
+                opt_ins.append(ev)
         elif action is ConsentAction.LIMIT_SENSITIVE and _later(ev, limited):
             limited = ev
     if consent is not None:
         invalid = None
 
+    granted = False  # a valid grant (the consent fact) decides the consent channel
     if consent is None and invalid is None:
         add("no_consent")
         if explain:
@@ -164,64 +183,130 @@ def derive_facts(
         elif consent.action is ConsentAction.OBJECT:
             add("objected", consent)
         else:
-            expiry = consent.expires_at or consent.collected_at + settings.consent_lifetime
-            child_age = settings.consent_age(jurisdiction)
-            # Validity is judged when consent was given: a child's own consent does not
-            # become valid on a birthday.
-            age_then = age_on(birth, consent.collected_at.date()) if birth else None
-            if now >= expiry:
-                add("consent_expired", consent)
-                if explain:
-                    notes.append(f"record {consent.record_id} expired at {expiry.isoformat()}")
-            elif (age_then is not None and age_then < child_age
-                  and consent.method is not CollectionMethod.PARENTAL):
-                add("child_without_parental_consent", consent)
-                if explain:
-                    notes.append(f"subject was {age_then} when the grant was given, below the "
-                                 f"digital consent age {child_age}; it was not given or "
-                                 "authorised by a parent")
-            else:
-                add("consent", consent)
-                if consent.explicit:
-                    add("explicit_consent", consent)
-                else:
-                    if explain:
-                        notes.append(f"record {consent.record_id} is valid consent but not "
-                                     "explicit (special categories and automated decisions "
-                                     "need explicit consent)")
+            granted = _grant_facts(consent, restriction, grants, birth, jurisdiction, now,
+                                   settings, add, notes if explain else None)
 
     if context.get("gpc") == "1":
         add("gpc")
         if explain:
             notes.append("the request carried a Global Privacy Control signal")
-    opted_in = sale is not None and sale.action is ConsentAction.OPT_IN_TO_SALE
-    child_opt_in: ConsentEvent | None = None
-    if (opted_in and sale is not None and birth is not None
-            and sale.method is not CollectionMethod.PARENTAL
-            and age_on(birth, sale.collected_at.date())
-            < settings.ccpa_parental_authorisation_age):
-        # A child's own opt-in was never valid (§1798.120(c)); it stays invalid later.
-        if explain:
-            notes.append(f"{_describe(sale)} was given by a child under "
-                         f"{settings.ccpa_parental_authorisation_age} without a parent")
-        child_opt_in, sale, opted_in = sale, None, False
-    if sale is not None:
-        add("sale_opted_in" if opted_in else "sale_opted_out", sale)
-        if explain:
-            notes.append(f"latest sale/share choice: {_describe(sale)}")
-    if age is not None:
-        if age < settings.ccpa_parental_authorisation_age:
-            if not (opted_in and sale is not None and sale.method is CollectionMethod.PARENTAL):
-                add("sale_parental_authorisation_required",
-                    child_opt_in or (sale if opted_in else None))
-                if explain:
-                    notes.append(f"subject is {age}: sale/share needs a parent's opt-in")
-        elif age < settings.ccpa_minor_opt_in_age and not opted_in:
-            add("sale_minor_opt_in_required")
-            if explain:
-                notes.append(f"subject is {age}: sale/share needs the minor's own opt-in")
+    _sale_facts(opt_out, opt_ins, consent if granted else None, birth, age, settings, add,
+                notes if explain else None)
     if limited is not None:
         add("sensitive_limited", limited)
         if explain:
             notes.append(f"limit on sensitive personal information: {_describe(limited)}")
     return Facts(frozenset(tokens), records, tuple(notes))
+
+
+Add = Callable[..., None]
+
+
+def _expiry(grant: ConsentEvent, settings: PolicySettings) -> datetime:
+    return grant.expires_at or grant.collected_at + settings.consent_lifetime
+
+
+def _grant_facts(consent: ConsentEvent, restriction: ConsentEvent | None,
+                 grants: list[ConsentEvent], birth: date | None, jurisdiction: str,
+                 now: datetime, settings: PolicySettings, add: Add,
+                 notes: list[str] | None) -> bool:
+    """The latest consent-channel choice is a valid grant: is it consent now? Returns
+    whether the `consent` fact holds."""
+    if now >= _expiry(consent, settings):
+        add("consent_expired", consent)
+        if notes is not None:
+            notes.append(f"record {consent.record_id} expired at "
+                         f"{_expiry(consent, settings).isoformat()}")
+        return False
+    child_age = settings.consent_age(jurisdiction)
+    # Validity is judged when consent was given: a child's own consent does not become
+    # valid on a birthday.
+    age_then = age_on(birth, consent.collected_at.date()) if birth else None
+    relied: tuple[ConsentEvent, ...] = (consent,)
+    if age_then is not None and age_then < child_age:
+        # Art. 8(1): given or authorised by the holder of parental responsibility. A later,
+        # redundant grant by the child does not discard the parent's; in the member states
+        # that require joint consent (France, Loi 78-17 art. 45) the child's own grant is
+        # needed as well. Only grants since the latest withdrawal or objection count.
+        live = [g for g in grants
+                if _later(g, restriction) and now < _expiry(g, settings)]
+        parental = max((g for g in live if g.method is CollectionMethod.PARENTAL),
+                       key=event_order, default=None)
+        own = max((g for g in live if g.method is not CollectionMethod.PARENTAL),
+                  key=event_order, default=None)
+        joint = settings.joint_consent(jurisdiction)
+        if parental is None or (joint and own is None):
+            add("child_without_parental_consent", consent)
+            if notes is not None:
+                needed = ("given jointly by the child and a holder of parental "
+                          "responsibility" if joint else
+                          "given or authorised by a holder of parental responsibility")
+                notes.append(f"subject was {age_then} when the grant was given, below the "
+                             f"digital consent age {child_age}: consent must be {needed}")
+            return False
+        relied = (parental, own) if joint and own is not None else (parental,)
+    add("consent", *relied)
+    if all(g.explicit for g in relied):
+        add("explicit_consent", *relied)
+    elif notes is not None:
+        notes.append(f"record {consent.record_id} is valid consent but not explicit "
+                     "(special categories and automated decisions need explicit consent)")
+    return True
+
+
+def _sale_facts(opt_out: ConsentEvent | None, opt_ins: list[ConsentEvent],
+                grant: ConsentEvent | None, birth: date | None, age: int | None,
+                settings: PolicySettings, add: Add, notes: list[str] | None) -> None:
+    """The sale/share channel (CCPA §1798.120): an opt-out stands until a valid opt-in (or
+    a valid grant covering the request) collected after it; minors' opt-ins must come
+    from the right person."""
+    parental_age = settings.ccpa_parental_authorisation_age
+    minor_age = settings.ccpa_minor_opt_in_age
+
+    def qualifies(opt_in: ConsentEvent) -> bool:
+        if birth is None:
+            return True
+        given_at = age_on(birth, opt_in.collected_at.date())
+        if given_at < parental_age:
+            # §1798.120(c), 11 CCR §7070: a parent or guardian authorises.
+            return opt_in.method is CollectionMethod.PARENTAL
+        if (age is not None and age < minor_age) or given_at < minor_age:
+            # 13 to 15: the consumer's own affirmative authorisation (11 CCR §7071(a)).
+            return opt_in.method is not CollectionMethod.PARENTAL
+        return True
+
+    live = [oi for oi in opt_ins if _later(oi, opt_out)]
+    valid = [oi for oi in live if qualifies(oi)]
+    if age is not None and age < parental_age:
+        valid = [oi for oi in valid if oi.method is CollectionMethod.PARENTAL]
+    opted_in = max(valid, key=event_order, default=None)
+    if notes is not None:
+        for oi in live:
+            if oi not in valid:
+                notes.append(f"{_describe(oi)} does not count: under {parental_age} a parent "
+                             f"opts in, from {parental_age} to {minor_age - 1} the consumer")
+    if opted_in is not None:
+        add("sale_opted_in", opted_in)
+        if notes is not None:
+            notes.append(f"latest valid opt-in to sale/share: {_describe(opted_in)}")
+    elif opt_out is not None:
+        if grant is not None and _later(grant, opt_out):
+            # A fresh consent given after the opt-out is a consent for what it covers.
+            if notes is not None:
+                notes.append(f"the opt-out {opt_out.record_id} was followed by the grant "
+                             f"{grant.record_id}, which covers this request")
+        else:
+            add("sale_opted_out", opt_out)
+            if notes is not None:
+                notes.append(f"latest sale/share choice: {_describe(opt_out)}")
+    if age is not None:
+        if age < parental_age:
+            if opted_in is None:
+                add("sale_parental_authorisation_required",
+                    max(live, key=event_order, default=None))
+                if notes is not None:
+                    notes.append(f"subject is {age}: sale/share needs a parent's opt-in")
+        elif age < minor_age and opted_in is None:
+            add("sale_minor_opt_in_required")
+            if notes is not None:
+                notes.append(f"subject is {age}: sale/share needs the minor's own opt-in")

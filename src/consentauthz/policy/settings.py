@@ -22,9 +22,23 @@ class PolicySettings:
     ccpa_minor_opt_in_age: int
     #: ... and below this age the opt-in must come from a parent or guardian.
     ccpa_parental_authorisation_age: int
+    #: Where consent below the digital consent age is given jointly by the child and a
+    #: holder of parental responsibility (France, Loi 78-17 art. 45) ...
+    joint_consent_jurisdictions: frozenset[str] = frozenset()
+    #: ... and whether that also holds for jurisdictions without an age of their own
+    #: (unknown ones: the stricter reading).
+    joint_consent_default: bool = False
+    #: GDPR Art. 21(2)-(3): the purposes that are direct marketing; an objection to one of
+    #: them covers all of them.
+    direct_marketing_purposes: tuple[str, ...] = ()
 
     def consent_age(self, jurisdiction: str) -> int:
         return self.digital_consent_age.get(jurisdiction, self.digital_consent_age_default)
+
+    def joint_consent(self, jurisdiction: str) -> bool:
+        if jurisdiction in self.digital_consent_age:
+            return jurisdiction in self.joint_consent_jurisdictions
+        return self.joint_consent_default
 
 
 def _int(data: Mapping[str, Any], key: str, where: str, problems: list[str],
@@ -59,6 +73,21 @@ def parse_settings(data: Any, source: str) -> PolicySettings:
     parental = _int(ccpa, "parental_authorisation_age", f"{source}: ccpa", problems, 1, 21)
     if parental > minor:
         problems.append(f"{source}: ccpa.parental_authorisation_age exceeds minor_opt_in_age")
+    joint_raw = gdpr.get("joint_parental_consent") or {}
+    if not isinstance(joint_raw, dict) or not all(
+            isinstance(v, bool) for v in joint_raw.values()):
+        problems.append(f"{source}: gdpr.joint_parental_consent must map jurisdictions (and "
+                        "'default') to true or false")
+        joint_raw = {}
+    joint = frozenset(str(k) for k, v in joint_raw.items() if v and k != "default")
+    unknown_joint = sorted(set(joint) - set(ages))
+    if unknown_joint:
+        problems.append(f"{source}: gdpr.joint_parental_consent names {', '.join(unknown_joint)}"
+                        ", which has no gdpr.digital_consent_age of its own")
+    marketing = gdpr.get("direct_marketing_purposes") or []
+    if not isinstance(marketing, list) or not all(isinstance(m, str) for m in marketing):
+        problems.append(f"{source}: gdpr.direct_marketing_purposes must be a list of purposes")
+        marketing = []
     if problems:
         raise PolicyError(problems)
     return PolicySettings(
@@ -67,4 +96,7 @@ def parse_settings(data: Any, source: str) -> PolicySettings:
         digital_consent_age_default=default_age,
         ccpa_minor_opt_in_age=minor,
         ccpa_parental_authorisation_age=parental,
+        joint_consent_jurisdictions=joint,
+        joint_consent_default=bool(joint_raw.get("default", False)),
+        direct_marketing_purposes=tuple(marketing),
     )
