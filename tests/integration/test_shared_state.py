@@ -17,6 +17,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from consentauthz.consent import (
+    Changes,
     ConsentService,
     EntryCipher,
     InvalidationListener,
@@ -353,9 +354,9 @@ def test_a_poll_that_sees_the_ledger_go_back_drops_every_cached_state() -> None:
     class Rewound(MemoryLedger):
         head_override: int | None = None
 
-        def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+        def changes(self, after_sequence: int, limit: int) -> Changes:
             if self.head_override is not None:
-                return self.head_override, []
+                return Changes(self.identity(), self.head_override, [])
             return super().changes(after_sequence, limit)
 
     ledger = Rewound()

@@ -92,10 +92,11 @@ class LedgerPoller:
         if self._polled is None:
             self._polled = self._cache.watermark
         try:
-            head, changes = self._ledger.changes(self._polled, POLL_BATCH)
+            seen = self._ledger.changes(self._polled, POLL_BATCH)
         except ConsentAuthzError:
             self._set_healthy(False)
             return False
+        head, changes = seen.head, seen.entries
         if head < self._polled:
             # The ledger went back (a restore, a failover that lost commits, another
             # database): positions are being reused, so nothing cached can be trusted.
