@@ -255,6 +255,8 @@ def test_redis_killed_mid_traffic_gives_no_wrong_allow_and_comes_back(
     # miss reads through the ledger and repopulates Redis.
     assert decide(cluster.c, "cold-subject", cold_token) == "ALLOW"
     client = cluster.redis.client()
+    # The read through populates Redis on C's own thread (populate_soon), after answering.
+    until(lambda: bool(client.keys(b"ca:*:head")), 10)
     heads = client.keys(b"ca:*:head")  # the prefix carries the ledger's identity
     assert len(heads) == 1 and client.get(heads[0]) is not None
     assert client.dbsize() > 1
