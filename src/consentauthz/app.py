@@ -210,20 +210,24 @@ class App:
                                           dropped=self.decision_log.dropped)
         self.retention = (RetentionJob(self.decision_store, utc_now)
                           if config.decision_log_retention_days else None)
+        # First: a database replaced after this read is noticed by the first poll.
+        identity = self.ledger.identity()
         self.cache = LocalCache(config.cache_entries, watermark=self.ledger.head())
         # Keys carry the ledger's identity: a Redis left over from another database (or
         # shared with one) can never be read as this ledger's state.
         self.redis = (RedisStateCache(config.redis_url, utc_now,
-                                      f"{config.redis_prefix}{self.ledger.identity()}:",
+                                      self._redis_prefix(identity),
                                       config.redis_timeout,
                                       on_change=self._component(COMPONENT_REDIS),
                                       cipher=EntryCipher(master.derive(b"redis-cache/v1")))
                       if config.redis_url else None)
         # A shared ledger has writers elsewhere: bound staleness by polling it, and hear
-        # of writes at once through Redis when there is one.
+        # of writes at once through Redis when there is one. Each poll also notices a
+        # ledger that went back or was replaced (docs/operations.md).
         self.freshness: Freshness = (
             LedgerPoller(self.ledger, self.cache, config.max_staleness,
-                         on_change=self._component(COMPONENT_LEDGER))
+                         on_change=self._component(COMPONENT_LEDGER), identity=identity,
+                         on_replaced=self._ledger_replaced)
             if config.ledger_url else SoleWriter(self.cache))
         self.invalidations = (InvalidationListener(config.redis_url, self.redis.channel,
                                                    self.cache)
@@ -247,6 +251,17 @@ class App:
                                else (), read_caller_policy(config.policy_dir),
                                self.policy().policy.taxonomy),
             reuse_port=config.reuse_port)
+
+    def _redis_prefix(self, identity: str) -> str:
+        return f"{self.config.redis_prefix}{identity}:"
+
+    def _ledger_replaced(self, identity: str, head: int) -> None:
+        """The poller found the ledger went back or was replaced: nothing Redis holds for
+        the old one is read again, and invalidations come from the new one's channel."""
+        if self.redis is not None:
+            self.redis.fence(head, self._redis_prefix(identity))
+            if self.invalidations is not None:
+                self.invalidations.switch(self.redis.channel)
 
     def _component(self, name: str) -> Callable[[bool], None]:
         def changed(serving: bool) -> None:

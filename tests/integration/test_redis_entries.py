@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pytest
+import redis
 
 from consentauthz.consent import EntryCipher, RedisStateCache, redis_cache
 from consentauthz.consent.codec import FORMAT
@@ -178,7 +179,7 @@ def test_populate_soon_drops_what_it_cannot_queue_and_stops_with_the_cache(
     c = RedisStateCache(redis_server.url, lambda: NOW, prefix=PREFIX, timeout=1.0,
                         cipher=EntryCipher(b"k" * 32))
     c._populates = queue.Queue(1)
-    c._populates.put_nowait((BOB, state(1), None, False))  # the thread is not running yet
+    c._populates.put_nowait((BOB, state(1), None, False, None))  # no thread running yet
     c.populate_soon(ALICE, state(2), None, False)
     assert c.dropped_populates == 1
     c.close()
@@ -230,4 +231,63 @@ def test_after_a_restart_no_connection_fails_once_more(redis_server: RedisServer
         assert c.available
     finally:
         other.shutdown()
+        c.close()
+
+
+# -- fences: the ledger went back or was replaced ----------------------------------------
+
+
+def test_a_fence_starts_a_generation_no_old_entry_belongs_to(cache: RedisStateCache) -> None:
+    assert cache.write_through(ALICE, state(6), 6)
+    cache.fence(5)  # the ledger is back at 5: the entry at 6 belongs to what it lost
+    seen = cache.read(ALICE)
+    assert seen is not None and seen.position == 5 and seen.state is None
+
+
+def test_what_began_before_a_fence_is_never_written_after_it(cache: RedisStateCache) -> None:
+    before = cache.epoch
+    cache.fence(5)
+    assert not cache.populate(ALICE, state(6), None, False, before)
+    assert not cache.write_through(BOB, state(6), 6, before)
+    cache.populate_soon(ALICE, state(6), None, False, before)
+    assert cache.wait_populated()
+    for subject in (ALICE, BOB):
+        seen = cache.read(subject)
+        assert seen is not None and seen.position == 5 and seen.state is None
+    assert cache.write_through(BOB, state(6), 6, cache.epoch)  # 6 follows the fence's 5
+    seen = cache.read(BOB)
+    assert seen is not None and seen.state == state(6)
+
+
+def test_a_fence_to_another_ledgers_prefix_moves_every_name(cache: RedisStateCache) -> None:
+    assert cache.write_through(ALICE, state(3), 3)
+    cache.fence(7, "t:fedcba9876543210:")
+    assert cache.head_key == b"t:fedcba9876543210:head"
+    assert cache.channel == b"t:fedcba9876543210:inv"
+    assert cache.entry_key(ALICE).startswith(b"t:fedcba9876543210:")
+    seen = cache.read(ALICE)
+    assert seen is not None and seen.position == 7 and seen.state is None
+    assert cache.write_through(ALICE, state(8), 8, cache.epoch)
+    seen = cache.read(ALICE)
+    assert seen is not None and seen.state == state(8)
+
+
+def test_nothing_is_read_until_a_fence_is_in_redis(redis_server: RedisServer) -> None:
+    c = RedisStateCache(redis_server.url, lambda: NOW, prefix=PREFIX, timeout=1.0,
+                        retry_after=0.0, cipher=EntryCipher(b"k" * 32))
+    try:
+        assert c.write_through(ALICE, state(6), 6)
+        real_set = c._client.set
+
+        def down(*args: object, **kwargs: object) -> None:
+            raise redis.ConnectionError("no route to redis")
+
+        c._client.set = down  # type: ignore[method-assign]
+        c.fence(5)
+        assert c.read(ALICE) is None  # not the old generation, though Redis answers reads
+        assert not c.populate(ALICE, state(5), None, False, c.epoch)
+        c._client.set = real_set  # type: ignore[method-assign]
+        seen = c.read(ALICE)  # writes the fence first
+        assert seen is not None and seen.position == 5 and seen.state is None
+    finally:
         c.close()

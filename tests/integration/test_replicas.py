@@ -51,7 +51,9 @@ class Replica:
 
 
 def start_replica(name: str, workdir: Path, dsn: str, redis_url: str,
-                  listen: str = "127.0.0.1:0", *extra: str) -> Replica:
+                  listen: str = "127.0.0.1:0", *extra: str,
+                  output: list[str] | None = None) -> Replica:
+    """`output`: where to keep every line the process writes (else it is discarded)."""
     env = dict(os.environ, CONSENTAUTHZ_PSEUDONYM_KEY=KEY, CONSENTAUTHZ_MASTER_KEY=MASTER)
     proc = subprocess.Popen(
         [str(BIN), "serve", "--listen", listen, "--data-dir", str(workdir / name),
@@ -72,7 +74,15 @@ def start_replica(name: str, workdir: Path, dsn: str, redis_url: str,
         proc.wait(timeout=10)
         pytest.fail("replica did not start:\n" + "".join(seen))
     # Keep draining its output so the process never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()
+    kept = output if output is not None else []
+    kept.extend(seen)
+
+    def drain() -> None:
+        for line in proc.stdout or ():
+            if output is not None:
+                kept.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
     channel = grpc.insecure_channel(target)
     grpc.channel_ready_future(channel).result(timeout=10)
     return Replica(name, proc, channel, decision_pb2_grpc.DecisionServiceStub(channel),
@@ -245,6 +255,8 @@ def test_redis_killed_mid_traffic_gives_no_wrong_allow_and_comes_back(
     # miss reads through the ledger and repopulates Redis.
     assert decide(cluster.c, "cold-subject", cold_token) == "ALLOW"
     client = cluster.redis.client()
+    # The read through populates Redis on C's own thread (populate_soon), after answering.
+    until(lambda: bool(client.keys(b"ca:*:head")), 10)
     heads = client.keys(b"ca:*:head")  # the prefix carries the ledger's identity
     assert len(heads) == 1 and client.get(heads[0]) is not None
     assert client.dbsize() > 1

@@ -8,15 +8,17 @@ with server processes over gRPC.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from consentauthz.consent import (
+    Changes,
     ConsentService,
     EntryCipher,
     InvalidationListener,
@@ -353,9 +355,9 @@ def test_a_poll_that_sees_the_ledger_go_back_drops_every_cached_state() -> None:
     class Rewound(MemoryLedger):
         head_override: int | None = None
 
-        def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+        def changes(self, after_sequence: int, limit: int) -> Changes:
             if self.head_override is not None:
-                return self.head_override, []
+                return Changes(self.identity(), self.head_override, [])
             return super().changes(after_sequence, limit)
 
     ledger = Rewound()
@@ -368,6 +370,125 @@ def test_a_poll_that_sees_the_ledger_go_back_drops_every_cached_state() -> None:
     ledger.head_override = 1
     poller.poll_once()
     assert cache.get("s") is None and cache.watermark == 1 and poller.floor() == 1
+
+
+class Replaceable(MemoryLedger):
+    """A ledger whose polls a test can point at another one: a restored backup (the same
+    identity, fewer entries) or a new database (another identity)."""
+
+    instead: MemoryLedger | None = None
+
+    def changes(self, after_sequence: int, limit: int) -> Changes:
+        if self.instead is not None:
+            return self.instead.changes(after_sequence, limit)
+        return super().changes(after_sequence, limit)
+
+
+def _ledger_of(entries: int, identity: str | None = None) -> Replaceable:
+    ledger = Replaceable()
+    if identity is not None:
+        ledger._identity = identity  # a backup of that ledger
+    for i in range(entries):
+        ledger.append_profile(f"filler-{i}", SubjectProfile("DE"), f"f{i}", utc_now())
+    return ledger
+
+
+def _critical(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+
+
+@pytest.mark.parametrize("heard", ["redis", "own write", "read"])
+def test_a_head_below_what_the_replica_applied_is_noticed_though_no_poll_saw_it(
+        heard: str, caplog: pytest.LogCaptureFixture) -> None:
+    ledger = _ledger_of(5)
+    cache = LocalCache(10, watermark=5)
+    fenced: list[tuple[str, int]] = []
+    poller = LedgerPoller(ledger, cache, 1.0, identity=ledger.identity(),
+                          on_replaced=lambda identity, head: fenced.append((identity, head)))
+    poller.poll_once()  # saw head 5
+    granted = ledger.append_profile("subject-at-6", SubjectProfile("DE"), "g6", utc_now())
+    if heard == "redis":  # the invalidation, then a read of Redis's copy
+        cache.note_write("subject-at-6", 6)
+    cache.put("subject-at-6", granted.state)
+    ledger.instead = _ledger_of(5, ledger.identity())  # restored from a backup taken at 5
+    with caplog.at_level(logging.CRITICAL, logger="consentauthz.consent"):
+        assert poller.poll_once() and poller.poll_once()
+    assert fenced == [(ledger.identity(), 5)]
+    assert cache.get("subject-at-6") is None and cache.watermark == cache.highest == 5
+    assert poller.floor() == 5
+    (line,) = _critical(caplog)
+    assert "went back" in line and "subject-at-6" not in line
+
+
+def test_a_replaced_ledger_is_noticed_though_its_head_is_past_the_old(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ledger = _ledger_of(3)
+    cache = LocalCache(10, watermark=3)
+    fenced: list[tuple[str, int]] = []
+    poller = LedgerPoller(ledger, cache, 1.0,
+                          on_replaced=lambda identity, head: fenced.append((identity, head)))
+    poller.poll_once()  # takes the ledger's identity
+    cache.put("filler-1", ledger.load("filler-1"))
+    new = _ledger_of(6)  # dropped and recreated, and written to past the old head
+    ledger.instead = new
+    with caplog.at_level(logging.CRITICAL, logger="consentauthz.consent"):
+        assert poller.poll_once() and poller.poll_once()
+    assert fenced == [(new.identity(), 6)] and poller.identity == new.identity()
+    assert cache.get("filler-1") is None and cache.watermark == 6
+    (line,) = _critical(caplog)
+    assert "replaced" in line and ledger.identity() in line and new.identity() in line
+
+
+def test_a_write_heard_of_while_a_poll_is_under_way_is_no_false_alarm(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Racing(MemoryLedger):
+        def changes(self, after_sequence: int, limit: int) -> Changes:
+            seen = super().changes(after_sequence, limit)
+            # Committed and heard of over Redis after the poll's snapshot was taken.
+            result = self.append_profile("late", SubjectProfile("DE"), "late", utc_now())
+            cache.note_write("late", result.sequence)
+            cache.put("late", result.state)
+            return seen
+
+    ledger = Racing()
+    cache = LocalCache(10)
+    poller = LedgerPoller(ledger, cache, 1.0, identity=ledger.identity())
+    with caplog.at_level(logging.CRITICAL, logger="consentauthz.consent"):
+        for _ in range(3):
+            assert poller.poll_once()
+    assert not _critical(caplog) and cache.watermark == ledger.head() == 3
+
+
+def test_the_local_cache_is_dropped_even_when_fencing_the_shared_one_fails() -> None:
+    ledger = _ledger_of(2)
+    cache = LocalCache(10, watermark=2)
+
+    def fence(identity: str, head: int) -> None:
+        raise RuntimeError("redis said no")
+
+    poller = LedgerPoller(ledger, cache, 1.0, identity=ledger.identity(), on_replaced=fence)
+    cache.put("filler-0", replace(ledger.load("filler-0"), sequence=3))
+    ledger.instead = _ledger_of(2, ledger.identity())
+    assert poller.poll_once()
+    assert cache.get("filler-0") is None and len(cache) == 0
+
+
+def test_the_listener_follows_a_switch_and_ignores_the_channel_it_left(
+        redis_server: RedisServer) -> None:
+    cache = LocalCache(10)
+    listener = InvalidationListener(redis_server.url, b"t:old:inv", cache)
+    listener.start()
+    try:
+        assert listener.subscribed.wait(5)
+        client = redis_server.client()
+        listener.switch(b"t:new:inv")
+        client.publish(b"t:old:inv", b"5:from-the-old-ledger")  # never applied
+        wait_for(lambda: client.pubsub_numsub(b"t:new:inv")[0][1] == 1)
+        client.publish(b"t:new:inv", b"1:from-the-new-ledger")
+        wait_for(lambda: cache.watermark == 1)
+        assert cache.highest == 1
+    finally:
+        listener.stop()
 
 
 def test_an_entry_populated_under_an_older_head_reports_its_own_position(

@@ -41,7 +41,7 @@ from consentauthz.domain import (
     SubjectState,
 )
 from consentauthz.errors import InvalidArgument, Unavailable
-from tests.pg import drop_database
+from tests.pg import drop_database, fresh_database
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -322,27 +322,35 @@ def test_profile_upsert_shows_in_load(ledger: Ledger) -> None:
 # -- changes ----------------------------------------------------------------------------
 
 
+def changed(ledger: Ledger, after: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+    """(head, entries) of `changes`, which always names the ledger's identity."""
+    seen = ledger.changes(after, limit)
+    assert seen.identity == ledger.identity()
+    return seen.head, seen.entries
+
+
+
 def test_changes_of_an_empty_ledger(ledger: Ledger) -> None:
-    assert ledger.changes(0, 10) == (0, [])
+    assert changed(ledger, 0, 10) == (0, [])
 
 
 def test_changes_lists_every_entry_after_a_sequence_oldest_first(ledger: Ledger) -> None:
     _history_fixture(ledger)
     everything = [(1, "alice"), (2, "bob"), (3, "alice"), (4, "alice"), (5, "alice")]
     # Profile records are changes too (seq 3): they alter what decisions see.
-    assert ledger.changes(0, 100) == (5, everything)
-    assert ledger.changes(2, 100) == (5, everything[2:])
-    assert ledger.changes(4, 100) == (5, [(5, "alice")])
-    assert ledger.changes(5, 100) == (5, [])
-    assert ledger.changes(9, 100) == (5, [])
+    assert changed(ledger, 0, 100) == (5, everything)
+    assert changed(ledger, 2, 100) == (5, everything[2:])
+    assert changed(ledger, 4, 100) == (5, [(5, "alice")])
+    assert changed(ledger, 5, 100) == (5, [])
+    assert changed(ledger, 9, 100) == (5, [])
 
 
 def test_changes_limit_keeps_the_oldest_and_head_stays_the_head(ledger: Ledger) -> None:
     _history_fixture(ledger)
-    assert ledger.changes(0, 2) == (5, [(1, "alice"), (2, "bob")])
-    assert ledger.changes(1, 2) == (5, [(2, "bob"), (3, "alice")])
-    assert ledger.changes(3, 1) == (5, [(4, "alice")])
-    assert ledger.changes(0, 0) == (5, [])
+    assert changed(ledger, 0, 2) == (5, [(1, "alice"), (2, "bob")])
+    assert changed(ledger, 1, 2) == (5, [(2, "bob"), (3, "alice")])
+    assert changed(ledger, 3, 1) == (5, [(4, "alice")])
+    assert changed(ledger, 0, 0) == (5, [])
 
 
 def test_changes_pages_through_the_ledger(ledger: Ledger) -> None:
@@ -351,7 +359,7 @@ def test_changes_pages_through_the_ledger(ledger: Ledger) -> None:
     seen: list[tuple[int, str]] = []
     after = 0
     while True:
-        head, page = ledger.changes(after, 3)
+        head, page = changed(ledger, after, 3)
         assert head == 7
         if not page:
             break
@@ -363,7 +371,7 @@ def test_changes_pages_through_the_ledger(ledger: Ledger) -> None:
 def test_an_idempotent_replay_is_no_change(ledger: Ledger) -> None:
     ledger.append_consent("alice", event("a1"), Idempotency("k", "h"))
     assert ledger.append_consent("alice", event("a1"), Idempotency("k", "h")).replayed
-    assert ledger.changes(0, 10) == (1, [(1, "alice")])
+    assert changed(ledger, 0, 10) == (1, [(1, "alice")])
 
 
 # -- exclusive --------------------------------------------------------------------------
@@ -374,7 +382,7 @@ def test_appends_and_reads_inside_exclusive(ledger: Ledger) -> None:
         first = ledger.append_consent("alice", event("a1"))
         second = ledger.append_profile("alice", SubjectProfile("DE"), "p1", T0)
         assert ledger.load("alice").version == 2
-        assert ledger.changes(0, 10) == (2, [(1, "alice"), (2, "alice")])
+        assert changed(ledger, 0, 10) == (2, [(1, "alice"), (2, "alice")])
     assert (first.sequence, second.sequence) == (1, 2)
     # Released: later writes go on, and the chain is whole.
     with ledger.exclusive():
@@ -699,7 +707,7 @@ def test_postgres_replicas_appending_at_once_build_one_gapless_chain(
             report = led.verify()
             assert report.ok, report
             assert report.entries == 200
-        head, listed = replicas[1].changes(0, 1000)
+        head, listed = changed(replicas[1], 0, 1000)
         assert head == 200 and [s for s, _ in listed] == list(range(1, 201))
     finally:
         for led in replicas:
@@ -865,6 +873,71 @@ def test_sqlite_identity_survives_reopen(tmp_path: Path) -> None:
         assert again.identity() == first
     finally:
         again.close()
+
+
+def test_identity_is_made_with_the_ledger_and_every_poll_names_it(ledger: Ledger) -> None:
+    # Asked for nothing yet: changes() (what the poller reads) already carries it.
+    first = ledger.changes(0, 10).identity
+    assert first and ledger.identity() == first
+    ledger.append_consent("alice", event("a1"))
+    assert ledger.changes(0, 10).identity == first
+
+
+def test_sqlite_identity_is_in_the_file_from_its_creation(tmp_path: Path) -> None:
+    SqliteLedger(tmp_path / "ledger.db").close()
+    with sqlite3.connect(tmp_path / "ledger.db") as raw:
+        rows = raw.execute("SELECT id FROM ledger_identity").fetchall()
+    assert len(rows) == 1 and len(rows[0][0]) == 16
+    readonly = SqliteLedger(tmp_path / "ledger.db", read_only=True)  # reads, never makes
+    try:
+        assert readonly.identity() == rows[0][0]
+    finally:
+        readonly.close()
+
+
+def test_postgres_identity_is_made_once_with_the_schema(postgres_dsn: str) -> None:
+    made: list[PostgresLedger] = []
+    _run_threads(*(lambda: made.append(PostgresLedger(postgres_dsn)) for _ in range(3)))
+    try:
+        with _admin(postgres_dsn) as admin:
+            rows = admin.execute("SELECT id FROM ledger_identity").fetchall()
+        assert len(rows) == 1
+        assert {led.identity() for led in made} == {rows[0][0]}
+        with fresh_database() as other:  # a database made anew is another ledger
+            again = PostgresLedger(other)
+            try:
+                assert again.identity() != rows[0][0]
+            finally:
+                again.close()
+    finally:
+        for led in made:
+            led.close()
+
+
+def test_postgres_a_ledger_without_identity_is_unavailable_until_reopened(
+        postgres_dsn: str) -> None:
+    led = PostgresLedger(postgres_dsn)
+    try:
+        led.append_consent("alice", event("a1"))
+        with _admin(postgres_dsn) as admin:  # a restore half done, or a careless hand
+            admin.execute("DROP TABLE ledger_identity")
+        with pytest.raises(Unavailable):
+            led.changes(0, 10)
+        with pytest.raises(Unavailable):
+            led.identity()
+        with _admin(postgres_dsn) as admin:
+            admin.execute("CREATE TABLE ledger_identity (id TEXT NOT NULL)")
+        with pytest.raises(Unavailable):
+            led.changes(0, 10)
+        # Opening it again (as a database from before identities were made with the
+        # schema is opened after an upgrade) gives it one.
+        reopened = PostgresLedger(postgres_dsn)
+        try:
+            assert reopened.identity() == led.identity() == led.changes(0, 10).identity
+        finally:
+            reopened.close()
+    finally:
+        led.close()
 
 
 # -- event order (issue 12) and projections written by an earlier release -------------------

@@ -83,3 +83,29 @@ def test_lru_bound() -> None:
     for s in "abc":
         cache.put(s, state(0, 0))
     assert len(cache) == 2 and cache.get("a") is None
+
+
+def test_highest_is_the_newest_position_any_path_brought() -> None:
+    cache = LocalCache(10, watermark=5)
+    assert cache.highest == 5
+    cache.note_write("b", 8)  # out of order (Redis): waiting for 6 and 7
+    assert cache.watermark == 5 and cache.highest == 8
+    cache.put("a", state(9, 2))  # this replica's own write, or a read, at 9
+    assert cache.highest == 9
+    cache.note_writes([], 7)  # a poll: 8 now follows
+    assert cache.watermark == 8 and cache.highest == 9
+
+
+def test_reset_forgets_everything_and_refuses_what_was_read_before_it() -> None:
+    cache = LocalCache(10, watermark=5)
+    before = cache.epoch
+    cache.put("a", state(6, 2), before)
+    cache.note_write("b", 8)
+    cache.reset(4)  # the ledger went back to 4
+    assert cache.get("a") is None and cache.watermark == cache.highest == 4
+    cache.put("a", state(6, 2), before)  # read from the ledger that went back: refused
+    assert cache.get("a") is None and cache.highest == 4
+    cache.put("a", state(4, 1), cache.epoch)
+    assert cache.get("a") == state(4, 1)
+    cache.note_write("c", 5)  # the 8 heard of before was forgotten: 5 follows 4
+    assert cache.watermark == 5

@@ -2,7 +2,7 @@
 
 from .cache import LocalCache
 from .freshness import Freshness, LedgerPoller, SoleWriter
-from .ledger import AppendResult, Idempotency, Ledger, MemoryLedger
+from .ledger import AppendResult, Changes, Idempotency, Ledger, MemoryLedger
 from .postgres import PostgresLedger
 from .redis_cache import EntryCipher, InvalidationListener, RedisStateCache
 from .sealing import (
@@ -20,6 +20,7 @@ from .sqlite import SqliteLedger
 
 __all__ = [
     "AppendResult",
+    "Changes",
     "ConsentService",
     "EntryCipher",
     "Freshness",

@@ -11,6 +11,11 @@ long as it is present it is current as of `max(e, W)`. An entry put with `e < W`
 a write in `(e, W]` to its subject may have been applied before the entry existed, so it
 is current only as of `e`. Readers compare that position with what they need (a
 consistency token, the freshness floor) and go to a slower tier when it is not enough.
+
+Every position the cache has seen (a write applied, a state cached) is one the ledger had
+committed, so `highest` is a position the ledger must still hold: a head below it means the
+ledger went back (consent/freshness.py). `reset` starts a new epoch; a state read or
+written before it (under the old ledger) is refused by `put`.
 """
 
 from __future__ import annotations
@@ -46,10 +51,25 @@ class LocalCache:
         self._watermark = watermark
         #: seq -> subject of writes applied out of order (above watermark + 1)
         self._pending: dict[int, str] = {}
+        #: the highest ledger position applied or cached since the last reset
+        self._highest = watermark
+        self._epoch = 0
 
     @property
     def watermark(self) -> int:
         return self._watermark
+
+    @property
+    def highest(self) -> int:
+        """The highest ledger position this cache has applied a write at or holds a state
+        as of (the watermark, writes applied out of order, cached states)."""
+        return self._highest
+
+    @property
+    def epoch(self) -> int:
+        """Moves on at each `reset`: read it before reading or writing the ledger, and hand
+        it to `put`."""
+        return self._epoch
 
     def _effective(self, entry: _Entry) -> int:
         e = entry.state.sequence
@@ -70,9 +90,14 @@ class LocalCache:
                 view = entry.view = replace(entry.state, sequence=effective)
             return view
 
-    def put(self, subject: str, state: SubjectState) -> None:
-        """Cache `state`, current as of `state.sequence`; never replaces a more current one."""
+    def put(self, subject: str, state: SubjectState, epoch: int | None = None) -> None:
+        """Cache `state`, current as of `state.sequence`; never replaces a more current one.
+        `epoch`: the cache's epoch before the state was read or written; a state from
+        before a reset is dropped (it may belong to the ledger that went back)."""
         with self._lock:
+            if epoch is not None and epoch != self._epoch:
+                return
+            self._highest = max(self._highest, state.sequence)
             tracked = state.sequence >= self._watermark and not any(
                 seq > state.sequence and s == subject for seq, s in self._pending.items())
             new = _Entry(state, tracked)
@@ -90,6 +115,7 @@ class LocalCache:
         """The ledger write at `sequence` changed `subject`."""
         with self._lock:
             self._entries.pop(subject, None)
+            self._highest = max(self._highest, sequence)
             if sequence <= self._watermark:
                 return
             if sequence == self._watermark + 1:
@@ -118,13 +144,16 @@ class LocalCache:
             self._advance(head)
 
     def reset(self, head: int) -> None:
-        """The ledger went back to `head`: forget everything, the watermark included."""
+        """The ledger went back to `head` (or is another one): forget everything, the
+        watermark and the highest position included, and start a new epoch."""
         with self._lock:
             self._entries.clear()
             self._pending.clear()
-            self._watermark = head
+            self._watermark = self._highest = head
+            self._epoch += 1
 
     def _advance(self, head: int) -> None:
+        self._highest = max(self._highest, head)
         if head > self._watermark:
             self._watermark = head
             self._pending = {s: subj for s, subj in self._pending.items() if s > head}

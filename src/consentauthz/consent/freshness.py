@@ -10,6 +10,17 @@ state current as of h misses no write older than `max_staleness`. That is the st
 bound (docs/operations.md); past it, no proof is left and reads go to the ledger itself.
 Redis pub/sub usually applies a write within milliseconds; the poller is the bound that
 holds when Redis is slow, down, or lost a message.
+
+Each poll also checks that the ledger is still the one the cached states came from: its
+identity is the same (a dropped and recreated database has another, whatever its head), and
+its head is not below the highest position this replica has applied (its own writes and
+Redis invalidations included, not only earlier polls): a restored backup reuses positions.
+Either way every cache tier is dropped (`on_replaced` for the shared one, first, then the
+local cache), one CRITICAL line is logged, and reads go to the ledger.
+
+With one process writing (SoleWriter, the embedded SQLite ledger) nothing of the kind can
+happen while it runs: the process owns its data dir, and a restored one is read afresh at
+start-up.
 """
 
 from __future__ import annotations
@@ -59,10 +70,17 @@ class SoleWriter:
 
 
 class LedgerPoller:
+    """`identity`: the ledger's identity the cached states belong to (None: the first poll
+    takes the ledger's). `on_replaced(identity, head)`: the ledger went back or was replaced;
+    make the shared cache tier unusable for what it held (called before the local cache is
+    dropped, on the poller's thread)."""
+
     def __init__(self, ledger: Ledger, cache: LocalCache, max_staleness: float,
                  interval: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[bool], None] | None = None) -> None:
+                 on_change: Callable[[bool], None] | None = None,
+                 identity: str | None = None,
+                 on_replaced: Callable[[str, int], None] | None = None) -> None:
         if max_staleness <= 0:
             raise ValueError("max_staleness must be positive")
         self._ledger = ledger
@@ -71,6 +89,8 @@ class LedgerPoller:
         self._interval = interval if interval is not None else max_staleness / 4
         self._clock = clock
         self._on_change = on_change
+        self._identity = identity
+        self._on_replaced = on_replaced
         self._lock = threading.Lock()
         self._polled: int | None = None
         self._proof: tuple[float, int] | None = None
@@ -87,30 +107,56 @@ class LedgerPoller:
     def max_staleness(self) -> float:
         return self._max_staleness
 
+    @property
+    def identity(self) -> str | None:
+        """The identity of the ledger the cached states belong to."""
+        return self._identity
+
     def poll_once(self) -> bool:
         started = self._clock()
+        # Before asking the ledger: every position in it was committed before the snapshot
+        # the answer comes from, so that snapshot must hold it.
+        applied = self._cache.highest
         if self._polled is None:
             self._polled = self._cache.watermark
         try:
-            head, changes = self._ledger.changes(self._polled, POLL_BATCH)
+            seen = self._ledger.changes(self._polled, POLL_BATCH)
         except ConsentAuthzError:
             self._set_healthy(False)
             return False
-        if head < self._polled:
-            # The ledger went back (a restore, a failover that lost commits, another
-            # database): positions are being reused, so nothing cached can be trusted.
-            log.critical("the consent ledger's head went back from %d to %d: dropping every "
-                         "cached state", self._polled, head)
-            self._cache.reset(head)
-        elif len(changes) >= POLL_BATCH:
+        head = seen.head
+        if self._identity is None:
+            self._identity = seen.identity
+        if seen.identity != self._identity or head < applied:
+            self._replaced(seen.identity, head, applied)
+        elif len(seen.entries) >= POLL_BATCH:
             self._cache.clear(head)
         else:
-            self._cache.note_writes(changes, head)
+            self._cache.note_writes(seen.entries, head)
         with self._lock:
             self._polled = head
             self._proof = (started, head)
         self._set_healthy(True)
         return True
+
+    def _replaced(self, identity: str, head: int, applied: int) -> None:
+        """The ledger went back (a restore, a failover that lost commits) or is another one
+        (a database dropped and recreated): positions are being reused, so nothing cached
+        can be trusted. The shared tier first, so that nothing refills the local cache from
+        it once it is empty."""
+        if identity != self._identity:
+            what = f"was replaced (identity {self._identity} is now {identity}, head {head})"
+        else:
+            what = f"went back (head {head}, below position {applied} this replica applied)"
+        log.critical("the consent ledger %s: dropping every cached consent state and "
+                     "answering from the ledger", what)
+        if self._on_replaced is not None:
+            try:
+                self._on_replaced(identity, head)
+            except Exception:  # the local cache must be dropped whatever happens here
+                log.exception("fencing the shared consent cache off failed")
+        self._cache.reset(head)
+        self._identity = identity
 
     def _set_healthy(self, healthy: bool) -> None:
         if healthy != self._healthy:

@@ -51,6 +51,17 @@ class AppendResult:
     replayed: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a ledger poll sees, from one consistent snapshot."""
+
+    #: The ledger's identity (`Ledger.identity`): another one means another database.
+    identity: str
+    head: int
+    #: (seq, subject) of the entries after the sequence asked about, oldest first.
+    entries: list[tuple[int, str]]
+
+
 class Ledger(Protocol):
     def append_consent(self, subject: str, event: ConsentEvent,
                        idempotency: Idempotency | None = None) -> AppendResult: ...
@@ -66,8 +77,9 @@ class Ledger(Protocol):
     def head(self) -> int: ...
 
     def identity(self) -> str:
-        """A random id made with the ledger and kept with it (a restored backup keeps it; a
-        new database has another): what tells one ledger's positions from another's."""
+        """A random id made with the ledger (when its schema is created) and kept with it (a
+        restored backup keeps it; a new database has another): what tells one ledger's
+        positions from another's. A read: never creates anything."""
         ...
 
     def has_subject(self, subject: str) -> bool:
@@ -84,9 +96,10 @@ class Ledger(Protocol):
         """Recompute the hash chain; report the first entry that does not verify."""
         ...
 
-    def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
-        """(head, [(seq, subject), ...]) for the entries with seq > after_sequence, oldest
-        first, at most `limit` of them; head and the list come from one consistent snapshot."""
+    def changes(self, after_sequence: int, limit: int) -> Changes:
+        """The identity, the head and (seq, subject) of the entries with seq >
+        after_sequence, oldest first, at most `limit` of them; all from one consistent
+        snapshot."""
         ...
 
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
@@ -243,12 +256,12 @@ class MemoryLedger:
                      if s == subject and kind == "consent" and item.sequence > after_sequence]
             return found[:limit]
 
-    def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+    def changes(self, after_sequence: int, limit: int) -> Changes:
         start = max(after_sequence, 0)
         with self._lock:
             found = [(seq, entry[0]) for seq, entry in
                      enumerate(self._entries[start:start + max(limit, 0)], start=start + 1)]
-            return len(self._entries), found
+            return Changes(self._identity, len(self._entries), found)
 
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
         # One process, and the caller already serialises its writes.

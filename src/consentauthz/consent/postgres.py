@@ -27,6 +27,7 @@ from ..domain import ConsentEvent, SubjectState
 from ..errors import Unavailable
 from .codec import event_from_dict, state_from_json
 from .ledger import (
+    Changes,
     replay,
     verify_entries,
 )
@@ -62,6 +63,7 @@ CREATE TABLE IF NOT EXISTS subject_state (
     version BIGINT NOT NULL,
     state TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ledger_identity (id TEXT NOT NULL);
 CREATE OR REPLACE FUNCTION consentauthz_ledger_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -79,16 +81,26 @@ CREATE OR REPLACE TRIGGER subject_state_no_delete BEFORE DELETE OR TRUNCATE ON s
 FOR EACH STATEMENT EXECUTE FUNCTION consentauthz_projection_no_delete();
 """
 
+#: The identity is made with the schema, in its transaction (a database from before this
+#: was so gets one when a process first opens it after the upgrade).
+_IDENTIFY = """
+INSERT INTO ledger_identity (id) SELECT %s WHERE NOT EXISTS (SELECT 1 FROM ledger_identity)
+"""
+
 #: The DDL above runs in one transaction, so if the triggers it creates last exist, all of
-#: it does. Checking first lets a role without DDL rights use a schema an admin created.
+#: it does (and the identity table, which older versions made later, exists). Checking
+#: first lets a role without DDL rights use a schema an admin created.
 _SCHEMA_READY = """
-SELECT count(*) = 2 FROM pg_trigger
+SELECT count(*) = 2 AND to_regclass('ledger_identity') IS NOT NULL FROM pg_trigger
 WHERE NOT tgisinternal AND (tgrelid, tgname) IN (
     (to_regclass('ledger'), 'ledger_append_only'),
     (to_regclass('subject_state'), 'subject_state_no_delete'))
 """
 
 _HEAD = "SELECT coalesce(max(seq), 0) FROM ledger"
+#: One statement: the identity and the head agree (the poller reads both each time).
+_IDENTITY_AND_HEAD = ("SELECT (SELECT id FROM ledger_identity ORDER BY id LIMIT 1), "
+                      "(SELECT coalesce(max(seq), 0) FROM ledger)")
 
 
 @contextmanager
@@ -115,6 +127,12 @@ def _conninfo(dsn: str, connect_timeout: float, statement_timeout: float) -> str
         # A peer that vanished (network partition) is noticed within about half a minute
         # instead of the kernel's default two hours.
         keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+
+
+def _identity(value: Any) -> str:
+    if value is None:  # deleted, or a restore half done: nothing to tell ledgers apart by
+        raise Unavailable("the consent ledger has no identity")
+    return str(value)
 
 
 def _configure_reader(conn: Conn) -> None:
@@ -162,11 +180,15 @@ class PostgresLedger(LedgerTables):
         conn = self._writer
         with conn.transaction():
             row = conn.execute(_SCHEMA_READY).fetchone()
-            if row is not None and row[0]:
+            if row is not None and row[0] and conn.execute(
+                    "SELECT 1 FROM ledger_identity LIMIT 1").fetchone() is not None:
                 return
             # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalogs.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            # And the append lock: older versions made the identity under it.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
             conn.execute(_SCHEMA)
+            conn.execute(_IDENTIFY, (secrets.token_hex(8),))
 
     def _connect(self) -> Conn:
         conn = psycopg.connect(self._conninfo, autocommit=False)
@@ -258,13 +280,9 @@ class PostgresLedger(LedgerTables):
                                 (subject,)).fetchone() is not None
 
     def identity(self) -> str:
-        with self._append_tx() as conn:  # under the append lock: one id, however many race
-            conn.execute("CREATE TABLE IF NOT EXISTS ledger_identity (id TEXT NOT NULL)")
-            row = conn.execute("SELECT id FROM ledger_identity").fetchone()
-            if row is None:
-                row = (secrets.token_hex(8),)
-                conn.execute("INSERT INTO ledger_identity (id) VALUES (%s)", row)
-            return str(row[0])
+        with self._read_one() as conn:
+            row = conn.execute("SELECT id FROM ledger_identity ORDER BY id LIMIT 1").fetchone()
+        return _identity(row[0] if row is not None else None)
 
     def head(self) -> int:
         with self._read_one() as conn:
@@ -296,14 +314,15 @@ class PostgresLedger(LedgerTables):
                 "SELECT subject, state FROM subject_state")}
         return verify_entries(rows, projections)
 
-    def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+    def changes(self, after_sequence: int, limit: int) -> Changes:
         with self._read_tx() as conn:  # REPEATABLE READ: both statements see one snapshot
-            row = conn.execute(_HEAD).fetchone()
+            row = conn.execute(_IDENTITY_AND_HEAD).fetchone()
             rows = conn.execute(
                 "SELECT seq, subject FROM ledger WHERE seq > %s ORDER BY seq LIMIT %s",
                 (after_sequence, max(limit, 0))).fetchall()
         assert row is not None
-        return int(row[0]), [(int(seq), str(subject)) for seq, subject in rows]
+        return Changes(_identity(row[0]), int(row[1]),
+                       [(int(seq), str(subject)) for seq, subject in rows])
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

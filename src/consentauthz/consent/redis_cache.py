@@ -32,6 +32,12 @@ releases thus keep starting new generations (misses), never read a stale entry a
 current. An entry of another format found under a key is a miss, read through and
 overwritten.
 
+A replica whose ledger poll finds the ledger went back or was replaced (consent/
+freshness.py) calls `fence`: a new generation (under the new ledger's prefix, when there is
+one) that no entry of the old one belongs to, and a new epoch. A populate or write-through
+that began before it (its state may come from the old ledger) carries the older epoch and
+is dropped. Until the new generation is in Redis (it was down), nothing is read from it.
+
 Every call has a short timeout; a failure opens a breaker for `retry_after` seconds so a
 dead Redis costs one timeout, not one per request.
 """
@@ -158,6 +164,20 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class _Keys:
+    """The names under one prefix (changed together, read together)."""
+
+    prefix: bytes
+    head: bytes
+    channel: bytes
+
+    @classmethod
+    def of(cls, prefix: str) -> _Keys:
+        raw = prefix.encode()
+        return cls(raw, raw + b"head", raw + b"inv")
+
+
+@dataclass(frozen=True, slots=True)
 class RedisRead:
     #: The head value as read ('' when absent): lets a repopulation replace exactly it.
     head: str
@@ -241,7 +261,7 @@ class RedisStateCache:
                  cipher: EntryCipher | None = None) -> None:
         self._url = url
         self._clock = clock
-        self._prefix = prefix.encode()
+        self._keys = _Keys.of(prefix)
         self._timeout = timeout
         self._max_ttl_ms = int(max_ttl * 1000)
         self._retry_after = retry_after
@@ -254,15 +274,20 @@ class RedisStateCache:
             retry=Retry(NoBackoff(), 0))
         self._write = self._client.register_script(_WRITE_THROUGH)
         self._populate = self._client.register_script(_POPULATE)
-        self._head_key = self._prefix + b"head"
-        self.channel = self._prefix + b"inv"
         self._lock = threading.Lock()
+        #: Held by fence() and around every populate and write-through: each runs wholly
+        #: before a fence or is checked against its epoch after it.
+        self._fence_lock = threading.Lock()
+        self._epoch = 0
+        #: The position of a new generation fence() could not write yet (Redis was down).
+        self._fence_pending: int | None = None
         self._notify_lock = threading.Lock()
         self._down_until = 0.0
         self._available = True
         self._stop = threading.Event()
         self._probe: threading.Thread | None = None
-        self._populates: queue.Queue[tuple[str, SubjectState, RedisRead | None, bool]] = (
+        self._populates: queue.Queue[
+            tuple[str, SubjectState, RedisRead | None, bool, int | None]] = (
             queue.Queue(MAX_PENDING_POPULATES))
         self._populator: threading.Thread | None = None
         self._populator_lock = threading.Lock()
@@ -276,26 +301,39 @@ class RedisStateCache:
 
     @property
     def head_key(self) -> bytes:
-        return self._head_key
+        return self._keys.head
 
-    def entry_key(self, subject: str) -> bytes:
+    @property
+    def channel(self) -> bytes:
+        """The invalidation channel (it changes with the prefix: see fence())."""
+        return self._keys.channel
+
+    @property
+    def epoch(self) -> int:
+        """Moves on at each fence(): read it before reading or writing the ledger, and hand
+        it to populate_soon() and write_through()."""
+        return self._epoch
+
+    def entry_key(self, subject: str, prefix: bytes | None = None) -> bytes:
+        prefix = self._keys.prefix if prefix is None else prefix
         key_id, _, digest = subject.partition(":")
         if self._cipher is not None:
-            return self._prefix + bytes.fromhex(digest[:2 * KEY_DIGEST_BYTES])
-        return self._prefix + b"s:" + key_id.encode() + b":" + bytes.fromhex(digest)
+            return prefix + bytes.fromhex(digest[:2 * KEY_DIGEST_BYTES])
+        return prefix + b"s:" + key_id.encode() + b":" + bytes.fromhex(digest)
 
-    def _where(self, subject: str) -> bytes:
+    @staticmethod
+    def _where(prefix: bytes, subject: str) -> bytes:
         """The entry's associated data: the whole pseudonym (a key holds only part of it)."""
-        return self._prefix + b"s:" + subject.encode()
+        return prefix + b"s:" + subject.encode()
 
-    def _tail(self, subject: str, state_bytes: bytes, version: int) -> bytes:
+    def _tail(self, prefix: bytes, subject: str, state_bytes: bytes, version: int) -> bytes:
         """What follows the format byte and generation in an entry: version, sealed state."""
         if state_bytes[:1] != _FORMAT_BYTE:
             raise ValueError("state bytes of another format")
         header = _varint(version)
         body = state_bytes[1:]
         if self._cipher is not None:
-            body = self._cipher.seal(body, self._where(subject) + _FORMAT_BYTE + header)
+            body = self._cipher.seal(body, self._where(prefix, subject) + _FORMAT_BYTE + header)
         return header + body
 
     def entry_value(self, subject: str, generation: str, version: int,
@@ -305,7 +343,7 @@ class RedisStateCache:
         gen = bytes.fromhex(generation)
         if len(gen) != 4:
             raise ValueError("a generation is 8 hex digits")
-        return _FORMAT_BYTE + gen + self._tail(subject, state_bytes, version)
+        return _FORMAT_BYTE + gen + self._tail(self._keys.prefix, subject, state_bytes, version)
 
     def _ttl_ms(self, state: SubjectState) -> int:
         """Never outlive the earliest consent expiry the state holds (expiries already past
@@ -383,13 +421,16 @@ class RedisStateCache:
         return conn
 
     def read(self, subject: str) -> RedisRead | None:
-        key = self.entry_key(subject)
+        if self._fence_pending is not None and not self._fenced():
+            return None
+        keys = self._keys
+        key = self.entry_key(subject, keys.prefix)
 
         def run() -> RedisRead:
             conn = self._read_connection()
             try:
                 # One command, so head and entry are read at the same instant.
-                conn.send_command("MGET", self._head_key, key)  # type: ignore[no-untyped-call]
+                conn.send_command("MGET", keys.head, key)  # type: ignore[no-untyped-call]
                 raw_head, raw_entry = conn.read_response()
             except BaseException:
                 # A reply may still be on its way: it must never be read as the next one's.
@@ -398,39 +439,86 @@ class RedisStateCache:
             head, gen, position = _parse_head(raw_head)
             state = None
             if raw_entry is not None and position >= 0:
-                state = _decode_entry(raw_entry, gen, position, self._where(subject),
-                                      self._cipher)
+                state = _decode_entry(raw_entry, gen, position,
+                                      self._where(keys.prefix, subject), self._cipher)
             return RedisRead(head, position, state)
 
         result: RedisRead | None = self._call("read", run)
         return result
 
-    def write_through(self, subject: str, state: SubjectState, sequence: int) -> bool:
-        """After the ledger committed `sequence` (and while holding its write order)."""
+    def write_through(self, subject: str, state: SubjectState, sequence: int,
+                      epoch: int | None = None) -> bool:
+        """After the ledger committed `sequence` (and while holding its write order).
+        `epoch`: this cache's epoch before the ledger write; older than now, the write may
+        belong to a ledger that was since replaced, and is not written through."""
         message = f"{sequence}:{subject}".encode()
-        key = self.entry_key(subject)
-        args: list[bytes | str | int] = [
-            secrets.token_hex(4), sequence,
-            self._tail(subject, state_to_bytes(state), sequence), self._ttl_ms(state),
-            self.channel, message]
-        return self._call("write", lambda: self._write(
-            keys=[self._head_key, key], args=args)) is not None
+        with self._fence_lock:
+            if not self._current(epoch):
+                return False
+            keys = self._keys
+            args: list[bytes | str | int] = [
+                secrets.token_hex(4), sequence,
+                self._tail(keys.prefix, subject, state_to_bytes(state), sequence),
+                self._ttl_ms(state), keys.channel, message]
+            return self._call("write", lambda: self._write(
+                keys=[keys.head, self.entry_key(subject, keys.prefix)], args=args)) is not None
 
     def populate(self, subject: str, state: SubjectState, seen: RedisRead | None,
-                 behind: bool) -> bool:
+                 behind: bool, epoch: int | None = None) -> bool:
         """Cache a state read from the ledger (current as of `state.sequence`). `behind`:
         Redis was seen behind the freshness floor, so it missed writes: start a new
-        generation unless someone already moved the head on."""
-        key = self.entry_key(subject)
-        args: list[bytes | str | int] = [
-            seen.head if seen else "", 1 if behind else 0, secrets.token_hex(4),
-            state.sequence, state.version,
-            self._tail(subject, state_to_bytes(state), state.version), self._ttl_ms(state)]
-        return bool(self._call("populate", lambda: self._populate(
-            keys=[self._head_key, key], args=args)))
+        generation unless someone already moved the head on. `epoch`: as for
+        write_through(), taken before the ledger read."""
+        with self._fence_lock:
+            if not self._current(epoch):
+                return False
+            keys = self._keys
+            args: list[bytes | str | int] = [
+                seen.head if seen else "", 1 if behind else 0, secrets.token_hex(4),
+                state.sequence, state.version,
+                self._tail(keys.prefix, subject, state_to_bytes(state), state.version),
+                self._ttl_ms(state)]
+            return bool(self._call("populate", lambda: self._populate(
+                keys=[keys.head, self.entry_key(subject, keys.prefix)], args=args)))
+
+    def fence(self, position: int, prefix: str | None = None) -> None:
+        """The ledger went back or was replaced; it is at `position` now. Start a new
+        generation there (under `prefix`, the replacing ledger's, when given): no entry of
+        the old one is read again, and no populate or write-through begun before this
+        call is made."""
+        with self._fence_lock:
+            self._epoch += 1
+            if prefix is not None:
+                self._keys = _Keys.of(prefix)
+            self._fence_pending = position
+            if not self._fence_now():
+                log.warning("redis unavailable: its consent cache is not read again until a "
+                            "new generation is written there")
+
+    def _current(self, epoch: int | None) -> bool:
+        """(Fence lock held.) Whether an operation begun at `epoch` may go on: no fence since,
+        and the newest fence is in Redis."""
+        if epoch is not None and epoch != self._epoch:
+            return False
+        return self._fence_pending is None or self._fence_now()
+
+    def _fenced(self) -> bool:
+        with self._fence_lock:
+            return self._fence_pending is None or self._fence_now()
+
+    def _fence_now(self) -> bool:
+        """(Fence lock held.) Write the pending new generation; whether it is written."""
+        position, head = self._fence_pending, self._keys.head
+        if position is None:
+            return True
+        value = head_value(secrets.token_hex(4), position)
+        if self._call("fence", lambda: self._client.set(head, value)) is None:
+            return False
+        self._fence_pending = None
+        return True
 
     def populate_soon(self, subject: str, state: SubjectState, seen: RedisRead | None,
-                      behind: bool) -> None:
+                      behind: bool, epoch: int | None = None) -> None:
         """populate(), on a thread of this cache's own: a check that read the ledger need
         not wait for Redis too. As safe late as at once: the script compares the head and
         the entry's version when it runs, so a populate overtaken by writes, by another
@@ -439,7 +527,7 @@ class RedisStateCache:
         if self._stop.is_set():
             return
         try:
-            self._populates.put_nowait((subject, state, seen, behind))
+            self._populates.put_nowait((subject, state, seen, behind, epoch))
         except queue.Full:
             self.dropped_populates += 1
             return
@@ -514,6 +602,7 @@ class InvalidationListener:
                  on_message: Callable[[], None] | None = None) -> None:
         self._client = redis.Redis.from_url(url, socket_connect_timeout=1.0,
                                             socket_keepalive=True, health_check_interval=5)
+        #: The channel to listen to (switch() changes it; the listening thread follows).
         self._channel = channel
         self._cache = cache
         self._on_message = on_message
@@ -529,18 +618,30 @@ class InvalidationListener:
     def subscribed(self) -> threading.Event:
         return self._subscribed
 
+    def switch(self, channel: bytes) -> None:
+        """Listen to `channel` instead (the cache's prefix changed): within one wait for a
+        message; what is published meanwhile, the ledger poller applies."""
+        self._channel = channel
+
     def _run(self) -> None:
         backoff = 0.1
         while not self._stop.is_set():
             pubsub: PubSub | None = None
             try:
                 pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self._channel)
+                listening = self._channel
+                pubsub.subscribe(listening)
                 self._subscribed.set()
                 backoff = 0.1
                 while not self._stop.is_set():
+                    if self._channel != listening:
+                        pubsub.unsubscribe(listening)  # type: ignore[no-untyped-call]
+                        listening = self._channel
+                        pubsub.subscribe(listening)
                     message = pubsub.get_message(timeout=0.5)
-                    if message is not None:
+                    # Never a message of the channel left behind: its writes are another
+                    # ledger's.
+                    if message is not None and message["channel"] == self._channel:
                         self._apply(message["data"])
             except Exception:  # never let the listener die; the poller covers the gap
                 log.warning("invalidation channel lost; resubscribing", exc_info=True)

@@ -40,7 +40,7 @@ from ..chain import ChainReport
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import SubjectErased, Unavailable
 from ..sqlite_files import open_database
-from .ledger import AppendResult, Idempotency, Ledger
+from .ledger import AppendResult, Changes, Idempotency, Ledger
 
 log = logging.getLogger("consentauthz.consent")
 
@@ -546,7 +546,7 @@ class SealingLedger:
     def verify(self) -> ChainReport:
         return self._inner.verify()
 
-    def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+    def changes(self, after_sequence: int, limit: int) -> Changes:
         return self._inner.changes(after_sequence, limit)
 
     def exclusive(self) -> contextlib.AbstractContextManager[None]:

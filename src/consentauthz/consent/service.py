@@ -136,6 +136,9 @@ class ConsentService:
     def _read_through(self, span: Span, subject: str, min_sequence: int,
                       floor: int | None, need: int | None) -> SubjectState:
         """The local cache could not answer: Redis, then the ledger."""
+        # Taken first: should the ledger turn out to have gone back meanwhile (the poller
+        # resets the cache and fences Redis off), what is read here is cached nowhere.
+        epoch, shared_epoch = self._epochs()
         seen = None
         if need is not None and self._redis is not None:
             seen = self._redis.read(subject)
@@ -145,7 +148,7 @@ class ConsentService:
             known = max(self._cache.watermark, min_sequence)
             if (seen is not None and seen.state is not None
                     and need <= seen.position <= known):
-                self._cache.put(subject, seen.state)
+                self._cache.put(subject, seen.state, epoch)
                 return self._answer(span, "redis", seen.state)
         state = _without_evidence(self._ledger.load(subject))
         if state.sequence < min_sequence:
@@ -158,9 +161,13 @@ class ConsentService:
                 (floor is not None and seen.position < floor)
                 or seen.position > state.sequence)
             # After answering, on the cache's own thread: the caller does not wait for it.
-            self._redis.populate_soon(subject, state, seen, stale)
-        self._cache.put(subject, state)
+            self._redis.populate_soon(subject, state, seen, stale, shared_epoch)
+        self._cache.put(subject, state, epoch)
         return self._answer(span, "ledger", state)
+
+    def _epochs(self) -> tuple[int, int]:
+        """The local and shared caches' epochs (before a ledger read or write)."""
+        return self._cache.epoch, self._redis.epoch if self._redis is not None else 0
 
     def _answer(self, span: Span, tier: CacheTier, state: SubjectState) -> SubjectState:
         if span.is_recording():
@@ -205,8 +212,9 @@ class ConsentService:
             evidence=dict(write.evidence))
         with tracer().start_as_current_span("consent.Record"), self._write_lock, \
                 self._ledger.exclusive():
+            epochs = self._epochs()
             result = self._ledger.append_consent(subject, event, idempotency)
-            self._after_write(subject, result)
+            self._after_write(subject, result, epochs)
         return WriteResult(result.record_id, result.sequence)
 
     def upsert_subject(self, upsert: SubjectUpsert) -> WriteResult:
@@ -216,8 +224,9 @@ class ConsentService:
         profile = SubjectProfile(jurisdiction=upsert.jurisdiction, birth_date=upsert.birth_date)
         with tracer().start_as_current_span("consent.UpsertSubject"), self._write_lock, \
                 self._ledger.exclusive():
+            epochs = self._epochs()
             result = self._ledger.append_profile(subject, profile, new_id(), now)
-            self._after_write(subject, result)
+            self._after_write(subject, result, epochs)
         return WriteResult(result.record_id, result.sequence)
 
     def erase(self, subject_id: str) -> WriteResult:
@@ -240,23 +249,26 @@ class ConsentService:
                 recorded = self._ledger.load(subject).profile.erased_at
             if recorded is not None:
                 return WriteResult("", self._ledger.load(subject).version)
+            epochs = self._epochs()
             result = self._ledger.append_profile(subject, SubjectProfile(erased_at=now),
                                                  new_id(), now)
-            self._after_write(subject, result)
+            self._after_write(subject, result, epochs)
         return WriteResult(result.record_id, result.sequence)
 
-    def _after_write(self, subject: str, result: AppendResult) -> None:
-        """Still inside the ledger's write order: Redis sees writes in ledger order."""
+    def _after_write(self, subject: str, result: AppendResult,
+                     epochs: tuple[int, int]) -> None:
+        """Still inside the ledger's write order: Redis sees writes in ledger order.
+        `epochs`: the caches' epochs from before the ledger write."""
         if self._sole_writer:
             self._cache.note_write(subject, result.sequence)
         result = replace(result, state=_without_evidence(result.state))
-        self._cache.put(subject, result.state)
+        self._cache.put(subject, result.state, epochs[0])
         if self._redis is not None and not result.replayed:
             # Ledger first: a failed write-through leaves Redis behind, never ahead, and
             # the next write-through starts a new generation (redis_cache.py). The write
             # is committed: nothing that goes wrong with the cache may report it failed.
             try:
-                self._redis.write_through(subject, result.state, result.sequence)
+                self._redis.write_through(subject, result.state, result.sequence, epochs[1])
             except Exception:
                 log.exception("write-through to redis failed; the ledger has the write")
 

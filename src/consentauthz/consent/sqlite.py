@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -18,6 +17,7 @@ from ..errors import ConsentAuthzError, Unavailable
 from ..sqlite_files import open_database
 from .codec import event_from_dict
 from .ledger import (
+    Changes,
     replay,
     verify_entries,
 )
@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE INDEX IF NOT EXISTS ledger_by_subject ON ledger (subject, seq);
 CREATE TABLE IF NOT EXISTS ledger_identity (id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The identity is made with the ledger (one statement: two processes opening a new file
+-- at once still make one).
+INSERT INTO ledger_identity (id) SELECT lower(hex(randomblob(8)))
+WHERE NOT EXISTS (SELECT 1 FROM ledger_identity);
 CREATE TABLE IF NOT EXISTS subject_state (
     subject TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -51,6 +55,13 @@ BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS subject_state_no_delete BEFORE DELETE ON subject_state
 BEGIN SELECT RAISE(ABORT, 'projections are only ever replaced, never deleted'); END;
 """
+
+
+def _identity(conn: sqlite3.Connection) -> str:
+    row = conn.execute("SELECT id FROM ledger_identity ORDER BY id LIMIT 1").fetchone()
+    if row is None:  # only a file opened read-only from before identities were made
+        raise Unavailable("the consent ledger has no identity")
+    return str(row[0])
 
 
 class SqliteLedger(LedgerTables):
@@ -104,12 +115,8 @@ class SqliteLedger(LedgerTables):
                                 (subject,)).fetchone() is not None
 
     def identity(self) -> str:
-        with self._tx() as conn:
-            row = conn.execute("SELECT id FROM ledger_identity").fetchone()
-            if row is None:
-                row = (secrets.token_hex(8),)
-                conn.execute("INSERT INTO ledger_identity (id) VALUES (?)", row)
-            return str(row[0])
+        with self._tx(immediate=False) as conn:
+            return _identity(conn)
 
     def head(self) -> int:
         with self._tx(immediate=False) as conn:
@@ -139,13 +146,14 @@ class SqliteLedger(LedgerTables):
             projections = dict(conn.execute("SELECT subject, state FROM subject_state"))
         return verify_entries(rows, projections)
 
-    def changes(self, after_sequence: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+    def changes(self, after_sequence: int, limit: int) -> Changes:
         with self._tx(immediate=False) as conn:
+            identity = _identity(conn)
             head = self._last(conn)[0]
             rows = conn.execute(
                 "SELECT seq, subject FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_sequence, max(limit, 0))).fetchall()
-        return head, [(int(seq), str(subject)) for seq, subject in rows]
+        return Changes(identity, head, [(int(seq), str(subject)) for seq, subject in rows])
 
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
         # One process owns the file, and the caller already serialises its writes.
