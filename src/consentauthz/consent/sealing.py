@@ -540,8 +540,8 @@ class SealingLedger:
     def identity(self) -> str:
         return self._inner.identity()
 
-    def has_subject(self, subject: str) -> bool:
-        return self._inner.has_subject(subject)
+    def first_recorded(self, subjects: Sequence[str]) -> str | None:
+        return self._inner.first_recorded(subjects)
 
     def verify(self) -> ChainReport:
         return self._inner.verify()
@@ -551,6 +551,12 @@ class SealingLedger:
 
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
         return self._inner.exclusive()
+
+    def meta(self, key: str) -> str | None:
+        return self._inner.meta(key)
+
+    def swap_meta(self, key: str, expected: str | None, value: str) -> bool:
+        return self._inner.swap_meta(key, expected, value)
 
     def close(self) -> None:
         self._inner.close()

@@ -1,6 +1,7 @@
 """The ledger's write path over SQL, shared by the SQLite and PostgreSQL ledgers.
 
-Both keep the same tables (`ledger`, hash-chained; `subject_state`, the projection) and
+Both keep the same tables (`ledger`, hash-chained; `subject_state`, the projection;
+`ledger_meta`, a small key/value table about the ledger as a whole) and
 record a write the same way: the retry check, the next sequence, the chained entry, the
 projection replaced, in one transaction. Only the placeholder style, the transaction
 (and how appends are serialised) and the retry lookup differ; the subclasses supply
@@ -26,6 +27,9 @@ from .projection import apply_event, apply_profile
 
 class Cursor(Protocol):
     def fetchone(self) -> Any: ...
+
+    @property
+    def rowcount(self) -> int: ...
 
 
 class Connection(Protocol):
@@ -111,3 +115,16 @@ class LedgerTables(ABC):
             state = apply_profile(self._state(conn, subject, seq), profile, seq)
             self._save_state(conn, subject, state)
             return AppendResult(record_id, seq, replace(state, sequence=seq))
+
+    def swap_meta(self, key: str, expected: str | None, value: str) -> bool:
+        # Under the append order: one replica's swap is over before another's begins.
+        with self._append_tx() as conn:
+            if expected is None:
+                cur = conn.execute(self._sql("INSERT INTO ledger_meta (key, value) VALUES "
+                                             "(?, ?) ON CONFLICT (key) DO NOTHING"),
+                                   (key, value))
+            else:
+                cur = conn.execute(self._sql("UPDATE ledger_meta SET value = ? "
+                                             "WHERE key = ? AND value = ?"),
+                                   (value, key, expected))
+            return int(cur.rowcount) == 1
