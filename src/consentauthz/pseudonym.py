@@ -5,6 +5,16 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
+#: What a key fingerprint is the keyed hash of: never the key, never anything secret.
+_FINGERPRINT_LABEL = b"consentauthz key fingerprint v1"
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short, stable name for a secret key that reveals nothing about it: HMAC-SHA256
+    under the key of a fixed label (docs/security.md: key fingerprints). Two servers with
+    the same key id but different keys get different fingerprints."""
+    return hmac.digest(key, _FINGERPRINT_LABEL, "sha256").hex()[:32]
+
 
 class Pseudonymizer:
     """HMAC-SHA256 under a secret key ring. Keys never leave this object.
@@ -45,6 +55,10 @@ class Pseudonymizer:
     @property
     def key_id(self) -> str:
         return self._keys[0][0]
+
+    def fingerprints(self) -> dict[str, str]:
+        """Key id -> key_fingerprint, for every key of the ring."""
+        return {kid: key_fingerprint(k) for kid, k in self._keys}
 
     def __repr__(self) -> str:  # never print a key
         return f"Pseudonymizer(key_ids={[kid for kid, _ in self._keys]!r})"

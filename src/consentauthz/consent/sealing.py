@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ..chain import ChainReport
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import SubjectErased, Unavailable
+from ..pseudonym import key_fingerprint
 from ..sqlite_files import open_database
 from .ledger import AppendResult, Idempotency, Ledger
 
@@ -97,6 +98,10 @@ class MasterKeys:
     @property
     def current(self) -> str:
         return self._current
+
+    def fingerprints(self) -> dict[str, str]:
+        """Key id -> key_fingerprint (pseudonym.py), for every key of the ring."""
+        return {kid: key_fingerprint(key) for kid, key in self._keys.items()}
 
     def derive(self, purpose: bytes) -> bytes:
         """A 256-bit key for `purpose`, from the current master key (HKDF-SHA256)."""
