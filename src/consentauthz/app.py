@@ -36,6 +36,7 @@ from .consent import (
     check_key_ring,
     parse_master_ring,
 )
+from .datadir import DataDirLock
 from .decisionlog import QueuedDecisionLog, RetentionJob, SqliteDecisionLog
 from .domain import PolicyReload
 from .engine import CompiledPolicy
@@ -226,6 +227,16 @@ class App:
         self.metrics_endpoint = MetricsEndpoint(*address) if address else None
         data = config.data_dir
         data.mkdir(parents=True, exist_ok=True)
+        # Before anything opens a file in the data dir: it serves one server at a time.
+        self._data_lock = DataDirLock.acquire(data)
+        try:
+            self._build(config)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _build(self, config: ServeConfig) -> None:
+        data = config.data_dir
         policy_dir = config.policy_dir
         # Keep every version that ever decided, so its decisions can be replayed.
         self.policy_store = PolicyStore(data / "policies")
@@ -291,6 +302,18 @@ class App:
                                else (), read_caller_policy(config.policy_dir),
                                self.policy().policy.taxonomy),
             reuse_port=config.reuse_port)
+
+    def _abandon(self) -> None:
+        """A start that failed half-way: close what was opened, free the data dir."""
+        ledger = getattr(self, "ledger", None)
+        store = getattr(self, "decision_store", None)
+        try:
+            if ledger is not None:
+                ledger.close()
+            if store is not None:
+                store.close()
+        finally:
+            self._data_lock.release()
 
     def _component(self, name: str) -> Callable[[bool], None]:
         def changed(serving: bool) -> None:
@@ -386,6 +409,7 @@ class App:
         self.consent.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
+        self._data_lock.release()
 
     def wait(self) -> None:
         self.server.wait()

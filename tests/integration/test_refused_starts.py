@@ -2,13 +2,15 @@
 
 Real `consentauthz serve` processes: two on one PostgreSQL ledger with different keys
 (the second would file subjects under pseudonyms of its own, or fail to open what the
-first sealed), and one on an embedded ledger whose key file was lost and regenerated.
-Each refusal is one line on stderr that names the problem and what to do, and never a
-key.
+first sealed), one on an embedded ledger whose key file was lost and regenerated, and two
+on one data dir. Each refusal is one line on stderr that names the problem and what to
+do, and never a key.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from consentauthz.v1 import decision_pb2
@@ -122,3 +124,25 @@ def test_an_embedded_ledger_refuses_a_regenerated_key(tmp_path: Path) -> None:
         assert decide(s, "embedded-subject", token) == "ALLOW"
     finally:
         s.stop()
+
+
+def test_a_second_server_on_one_data_dir_is_refused_naming_the_first(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = start_serve(serve_command(data), serve_env())
+    try:
+        code, err = refused(serve_command(data), serve_env())
+        assert code != 0
+        line = one_error(err)
+        assert f"pid {first.proc.pid}" in line and str(data) in line
+        # The first one was not disturbed.
+        record(first, "lock-subject", "grant", EMAIL)
+        assert decide(first, "lock-subject") == "ALLOW"
+    finally:
+        first.channel.close()
+        os.kill(first.proc.pid, signal.SIGKILL)  # no clean stop: the lock dies with it
+        first.proc.wait(timeout=20)
+    again = start_serve(serve_command(data), serve_env())
+    try:
+        assert decide(again, "lock-subject") == "ALLOW"
+    finally:
+        again.stop()
