@@ -19,8 +19,9 @@ def key_fingerprint(key: bytes) -> str:
 class Pseudonymizer:
     """HMAC-SHA256 under a secret key ring. Keys never leave this object.
 
-    The newest key pseudonymises new subjects; older keys stay in the ring so that a
-    subject first seen under an older key is still found (`all`), which is how a lookup by
+    The current key pseudonymises new subjects; the ring's other keys (older ones, or a
+    new one not current yet during a rolling rotation, docs/auditing.md) stay so that a
+    subject first seen under another key is still found (`all`), which is how a lookup by
     raw subject id keeps working across key rotations.
     """
 
@@ -65,8 +66,9 @@ class Pseudonymizer:
 
 
 def parse_key_ring(text: str) -> Pseudonymizer:
-    """A key file: one key per line, oldest first, the last is current. A line is
-    `<key id>:<hex>` or just `<hex>` (key id k1). Blank lines and # comments are skipped."""
+    """A key file: one key per line, the last is current (the others in any order). A line
+    is `<key id>:<hex>` or just `<hex>` (key id k1). Blank lines and # comments are
+    skipped."""
     keys: list[tuple[str, bytes]] = []
     for raw in text.splitlines():
         line = raw.strip()

@@ -58,8 +58,8 @@ def _unb64(text: str) -> bytes:
 
 
 class MasterKeys:
-    """The key ring that wraps subject keys: oldest first, the last wraps new keys. Older
-    keys stay to unwrap what they wrapped (docs/security.md: rotation)."""
+    """The key ring that wraps subject keys: the last wraps new keys; the others (in any
+    order) stay to unwrap what they wrapped (docs/security.md: rotation)."""
 
     __slots__ = ("_aeads", "_current", "_keys")
 
@@ -113,7 +113,8 @@ class MasterKeys:
 
 
 def parse_master_ring(text: str) -> MasterKeys:
-    """One key per line, oldest first: `<key id>:<64 hex>` or just `<64 hex>` (id m1)."""
+    """One key per line, the last is current: `<key id>:<64 hex>` or just `<64 hex>` (id
+    m1)."""
     ring: list[tuple[str, bytes]] = []
     for raw in text.splitlines():
         line = raw.strip()
