@@ -306,12 +306,14 @@ class App:
     def _abandon(self) -> None:
         """A start that failed half-way: close what was opened, free the data dir."""
         ledger = getattr(self, "ledger", None)
-        store = getattr(self, "decision_store", None)
+        # The queued log closes its store (and stops its writer thread, in drop mode).
+        decisions = (getattr(self, "decision_log", None)
+                     or getattr(self, "decision_store", None))
         try:
             if ledger is not None:
                 ledger.close()
-            if store is not None:
-                store.close()
+            if decisions is not None:
+                decisions.close()
         finally:
             self._data_lock.release()
 

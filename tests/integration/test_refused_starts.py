@@ -13,7 +13,13 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
+from consentauthz.app import App
+from consentauthz.config import ServeConfig
+from consentauthz.errors import ConfigError
 from consentauthz.v1 import decision_pb2
+from tests.conftest import POLICIES, start_server
 from tests.pg import fresh_database
 from tests.scenario import decision_name, record
 from tests.serve_process import (
@@ -146,3 +152,19 @@ def test_a_second_server_on_one_data_dir_is_refused_naming_the_first(tmp_path: P
         assert decide(again, "lock-subject") == "ALLOW"
     finally:
         again.stop()
+
+
+def test_a_start_that_fails_half_way_frees_the_data_dir(tmp_path: Path) -> None:
+    """In one process: a start refused after the ledger and the decision log were opened
+    (here: a callers file that does not exist) leaves the data dir to the next start."""
+    data = tmp_path / "data"
+    with pytest.raises(ConfigError, match="callers file"):
+        App(ServeConfig(listen="127.0.0.1:0", data_dir=data, policies=POLICIES,
+                        pseudonym_key=b"k" * 32, watch_policies=False,
+                        callers_file=tmp_path / "missing.yaml"))
+    s = start_server(data)
+    try:
+        record(s, "after-failed-start", "grant", EMAIL)
+    finally:
+        s.channel.close()
+        s.app.stop(grace=None)
