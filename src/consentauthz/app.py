@@ -18,6 +18,8 @@ from .consent import (
     EntryCipher,
     Freshness,
     InvalidationListener,
+    KeyKind,
+    KeyMismatch,
     KeyStore,
     Ledger,
     LedgerPoller,
@@ -31,8 +33,10 @@ from .consent import (
     SoleWriter,
     SqliteKeyStore,
     SqliteLedger,
+    check_key_ring,
     parse_master_ring,
 )
+from .datadir import DataDirLock
 from .decisionlog import QueuedDecisionLog, RetentionJob, SqliteDecisionLog
 from .domain import PolicyReload
 from .engine import CompiledPolicy
@@ -70,6 +74,10 @@ def load_key(config: ServeConfig) -> Pseudonymizer:
     """The pseudonymisation key ring (docs/auditing.md: one key per line, last is current)."""
     if config.pseudonym_key is not None:
         return Pseudonymizer(config.pseudonym_key)
+    if config.ledger_url and config.pseudonym_key_file is None:
+        raise ConfigError("with a shared --ledger every replica needs the same "
+                          "pseudonymisation key: set CONSENTAUTHZ_PSEUDONYM_KEY or "
+                          "--pseudonym-key-file (docs/operations.md)")
     path = config.key_file
     text = _key_file_text(path, config.pseudonym_key_file is not None, "pseudonymisation",
                           "without it the ledger can no longer be looked up by subject id")
@@ -94,6 +102,44 @@ def load_master_keys(config: ServeConfig) -> MasterKeys:
         return parse_master_ring(text)
     except ValueError as exc:
         raise ConfigError(f"master key: {exc}") from None
+
+
+def _key_remedy(config: ServeConfig, kind: KeyKind) -> str:
+    """What to do about a key ring the ledger refused (KeyMismatch), for this config."""
+    if kind == "pseudonymisation":
+        env, flag, path = ("CONSENTAUTHZ_PSEUDONYM_KEY", "--pseudonym-key-file",
+                           config.key_file)
+        embedded = config.pseudonym_key is None and config.pseudonym_key_file is None
+    else:
+        env, flag, path = ("CONSENTAUTHZ_MASTER_KEY", "--master-key-file",
+                           config.master_key_path)
+        embedded = config.master_key is None and config.master_key_file is None
+    if config.ledger_url:
+        return f"set {env} or {flag} to the key ring the other replicas use"
+    restore = f"restore {path} from its backup, or " if embedded else ""
+    return f"{restore}set {env} or {flag} to the key ring this ledger was written with"
+
+
+def check_key_rings(ledger: Ledger, config: ServeConfig, pseudonymize: Pseudonymizer,
+                    master: MasterKeys) -> None:
+    """Refuse to serve with key rings other than the ones the ledger was written with
+    (consent/fingerprints.py); record the fingerprints of keys it has not seen yet."""
+    rings: tuple[tuple[KeyKind, dict[str, str]], ...] = (
+        ("pseudonymisation", pseudonymize.fingerprints()), ("master", master.fingerprints()))
+    for kind, fingerprints in rings:
+        try:
+            checked = check_key_ring(ledger, kind, fingerprints)
+        except KeyMismatch as exc:
+            raise ConfigError(f"refusing to start: {exc}: {_key_remedy(config, kind)} "
+                              "(docs/security.md, key fingerprints)") from None
+        if checked.adopted:
+            log.warning("the ledger holds records but no %s key fingerprints (it was written "
+                        "before they were kept): recorded those of this server's key ids "
+                        "%s; from now on a server with other keys is refused", kind,
+                        ", ".join(checked.recorded))
+        elif checked.recorded:
+            log.info("recorded the fingerprints of %s key ids %s in the ledger", kind,
+                     ", ".join(checked.recorded))
 
 
 def open_ledger(url: str | None, data_dir: Path, read_only: bool = False) -> Ledger:
@@ -181,6 +227,16 @@ class App:
         self.metrics_endpoint = MetricsEndpoint(*address) if address else None
         data = config.data_dir
         data.mkdir(parents=True, exist_ok=True)
+        # Before anything opens a file in the data dir: it serves one server at a time.
+        self._data_lock = DataDirLock.acquire(data)
+        try:
+            self._build(config)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _build(self, config: ServeConfig) -> None:
+        data = config.data_dir
         policy_dir = config.policy_dir
         # Keep every version that ever decided, so its decisions can be replayed.
         self.policy_store = PolicyStore(data / "policies")
@@ -197,6 +253,7 @@ class App:
         self.ledger = SealingLedger(
             open_ledger(config.ledger_url, data),
             Sealer(master, open_key_store(config.ledger_url, data)))
+        check_key_rings(self.ledger, config, pseudonymize, master)
         self.decision_store = SqliteDecisionLog(
             data / "decisions.db", fsync=config.decision_log_fsync,
             max_segment_bytes=config.decision_log_segment_bytes,
@@ -262,6 +319,20 @@ class App:
             self.redis.fence(head, self._redis_prefix(identity))
             if self.invalidations is not None:
                 self.invalidations.switch(self.redis.channel)
+
+    def _abandon(self) -> None:
+        """A start that failed half-way: close what was opened, free the data dir."""
+        ledger = getattr(self, "ledger", None)
+        # The queued log closes its store (and stops its writer thread, in drop mode).
+        decisions = (getattr(self, "decision_log", None)
+                     or getattr(self, "decision_store", None))
+        try:
+            if ledger is not None:
+                ledger.close()
+            if decisions is not None:
+                decisions.close()
+        finally:
+            self._data_lock.release()
 
     def _component(self, name: str) -> Callable[[bool], None]:
         def changed(serving: bool) -> None:
@@ -357,6 +428,7 @@ class App:
         self.consent.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
+        self._data_lock.release()
 
     def wait(self) -> None:
         self.server.wait()

@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--decision-log-retention-days", type=float,
                        help="delete sealed segments whose newest entry is older than this")
     serve.add_argument("--pseudonym-key-file",
-                       help="hex HMAC key for subject pseudonyms (default DATA_DIR/keys/)")
+                       help="key ring for subject pseudonyms (default DATA_DIR/keys/pseudonym.key, "
+                            "generated; env CONSENTAUTHZ_PSEUDONYM_KEY)")
     serve.add_argument("--ledger", metavar="URL",
                        help="postgresql://... ledger shared by replicas (default: SQLite in "
                             "the data dir; env CONSENTAUTHZ_LEDGER)")

@@ -13,6 +13,16 @@ import hmac
 import unicodedata
 from collections.abc import Sequence
 
+#: What a key fingerprint is the keyed hash of: never the key, never anything secret.
+_FINGERPRINT_LABEL = b"consentauthz key fingerprint v1"
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short, stable name for a secret key that reveals nothing about it: HMAC-SHA256
+    under the key of a fixed label (docs/security.md: key fingerprints). Two servers with
+    the same key id but different keys get different fingerprints."""
+    return hmac.digest(key, _FINGERPRINT_LABEL, "sha256").hex()[:32]
+
 
 def canonical(value: str) -> str:
     """The one spelling of a caller-chosen id that is pseudonymised (NFC). ASCII ids (most
@@ -23,8 +33,9 @@ def canonical(value: str) -> str:
 class Pseudonymizer:
     """HMAC-SHA256 under a secret key ring. Keys never leave this object.
 
-    The newest key pseudonymises new subjects; older keys stay in the ring so that a
-    subject first seen under an older key is still found (`all`), which is how a lookup by
+    The current key pseudonymises new subjects; the ring's other keys (older ones, or a
+    new one not current yet during a rolling rotation, docs/auditing.md) stay so that a
+    subject first seen under another key is still found (`all`), which is how a lookup by
     raw subject id keeps working across key rotations.
     """
 
@@ -61,13 +72,18 @@ class Pseudonymizer:
     def key_id(self) -> str:
         return self._keys[0][0]
 
+    def fingerprints(self) -> dict[str, str]:
+        """Key id -> key_fingerprint, for every key of the ring."""
+        return {kid: key_fingerprint(k) for kid, k in self._keys}
+
     def __repr__(self) -> str:  # never print a key
         return f"Pseudonymizer(key_ids={[kid for kid, _ in self._keys]!r})"
 
 
 def parse_key_ring(text: str) -> Pseudonymizer:
-    """A key file: one key per line, oldest first, the last is current. A line is
-    `<key id>:<hex>` or just `<hex>` (key id k1). Blank lines and # comments are skipped."""
+    """A key file: one key per line, the last is current (the others in any order). A line
+    is `<key id>:<hex>` or just `<hex>` (key id k1). Blank lines and # comments are
+    skipped."""
     keys: list[tuple[str, bytes]] = []
     for raw in text.splitlines():
         line = raw.strip()

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "consentauthz"
 LAYERS: dict[str, float] = {
     "domain": 0, "errors": 0,
     "chain": 0.5, "pseudonym": 0.5, "sqlite_files": 0.5, "telemetry": 0.5, "metrics": 0.5,
-    "config": 0.5, "v1": 0.5,
+    "config": 0.5, "v1": 0.5, "datadir": 0.5,
     "policy": 1,
     "validation": 2,
     "engine": 3, "consent": 3, "decisionlog": 3,

@@ -404,6 +404,47 @@ def test_exclusive_is_released_when_its_block_raises(ledger: Ledger) -> None:
         assert ledger.append_consent("carol", event("c1")).sequence == 3
 
 
+# -- first_recorded: which of a subject's pseudonyms came first ---------------------------
+
+
+def test_first_recorded_is_the_pseudonym_with_the_oldest_entry(ledger: Ledger) -> None:
+    assert ledger.first_recorded(["k1:x", "k2:x"]) is None
+    assert ledger.first_recorded([]) is None
+    ledger.append_consent("other", event("o1"))
+    assert ledger.first_recorded(["k1:x", "k2:x"]) is None
+    ledger.append_profile("k2:x", SubjectProfile("DE"), "p1", T0)  # a profile counts too
+    assert ledger.first_recorded(["k1:x", "k2:x"]) == "k2:x"
+    # Entries recorded later, under either pseudonym, never change the answer.
+    ledger.append_consent("k1:x", event("a1"))
+    ledger.append_consent("k2:x", event("a2", minutes=1))
+    assert ledger.first_recorded(["k1:x", "k2:x"]) == "k2:x"
+    assert ledger.first_recorded(["k2:x", "k1:x"]) == "k2:x"
+    assert ledger.first_recorded(["k1:x"]) == "k1:x"
+
+
+# -- ledger_meta ------------------------------------------------------------------------
+
+
+def test_meta_is_unset_until_swapped_in(ledger: Ledger) -> None:
+    assert ledger.meta("a") is None
+    assert ledger.swap_meta("a", None, "1") is True
+    assert ledger.meta("a") == "1"
+    assert ledger.meta("b") is None
+
+
+def test_swap_meta_changes_nothing_unless_the_value_is_the_expected_one(
+        ledger: Ledger) -> None:
+    assert ledger.swap_meta("a", None, "1")
+    assert ledger.swap_meta("a", None, "2") is False  # set already
+    assert ledger.swap_meta("a", "0", "2") is False  # not what it is
+    assert ledger.swap_meta("b", "1", "2") is False  # not set at all
+    assert (ledger.meta("a"), ledger.meta("b")) == ("1", None)
+    assert ledger.swap_meta("a", "1", "2") is True
+    assert ledger.meta("a") == "2"
+    # Not part of the ledger's records: no entry, no change of head.
+    assert ledger.head() == 0 and ledger.verify().ok
+
+
 # -- SQLite only ------------------------------------------------------------------------
 
 
@@ -862,6 +903,60 @@ def test_identity_is_stable_for_a_ledger_and_differs_between_ledgers(
     ledger.append_profile("s", SubjectProfile("DE"), "p1", T0)
     assert ledger.identity() == first
     assert MemoryLedger().identity() != first
+
+
+def test_sqlite_meta_survives_reopen(tmp_path: Path) -> None:
+    led = SqliteLedger(tmp_path / "ledger.db")
+    assert led.swap_meta("a", None, "1")
+    led.close()
+    again = SqliteLedger(tmp_path / "ledger.db")
+    try:
+        assert again.meta("a") == "1"
+    finally:
+        again.close()
+
+
+def test_postgres_meta_survives_reopen_and_a_database_from_before_it_gets_the_table(
+        postgres_dsn: str) -> None:
+    led = PostgresLedger(postgres_dsn)
+    assert led.swap_meta("a", None, "1")
+    led.close()
+    with _admin(postgres_dsn) as admin:
+        admin.execute("DROP TABLE ledger_meta")  # as made by a version without it
+    again = PostgresLedger(postgres_dsn)
+    try:
+        assert again.meta("a") is None
+        assert again.swap_meta("a", None, "2") and again.meta("a") == "2"
+    finally:
+        again.close()
+    reopened = PostgresLedger(postgres_dsn)
+    try:
+        assert reopened.meta("a") == "2"
+    finally:
+        reopened.close()
+
+
+def test_postgres_replicas_swapping_meta_at_once_one_wins(postgres_dsn: str) -> None:
+    replicas = [PostgresLedger(postgres_dsn) for _ in range(4)]
+    won: dict[int, bool] = {}
+    start = threading.Barrier(len(replicas))
+
+    def swap(i: int) -> None:
+        start.wait()
+        won[i] = replicas[i].swap_meta("a", None, str(i))
+
+    threads = [threading.Thread(target=swap, args=(i,)) for i in range(len(replicas))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        winners = [i for i, w in won.items() if w]
+        assert len(won) == len(replicas) and len(winners) == 1
+        assert {r.meta("a") for r in replicas} == {str(winners[0])}
+    finally:
+        for r in replicas:
+            r.close()
 
 
 def test_sqlite_identity_survives_reopen(tmp_path: Path) -> None:

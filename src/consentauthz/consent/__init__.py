@@ -1,6 +1,7 @@
 """Consent state: the durable ledger (system of record), its projection, the caches."""
 
 from .cache import LocalCache
+from .fingerprints import KeyKind, KeyMismatch, RingCheck, check_key_ring
 from .freshness import Freshness, LedgerPoller, SoleWriter
 from .ledger import AppendResult, Changes, Idempotency, Ledger, MemoryLedger
 from .postgres import PostgresLedger
@@ -26,6 +27,8 @@ __all__ = [
     "Freshness",
     "Idempotency",
     "InvalidationListener",
+    "KeyKind",
+    "KeyMismatch",
     "KeyStore",
     "Ledger",
     "LedgerPoller",
@@ -36,10 +39,12 @@ __all__ = [
     "PostgresKeyStore",
     "PostgresLedger",
     "RedisStateCache",
+    "RingCheck",
     "Sealer",
     "SealingLedger",
     "SoleWriter",
     "SqliteKeyStore",
     "SqliteLedger",
+    "check_key_ring",
     "parse_master_ring",
 ]

@@ -82,8 +82,10 @@ class Ledger(Protocol):
         positions from another's. A read: never creates anything."""
         ...
 
-    def has_subject(self, subject: str) -> bool:
-        """Whether any record was ever written for this pseudonym."""
+    def first_recorded(self, subjects: Sequence[str]) -> str | None:
+        """Of these pseudonyms, the one with the oldest ledger entry (None: none has any).
+        The answer for a pseudonym that has entries never changes: a pseudonym without
+        any can only ever get a newer first entry."""
         ...
 
     def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]: ...
@@ -107,6 +109,16 @@ class Ledger(Protocol):
         and whatever the caller does after them inside it (the Redis write-through) happen
         before any other writer's append, on every replica sharing this ledger. Not
         re-entrant per thread by contract."""
+        ...
+
+    def meta(self, key: str) -> str | None:
+        """A value of the ledger's small key/value table (`ledger_meta`): facts about the
+        ledger as a whole, kept with it (key fingerprints, ...). None: not set."""
+        ...
+
+    def swap_meta(self, key: str, expected: str | None, value: str) -> bool:
+        """Set `key` to `value` if it is `expected` now (None: not set), atomically for
+        every replica sharing the ledger; False (and nothing changed) otherwise."""
         ...
 
     def close(self) -> None: ...
@@ -191,6 +203,8 @@ class MemoryLedger:
         self._entries: list[tuple[str, str, Any, str]] = []  # subject, kind, item, hash
         self._states: dict[str, SubjectState] = {}
         self._idempotency: dict[str, tuple[str, int, str]] = {}
+        self._meta: dict[str, str] = {}
+        self._first: dict[str, int] = {}  # subject -> sequence of its first entry
 
     def _append(self, subject: str, kind: str, record_id: str, recorded_at: datetime,
                 body: dict[str, Any], item: Any) -> tuple[int, str]:
@@ -199,6 +213,7 @@ class MemoryLedger:
         entry_hash = link(prev, entry_payload(seq, subject, kind, record_id,
                                               recorded_at.isoformat(), body))
         self._entries.append((subject, kind, item, entry_hash))
+        self._first.setdefault(subject, seq)
         return seq, entry_hash
 
     def append_consent(self, subject: str, event: ConsentEvent,
@@ -246,9 +261,10 @@ class MemoryLedger:
     def identity(self) -> str:
         return self._identity
 
-    def has_subject(self, subject: str) -> bool:
+    def first_recorded(self, subjects: Sequence[str]) -> str | None:
         with self._lock:
-            return subject in self._states
+            found = [(self._first[s], s) for s in subjects if s in self._first]
+        return min(found)[1] if found else None
 
     def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]:
         with self._lock:
@@ -266,6 +282,17 @@ class MemoryLedger:
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
         # One process, and the caller already serialises its writes.
         return contextlib.nullcontext()
+
+    def meta(self, key: str) -> str | None:
+        with self._lock:
+            return self._meta.get(key)
+
+    def swap_meta(self, key: str, expected: str | None, value: str) -> bool:
+        with self._lock:
+            if self._meta.get(key) != expected:
+                return False
+            self._meta[key] = value
+            return True
 
     def verify(self) -> ChainReport:
         with self._lock:

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS subject_state (
     state TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ledger_identity (id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE OR REPLACE FUNCTION consentauthz_ledger_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -88,10 +89,11 @@ INSERT INTO ledger_identity (id) SELECT %s WHERE NOT EXISTS (SELECT 1 FROM ledge
 """
 
 #: The DDL above runs in one transaction, so if the triggers it creates last exist, all of
-#: it does (and the identity table, which older versions made later, exists). Checking
-#: first lets a role without DDL rights use a schema an admin created.
+#: it does (and the identity and meta tables, which older versions made later or not at
+#: all, exist). Checking first lets a role without DDL rights use a schema an admin created.
 _SCHEMA_READY = """
-SELECT count(*) = 2 AND to_regclass('ledger_identity') IS NOT NULL FROM pg_trigger
+SELECT count(*) = 2 AND to_regclass('ledger_identity') IS NOT NULL
+    AND to_regclass('ledger_meta') IS NOT NULL FROM pg_trigger
 WHERE NOT tgisinternal AND (tgrelid, tgname) IN (
     (to_regclass('ledger'), 'ledger_append_only'),
     (to_regclass('subject_state'), 'subject_state_no_delete'))
@@ -274,10 +276,18 @@ class PostgresLedger(LedgerTables):
         """Which database (and how): another component on the same one may share a read."""
         return self._conninfo
 
-    def has_subject(self, subject: str) -> bool:
+    def first_recorded(self, subjects: Sequence[str]) -> str | None:
         with self._read_one() as conn:
-            return conn.execute("SELECT 1 FROM subject_state WHERE subject = %s",
-                                (subject,)).fetchone() is not None
+            row = conn.execute(
+                "SELECT subject, min(seq) AS first FROM ledger WHERE subject = ANY(%s) "
+                "GROUP BY subject ORDER BY first LIMIT 1", (list(subjects),)).fetchone()
+        return str(row[0]) if row else None
+
+    def meta(self, key: str) -> str | None:
+        with self._read_one() as conn:
+            row = conn.execute("SELECT value FROM ledger_meta WHERE key = %s",
+                               (key,)).fetchone()
+        return str(row[0]) if row else None
 
     def identity(self) -> str:
         with self._read_one() as conn:

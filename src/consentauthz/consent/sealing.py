@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ..chain import ChainReport
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import SubjectErased, Unavailable
+from ..pseudonym import key_fingerprint
 from ..sqlite_files import open_database
 from .ledger import AppendResult, Changes, Idempotency, Ledger
 
@@ -57,8 +58,8 @@ def _unb64(text: str) -> bytes:
 
 
 class MasterKeys:
-    """The key ring that wraps subject keys: oldest first, the last wraps new keys. Older
-    keys stay to unwrap what they wrapped (docs/security.md: rotation)."""
+    """The key ring that wraps subject keys: the last wraps new keys; the others (in any
+    order) stay to unwrap what they wrapped (docs/security.md: rotation)."""
 
     __slots__ = ("_aeads", "_current", "_keys")
 
@@ -98,6 +99,10 @@ class MasterKeys:
     def current(self) -> str:
         return self._current
 
+    def fingerprints(self) -> dict[str, str]:
+        """Key id -> key_fingerprint (pseudonym.py), for every key of the ring."""
+        return {kid: key_fingerprint(key) for kid, key in self._keys.items()}
+
     def derive(self, purpose: bytes) -> bytes:
         """A 256-bit key for `purpose`, from the current master key (HKDF-SHA256)."""
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
@@ -108,7 +113,8 @@ class MasterKeys:
 
 
 def parse_master_ring(text: str) -> MasterKeys:
-    """One key per line, oldest first: `<key id>:<64 hex>` or just `<64 hex>` (id m1)."""
+    """One key per line, the last is current: `<key id>:<64 hex>` or just `<64 hex>` (id
+    m1)."""
     ring: list[tuple[str, bytes]] = []
     for raw in text.splitlines():
         line = raw.strip()
@@ -540,8 +546,8 @@ class SealingLedger:
     def identity(self) -> str:
         return self._inner.identity()
 
-    def has_subject(self, subject: str) -> bool:
-        return self._inner.has_subject(subject)
+    def first_recorded(self, subjects: Sequence[str]) -> str | None:
+        return self._inner.first_recorded(subjects)
 
     def verify(self) -> ChainReport:
         return self._inner.verify()
@@ -551,6 +557,12 @@ class SealingLedger:
 
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
         return self._inner.exclusive()
+
+    def meta(self, key: str) -> str | None:
+        return self._inner.meta(key)
+
+    def swap_meta(self, key: str, expected: str | None, value: str) -> bool:
+        return self._inner.swap_meta(key, expected, value)
 
     def close(self) -> None:
         self._inner.close()

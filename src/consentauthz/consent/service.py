@@ -98,9 +98,10 @@ class ConsentService:
     # -- subjects -----------------------------------------------------------------------
 
     def subject_key(self, subject_id: str) -> str:
-        """The pseudonym a subject's records live under: the one it was first recorded with,
-        under whichever key of the ring was current then (so key rotation never splits a
-        subject's history); the current key's for a subject not yet in the ledger."""
+        """The pseudonym a subject's records live under: of its pseudonyms under every key
+        of the ring, the one with the oldest ledger entry (so key rotation never splits a
+        subject's history, and every replica with the same ring picks the same one); the
+        current key's for a subject not yet in the ledger."""
         candidates = self._pseudonymize.all(subject_id)
         if len(candidates) == 1:
             return candidates[0]
@@ -108,8 +109,14 @@ class ConsentService:
         found = self._resolved.get(current)
         if found is not None:
             return found
-        found = next((p for p in reversed(candidates[1:]) if self._ledger.has_subject(p)),
-                     current)
+        found = self._ledger.first_recorded(candidates)
+        if found is None:
+            # Not remembered: until the subject's first record, another replica may record
+            # it under another key of the ring (one still on the previous current key
+            # during a rolling restart), and then that is where its records live.
+            return current
+        # Remembered: the oldest entry stays the oldest whatever is recorded later, so
+        # this answer is final (ledger.first_recorded).
         with self._resolved_lock:
             if len(self._resolved) >= _MAX_RESOLVED:
                 self._resolved.clear()
@@ -197,12 +204,6 @@ class ConsentService:
     def record(self, write: ConsentWrite) -> WriteResult:
         now = self._clock()
         validate_write(write, self._taxonomy(), now, self.clock_skew)
-        subject = self.subject_key(write.subject_id)
-        idempotency = None
-        if write.idempotency_key:
-            # Under every key of the ring: a retry after a key rotation is still a retry.
-            keys = self._pseudonymize.all("idempotency:" + write.idempotency_key)
-            idempotency = Idempotency(keys[0], self._request_hash(subject, write), keys[1:])
         event = ConsentEvent(
             record_id=new_id(), sequence=0, action=write.action, purpose=write.purpose,
             data_categories=tuple(write.data_categories), explicit=write.explicit,
@@ -213,6 +214,15 @@ class ConsentService:
         with tracer().start_as_current_span("consent.Record"), self._write_lock, \
                 self._ledger.exclusive():
             epochs = self._epochs()
+            # Inside the ledger's write order: no other replica records the subject's
+            # first entry under another key between the lookup and the append.
+            subject = self.subject_key(write.subject_id)
+            idempotency = None
+            if write.idempotency_key:
+                # Under every key of the ring: a retry after a key rotation is still a retry.
+                keys = self._pseudonymize.all("idempotency:" + write.idempotency_key)
+                idempotency = Idempotency(keys[0], self._request_hash(subject, write),
+                                          keys[1:])
             result = self._ledger.append_consent(subject, event, idempotency)
             self._after_write(subject, result, epochs)
         return WriteResult(result.record_id, result.sequence)
@@ -220,11 +230,11 @@ class ConsentService:
     def upsert_subject(self, upsert: SubjectUpsert) -> WriteResult:
         now = self._clock()
         validate_upsert(upsert, now.date())
-        subject = self.subject_key(upsert.subject_id)
         profile = SubjectProfile(jurisdiction=upsert.jurisdiction, birth_date=upsert.birth_date)
         with tracer().start_as_current_span("consent.UpsertSubject"), self._write_lock, \
                 self._ledger.exclusive():
             epochs = self._epochs()
+            subject = self.subject_key(upsert.subject_id)  # in the write order (record())
             result = self._ledger.append_profile(subject, profile, new_id(), now)
             self._after_write(subject, result, epochs)
         return WriteResult(result.record_id, result.sequence)
@@ -235,10 +245,10 @@ class ConsentService:
         erasure, after which checks deny with SUBJECT_ERASED except on a legal obligation
         and nothing more is recorded about them. Erasing twice changes nothing."""
         check_subject_only(subject_id)
-        subject = self.subject_key(subject_id)
         now = self._clock()
         with tracer().start_as_current_span("consent.EraseSubject"), self._write_lock, \
                 self._ledger.exclusive():
+            subject = self.subject_key(subject_id)  # in the write order (record())
             if self._shredder is not None:
                 # First: should recording the marker fail, nothing readable is left, and a
                 # retry completes the erasure.

@@ -109,10 +109,18 @@ class SqliteLedger(LedgerTables):
         with self._tx(immediate=False) as conn:
             return self._state(conn, subject, self._last(conn)[0])
 
-    def has_subject(self, subject: str) -> bool:
+    def first_recorded(self, subjects: Sequence[str]) -> str | None:
+        marks = ", ".join("?" * len(subjects))  # only placeholders, never values
+        sql = ("SELECT subject, min(seq) AS first FROM ledger "  # noqa: S608
+               f"WHERE subject IN ({marks}) GROUP BY subject ORDER BY first LIMIT 1")
         with self._tx(immediate=False) as conn:
-            return conn.execute("SELECT 1 FROM subject_state WHERE subject = ?",
-                                (subject,)).fetchone() is not None
+            row = conn.execute(sql, list(subjects)).fetchone()
+        return str(row[0]) if row else None
+
+    def meta(self, key: str) -> str | None:
+        with self._tx(immediate=False) as conn:
+            row = conn.execute("SELECT value FROM ledger_meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
 
     def identity(self) -> str:
         with self._tx(immediate=False) as conn:

@@ -1,6 +1,7 @@
 """The ledger's write path over SQL, shared by the SQLite and PostgreSQL ledgers.
 
-Both keep the same tables (`ledger`, hash-chained; `subject_state`, the projection) and
+Both keep the same tables (`ledger`, hash-chained; `subject_state`, the projection;
+`ledger_meta`, a small key/value table about the ledger as a whole) and
 record a write the same way: the retry check, the next sequence, the chained entry, the
 projection replaced, in one transaction. Only the placeholder style, the transaction
 (and how appends are serialised) and the retry lookup differ; the subclasses supply
@@ -26,16 +27,14 @@ from .projection import PROJECTION_RULES, apply_event, apply_profile
 
 log = logging.getLogger("consentauthz.consent")
 
-#: Facts about the ledger itself (key/value); created when missing, for ledgers made
-#: before it existed.
-META_TABLE = ("CREATE TABLE IF NOT EXISTS ledger_meta "
-              "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
 
 class Cursor(Protocol):
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> Any: ...
+
+    @property
+    def rowcount(self) -> int: ...
 
 
 class Connection(Protocol):
@@ -109,7 +108,6 @@ class LedgerTables(ABC):
         other rules than projection.PROJECTION_RULES (a ledger written by an earlier
         release); the caller holds the ledger's append order. Returns how many subjects
         were rebuilt. The records are the truth, so this is always safe to do."""
-        conn.execute(META_TABLE)
         if self._meta(conn, "projection_rules") == PROJECTION_RULES:
             return 0
         rows = conn.execute("SELECT seq, subject, kind, body FROM ledger ORDER BY seq"
@@ -154,3 +152,16 @@ class LedgerTables(ABC):
             state = apply_profile(self._state(conn, subject, seq), profile, seq)
             self._save_state(conn, subject, state)
             return AppendResult(record_id, seq, replace(state, sequence=seq))
+
+    def swap_meta(self, key: str, expected: str | None, value: str) -> bool:
+        # Under the append order: one replica's swap is over before another's begins.
+        with self._append_tx() as conn:
+            if expected is None:
+                cur = conn.execute(self._sql("INSERT INTO ledger_meta (key, value) VALUES "
+                                             "(?, ?) ON CONFLICT (key) DO NOTHING"),
+                                   (key, value))
+            else:
+                cur = conn.execute(self._sql("UPDATE ledger_meta SET value = ? "
+                                             "WHERE key = ? AND value = ?"),
+                                   (value, key, expected))
+            return int(cur.rowcount) == 1
