@@ -42,6 +42,7 @@ class Reason(StrEnum):
     LEGITIMATE_INTEREST = "LEGITIMATE_INTEREST"
     NOT_OPTED_OUT = "NOT_OPTED_OUT"
     LAWFUL_AUTHORITY_REQUIRED = "LAWFUL_AUTHORITY_REQUIRED"
+    SENSITIVE_PERMITTED_USE = "SENSITIVE_PERMITTED_USE"
 
 
 class LegalBasis(StrEnum):
@@ -53,6 +54,9 @@ class LegalBasis(StrEnum):
     PUBLIC_TASK = "public_task"
     LEGITIMATE_INTERESTS = "legitimate_interests"
     CCPA_OPT_OUT_NOT_EXERCISED = "ccpa_opt_out_not_exercised"
+    #: CCPA §1798.121(a), 11 CCR §7027(m): a use of sensitive personal information that a
+    #: request to limit does not reach.
+    CCPA_SENSITIVE_PERMITTED_USE = "ccpa_sensitive_permitted_use"
 
 
 class ConsentAction(StrEnum):

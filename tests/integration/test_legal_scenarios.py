@@ -11,6 +11,8 @@ from tests.scenario import check, decision_name, record, subject
 
 EMAIL = "marketing.communications.email"
 CONTACT_EMAIL = "user.contact.email"
+#: A sale of personal information (§1798.140(ad)); fideslang's `sales` is outreach, not a sale.
+SHARING = "third_party_sharing"
 
 
 def expect(resp, decision: str, reason: str, basis: str = "") -> None:
@@ -213,10 +215,10 @@ def test_uk_follows_gdpr_rules_with_its_own_regime(server: Running) -> None:
 # -- CCPA / CPRA ------------------------------------------------------------------------------
 
 def test_ccpa_sale_allowed_until_opt_out(server: Running) -> None:
-    expect(check(server, "vic", "sales", CONTACT_EMAIL, "US-CA"), "ALLOW", "NOT_OPTED_OUT",
+    expect(check(server, "vic", SHARING, CONTACT_EMAIL, "US-CA"), "ALLOW", "NOT_OPTED_OUT",
            "ccpa_opt_out_not_exercised")
     record(server, "vic", "opt_out")
-    expect(check(server, "vic", "sales", CONTACT_EMAIL, "US-CA"), "DENY", "OPTED_OUT")
+    expect(check(server, "vic", SHARING, CONTACT_EMAIL, "US-CA"), "DENY", "OPTED_OUT")
     expect(check(server, "vic", "marketing.advertising.third_party.targeted",
                  "user.device.cookie_id", "US-CA"), "DENY", "OPTED_OUT")
     # First-party contextual advertising is not a sale or share.
@@ -224,7 +226,7 @@ def test_ccpa_sale_allowed_until_opt_out(server: Running) -> None:
                  "user.device.cookie_id", "US-CA"), "ALLOW", "NOT_OPTED_OUT",
            "ccpa_opt_out_not_exercised")
     record(server, "vic", "opt_in")
-    expect(check(server, "vic", "sales", CONTACT_EMAIL, "US-CA"), "ALLOW", "CONSENT_GIVEN",
+    expect(check(server, "vic", SHARING, CONTACT_EMAIL, "US-CA"), "ALLOW", "CONSENT_GIVEN",
            "consent")
 
 
@@ -244,15 +246,15 @@ def test_gpc_objects_to_sale_under_gdpr_too(server: Running) -> None:
 
 def test_ccpa_minors(server: Running) -> None:
     subject(server, "yan", "US-CA", age=14)
-    expect(check(server, "yan", "sales", CONTACT_EMAIL), "DENY", "MINOR_OPT_IN_REQUIRED")
+    expect(check(server, "yan", SHARING, CONTACT_EMAIL), "DENY", "MINOR_OPT_IN_REQUIRED")
     record(server, "yan", "opt_in")
-    expect(check(server, "yan", "sales", CONTACT_EMAIL), "ALLOW", "CONSENT_GIVEN", "consent")
+    expect(check(server, "yan", SHARING, CONTACT_EMAIL), "ALLOW", "CONSENT_GIVEN", "consent")
 
     subject(server, "zoe", "US-CA", age=12)
     record(server, "zoe", "opt_in")  # the child's own opt-in is not enough
-    expect(check(server, "zoe", "sales", CONTACT_EMAIL), "DENY", "PARENTAL_CONSENT_REQUIRED")
+    expect(check(server, "zoe", SHARING, CONTACT_EMAIL), "DENY", "PARENTAL_CONSENT_REQUIRED")
     record(server, "zoe", "opt_in", method="parental")
-    expect(check(server, "zoe", "sales", CONTACT_EMAIL), "ALLOW", "CONSENT_GIVEN", "consent")
+    expect(check(server, "zoe", SHARING, CONTACT_EMAIL), "ALLOW", "CONSENT_GIVEN", "consent")
 
 
 def test_limit_sensitive_keeps_only_permitted_uses(server: Running) -> None:
@@ -262,10 +264,11 @@ def test_limit_sensitive_keeps_only_permitted_uses(server: Running) -> None:
     record(server, "abe", "limit")
     expect(check(server, "abe", "personalize", "user.location.precise"), "DENY",
            "SENSITIVE_USE_LIMITED")
+    # §1798.121(a), 11 CCR §7027(m): the statute's permission, not a GDPR basis.
     expect(check(server, "abe", "essential.service", "user.location.precise"), "ALLOW",
-           "CONTRACT", "contract")
+           "SENSITIVE_PERMITTED_USE", "ccpa_sensitive_permitted_use")
     expect(check(server, "abe", "essential.fraud_detection", "user.government_id"), "ALLOW",
-           "LEGITIMATE_INTEREST", "legitimate_interests")
+           "SENSITIVE_PERMITTED_USE", "ccpa_sensitive_permitted_use")
     # Non-sensitive data is unaffected.
     expect(check(server, "abe", "personalize", "user.location.imprecise"), "ALLOW",
            "NOT_OPTED_OUT", "ccpa_opt_out_not_exercised")

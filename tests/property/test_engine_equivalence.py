@@ -312,7 +312,8 @@ def _reference_decision(pack: Pack, request: CheckRequest, state: SubjectState,
     regimes = sorted(set(pack.compiled.jurisdictions.values())
                      - {pack.compiled.jurisdictions["UNKNOWN"]})
     evaluations = [(j, t) for j in jurisdictions
-                   for t in ([j] if j in pack.compiled.jurisdictions else ["UNKNOWN", *regimes])]
+                   for t in ([j] if j in pack.compiled.jurisdictions and j != "UNKNOWN"
+                             else ["UNKNOWN", *regimes])]
     for jurisdiction, token in evaluations:
         for purpose in policy.taxonomy.purposes.subtree(request.purpose):
             for category in policy.taxonomy.categories.subtree(request.data_category):
@@ -370,9 +371,9 @@ def test_first_match_equals_casbin_on_an_extended_pack(extended: Pack, data: st.
     ("DE", "marketing.communications.sms", "user.contact.email", {"consent"},
      "050, DE, marketing, *, always, deny, NO_CONSENT,"),
     # Equal priorities keep load order: aa_extra.csv before gdpr.csv before its appendix.
-    ("FR", "analytics.reporting", "user.device", {"consent"},
+    ("FR", "analytics.reporting", "user.behavior", {"consent"},
      "610, gdpr, analytics, *, consent, allow, CONSENT_GIVEN, explicit_consent"),
-    ("FR", "marketing.advertising", "user.device", {"consent"},
+    ("FR", "marketing.advertising", "user.behavior", {"consent"},
      "610, gdpr, gdpr_consent_required, *, consent, allow, CONSENT_GIVEN, consent"),
     # Nested classes, and a jurisdiction two links from its regime.
     ("CH", "analytics.reporting.system", "user.contact", {"no_consent"},

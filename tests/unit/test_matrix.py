@@ -37,7 +37,9 @@ POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SPECIAL = "gdpr_special_category"
 CRIMINAL = "gdpr_criminal_offence"
 SENSITIVE = "ccpa_sensitive"
-LEGAL_OBLIGATION_PURPOSES = ("essential.legal_obligation", "third_party_sharing.legal_obligation")
+# third_party_sharing.legal_obligation (fideslang: legal or contractual obligations) is no
+# Art. 10 authorisation by itself (LEGAL.md review).
+LEGAL_OBLIGATION_PURPOSES = ("essential.legal_obligation",)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +89,7 @@ def test_columns_are_ordinary_data_and_one_per_category_class(
         (ORDINARY, "user.contact.email"),
         (SPECIAL, "user.demographic.political_opinion"),
         (CRIMINAL, "user.criminal_history"),
+        ("eprivacy_terminal", "user.device"),
         (SENSITIVE, "user.authorization.credentials"),
     ]
     assert {c.key for c in matrix.columns} - {ORDINARY} == compiled.category_classes
@@ -105,7 +108,9 @@ def test_columns_are_ordinary_data_and_one_per_category_class(
     ("gdpr", "functional.service.automated_decision", ORDINARY, "explicit_consent"),
     ("gdpr", "finance", CRIMINAL, "never"),
     ("ccpa", "sales", ORDINARY, "ccpa_opt_out_not_exercised"),
-    ("ccpa", "essential.service", SENSITIVE, "contract"),
+    ("ccpa", "essential.service", SENSITIVE, "ccpa_sensitive_permitted_use"),
+    ("gdpr", "operations", "eprivacy_terminal", "consent"),
+    ("gdpr", "essential.service.authentication", "eprivacy_terminal", "contract"),
     ("uk_gdpr", "marketing.communications.email", ORDINARY, "consent"),
     ("uk_gdpr", "personalize", SPECIAL, "explicit_consent"),
     ("uk_gdpr", "essential.fraud_detection", ORDINARY, "legitimate_interests"),
@@ -216,9 +221,10 @@ def test_the_probes_are_the_facts_real_subjects_have(compiled: CompiledPolicy) -
 def test_an_opt_in_regime_shows_consent_opt_in(tmp_path: Path) -> None:
     pack = Path(shutil.copytree(POLICIES, tmp_path / "policies"))
     with (pack / "ccpa.csv").open("a", encoding="utf-8") as f:
-        f.write("p, 450, ccpa, sale_or_share, *, always, deny, NO_CONSENT,\n")
+        # Before 405 (a grant after an opt-out): only an opt-in re-authorises here.
+        f.write("p, 404, ccpa, sale_or_share, *, always, deny, NO_CONSENT,\n")
     m = build_matrix(compile_policy(pack))
-    cell = m.cell("ccpa", "sales", ORDINARY)
+    cell = m.cell("ccpa", "third_party_sharing", ORDINARY)
     assert cell.requirement == "consent_opt_in" and cell.legal_basis == "consent"
     assert cell.deny_reason == "NO_CONSENT"
     assert "consent (opt-in)" in render_markdown(m)

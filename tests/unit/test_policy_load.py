@@ -187,8 +187,8 @@ def test_unknown_reason_code(pack: Path) -> None:
 
 @pytest.mark.parametrize("basis", ["", "consnet"])
 def test_allow_rule_needs_a_legal_basis(pack: Path, basis: str) -> None:
-    line = edit(pack, "gdpr.csv", "consent, allow, CONSENT_GIVEN, consent\n",
-                f"consent, allow, CONSENT_GIVEN, {basis}\n")
+    line = edit(pack, "gdpr.csv", "required, *, consent, allow, CONSENT_GIVEN, consent\n",
+                f"required, *, consent, allow, CONSENT_GIVEN, {basis}\n")
     assert_problem(problems_of(pack), f"gdpr.csv:{line}:", "allow rule", "legal basis")
 
 
@@ -312,10 +312,12 @@ def test_malformed_yaml_names_the_file(pack: Path, name: str) -> None:
 
 
 def test_typo_on_the_left_of_a_class_link_is_rejected(pack: Path) -> None:
-    # `sale` for `sales` would silently drop sales out of sale_or_share: an opted-out
+    # A typo would silently drop third-party sharing out of sale_or_share: an opted-out
     # Californian would then be sold to. The pack must refuse to load instead.
-    line = edit(pack, "classes.csv", "g2, sales, sale_or_share", "g2, sale, sale_or_share")
-    assert_problem(problems_of(pack), f"classes.csv:{line}", "unknown purpose", "'sale'")
+    line = edit(pack, "classes.csv", "g2, third_party_sharing, sale_or_share",
+                "g2, third_party_sharng, sale_or_share")
+    assert_problem(problems_of(pack), f"classes.csv:{line}", "unknown purpose",
+                   "'third_party_sharng'")
 
 
 def test_nested_declared_class_is_accepted(pack: Path) -> None:
