@@ -15,7 +15,15 @@ from opentelemetry.util.types import AttributeValue
 
 from .consent import ConsentService
 from .decisionlog import DecisionLog
-from .domain import CheckOutcome, CheckRequest, DecisionRecord, new_id
+from .domain import (
+    GPC_SOURCE,
+    CheckOutcome,
+    CheckRequest,
+    ConsentAction,
+    DecisionRecord,
+    SubjectState,
+    new_id,
+)
 from .engine import CompiledPolicy
 from .errors import ConsentAuthzError, InvalidArgument, Unavailable
 from .metrics import NO_METRICS, Metrics, Rpc
@@ -41,6 +49,8 @@ from .telemetry import (
 )
 from .validation import validate_batch_size, validate_check
 
+#: Bound on the subjects remembered as having their GPC opt-out recorded.
+_MAX_GPC_MEMO = 100_000
 #: A batch item's result: an answer, its own bad input, or its own unavailability.
 ItemResult = CheckOutcome | InvalidArgument | Unavailable
 
@@ -54,6 +64,9 @@ class Checker:
         self._log = log
         self._clock = clock
         self._metrics = metrics
+        #: Subjects whose GPC opt-out is known to be recorded (bounded; forgetting costs
+        #: one keyed no-op write, never a second record).
+        self._gpc_recorded: set[str] = set()
 
     def check(self, request: CheckRequest, caller: str) -> CheckOutcome:
         result = self._run([request], caller, prefix=False)[0]
@@ -143,6 +156,8 @@ class Checker:
         subject = self._consent.subject_key(request.subject_id)
         state = self._consent.state_of(subject, request.consistency_token)
         now = self._clock()
+        if request.context.get("gpc") == "1":
+            state = self._remember_gpc(request, subject, state, compiled, now)
         decision = compiled.decide(request, state, now)
         record = DecisionRecord(
             decision_id=new_id(), time=now, caller=caller, subject=subject,
@@ -156,6 +171,33 @@ class Checker:
             consistency_token=state.sequence, trace_id=trace_id, span_id=span_id,
             context=dict(request.context))
         return CheckOutcome(decision, record)
+
+
+    def _remember_gpc(self, request: CheckRequest, subject: str, state: SubjectState,
+                      compiled: CompiledPolicy, now: datetime) -> SubjectState:
+        """CCPA 11 CCR §7025(c)(1), (c)(5) and the states' universal opt-out rules: a GPC
+        signal from a consumer the business knows is that consumer's opt-out, and its later
+        absence is not consent. Recorded once per subject (the ledger keys the write by
+        subject), durably, before the answer; a subject this replica has seen recorded, or
+        whose state shows the record, costs nothing more."""
+        if (state.version == 0 or state.profile.erased_at is not None
+                or subject in self._gpc_recorded):
+            # No record at all: a consumer the business does not know. Erased: nothing
+            # more is recorded about them.
+            return state
+        jurisdictions = [request.jurisdiction or state.profile.jurisdiction]
+        if request.jurisdiction and state.profile.jurisdiction:
+            jurisdictions.append(state.profile.jurisdiction)
+        if not compiled.remembers_gpc(jurisdictions, now.date()):
+            return state
+        if not any(e.source == GPC_SOURCE and e.action is ConsentAction.OPT_OUT_OF_SALE
+                   for e in state.events):
+            written = self._consent.remember_gpc(request.subject_id, jurisdictions[0])
+            state = self._consent.state_of(subject, written.consistency_token)
+        if len(self._gpc_recorded) >= _MAX_GPC_MEMO:
+            self._gpc_recorded.clear()
+        self._gpc_recorded.add(subject)
+        return state
 
 
 def _attributes(r: DecisionRecord) -> dict[str, AttributeValue]:

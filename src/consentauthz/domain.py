@@ -72,6 +72,8 @@ class ConsentAction(StrEnum):
 PURPOSE_REQUIRED_ACTIONS = frozenset(
     {ConsentAction.GRANT, ConsentAction.WITHDRAW, ConsentAction.OBJECT}
 )
+#: The source of the opt-out a Global Privacy Control signal records (ConsentService).
+GPC_SOURCE = "gpc"
 #: Actions that express a permission and so must say how it was collected.
 PERMISSION_ACTIONS = frozenset({ConsentAction.GRANT, ConsentAction.OPT_IN_TO_SALE})
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import re
+import sqlite3
 import string
 import time
 from collections import Counter
@@ -1289,12 +1290,22 @@ ALL_FUZZ = {"RecordConsent", "UpsertSubject", "Check", "BatchCheck", "BatchCheck
 
 def test_server_is_healthy_after_the_fuzz(fuzz: Fuzz) -> None:
     s = fuzz.s
+    # Checks carrying GPC for a known Californian record one opt-out per subject (CCPA 11
+    # CCR §7025(c)(1)): ledger writes too, beside the accepted consent writes.
+    with sqlite3.connect(f"file:{s.data_dir / 'ledger.db'}?mode=ro", uri=True) as db:
+        (gpc_writes,) = db.execute(
+            "SELECT count(*) FROM ledger WHERE kind = 'consent' "
+            "AND json_extract(body, '$.source') = 'gpc'").fetchone()
+        (gpc_subjects,) = db.execute(
+            "SELECT count(DISTINCT subject) FROM ledger WHERE kind = 'consent' "
+            "AND json_extract(body, '$.source') = 'gpc'").fetchone()
+    assert gpc_writes == gpc_subjects  # once per subject
     # Exactly the accepted requests were decided and written, and both chains verify.
     assert s.audit.GetCheckpoint(audit_pb2.GetCheckpointRequest()).sequence == fuzz.decided
-    assert fuzz.watermark == fuzz.writes
+    assert fuzz.watermark == fuzz.writes + gpc_writes
     chains = s.audit.VerifyChains(audit_pb2.VerifyChainsRequest()).chains
     assert all(c.ok for c in chains), list(chains)
-    assert [c.entries for c in chains] == [fuzz.decided, fuzz.writes]
+    assert [c.entries for c in chains] == [fuzz.decided, fuzz.writes + gpc_writes]
 
     # It still decides correctly.
     subject = "after-the-fuzz@example.org"

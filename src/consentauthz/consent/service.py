@@ -14,6 +14,9 @@ from opentelemetry.trace import Span
 
 from ..chain import canonical_json
 from ..domain import (
+    GPC_SOURCE,
+    CollectionMethod,
+    ConsentAction,
     ConsentEvent,
     ConsentWrite,
     SubjectProfile,
@@ -223,6 +226,31 @@ class ConsentService:
                 keys = self._pseudonymize.all("idempotency:" + write.idempotency_key)
                 idempotency = Idempotency(keys[0], self._request_hash(subject, write),
                                           keys[1:])
+            result = self._ledger.append_consent(subject, event, idempotency)
+            self._after_write(subject, result, epochs)
+        return WriteResult(result.record_id, result.sequence)
+
+    def remember_gpc(self, subject_id: str, jurisdiction: str) -> WriteResult:
+        """Record a Global Privacy Control signal as the subject's opt-out of sale and
+        sharing (source `gpc`), once per subject: the write is keyed by the subject, so a
+        second call (on any replica, after any restart) writes nothing and returns the
+        first record. The caller has validated `subject_id` (it comes from a Check)."""
+        now = self._clock()
+        event = ConsentEvent(
+            record_id=new_id(), sequence=0, action=ConsentAction.OPT_OUT_OF_SALE, purpose="",
+            data_categories=(), explicit=False, method=CollectionMethod.UNSPECIFIED,
+            jurisdiction=jurisdiction, collected_at=now, expires_at=None, source=GPC_SOURCE,
+            notice_version="", recorded_at=now, evidence={"signal": "Sec-GPC: 1"})
+        with tracer().start_as_current_span("consent.RememberGpc"), self._write_lock, \
+                self._ledger.exclusive():
+            epochs = self._epochs()
+            subject = self.subject_key(subject_id)
+            # Its own namespace, apart from callers' idempotency keys; the same request
+            # every time (no time in it), so a repeat is a retry, never a conflict.
+            keys = self._pseudonymize.all("gpc-opt-out:" + subject_id)
+            idempotency = Idempotency(keys[0], hashlib.sha256(
+                canonical_json({"subject": subject, "gpc": "opt-out"}).encode()).hexdigest(),
+                keys[1:])
             result = self._ledger.append_consent(subject, event, idempotency)
             self._after_write(subject, result, epochs)
         return WriteResult(result.record_id, result.sequence)

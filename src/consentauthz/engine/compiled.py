@@ -14,7 +14,7 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from types import MappingProxyType
 
 from casbin.model import Model
@@ -210,6 +210,10 @@ class CompiledPolicy:
         self.rules: tuple[Rule, ...] = tuple(sorted(
             self._rules(policy.rules, purpose_classes, category_classes, regimes, problems),
             key=lambda r: r.priority))  # stable, like casbin's sort_policies_by_priority
+        for regime in policy.settings.gpc_remembered_from:
+            if regime not in regimes:
+                problems.append(f"settings.yaml: gpc.remembered_opt_out: {regime!r} is not a "
+                                "regime of the pack")
         if problems:
             raise PolicyError(problems)
         self.purpose_classes = frozenset(purpose_classes)
@@ -332,6 +336,15 @@ class CompiledPolicy:
 
     def regime_of(self, token: str) -> str:
         return self.jurisdictions.get(token) or token
+
+    def remembers_gpc(self, jurisdictions: Iterable[str], on: date) -> bool:
+        """Whether a GPC signal is the consumer's own opt-out, to be recorded, under the law
+        of any of these jurisdictions (an unknown one: under any regime's) on this day."""
+        since = self.policy.settings.gpc_remembered_from
+        return any(
+            regime in since and on >= since[regime]
+            for jurisdiction in jurisdictions for token in self.tokens_for(jurisdiction)
+            for regime in self.regime_closure(token))
 
     def candidates(self, jurisdiction_token: str, purpose: str, category: str) -> tuple[Rule, ...]:
         key = (jurisdiction_token, purpose, category)

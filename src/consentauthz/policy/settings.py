@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -31,6 +31,11 @@ class PolicySettings:
     #: GDPR Art. 21(2)-(3): the purposes that are direct marketing; an objection to one of
     #: them covers all of them.
     direct_marketing_purposes: tuple[str, ...] = ()
+    #: Regimes where a GPC signal from a known consumer is that consumer's opt-out, to be
+    #: remembered (CCPA 11 CCR §7025(c)(1), (c)(5); the states' universal opt-out rules),
+    #: with the date from which their law requires it.
+    gpc_remembered_from: Mapping[str, date] = field(
+        default_factory=lambda: MappingProxyType({}))
 
     def consent_age(self, jurisdiction: str) -> int:
         return self.digital_consent_age.get(jurisdiction, self.digital_consent_age_default)
@@ -88,6 +93,17 @@ def parse_settings(data: Any, source: str) -> PolicySettings:
     if not isinstance(marketing, list) or not all(isinstance(m, str) for m in marketing):
         problems.append(f"{source}: gdpr.direct_marketing_purposes must be a list of purposes")
         marketing = []
+    gpc_raw = (data.get("gpc") or {}).get("remembered_opt_out") or {}
+    remembered: dict[str, date] = {}
+    if not isinstance(gpc_raw, dict):
+        problems.append(f"{source}: gpc.remembered_opt_out must map regimes to dates")
+        gpc_raw = {}
+    for regime, since in gpc_raw.items():
+        if not isinstance(since, date):
+            problems.append(f"{source}: gpc.remembered_opt_out.{regime} must be a date "
+                            "(YYYY-MM-DD)")
+        else:
+            remembered[str(regime)] = since
     if problems:
         raise PolicyError(problems)
     return PolicySettings(
@@ -99,4 +115,5 @@ def parse_settings(data: Any, source: str) -> PolicySettings:
         joint_consent_jurisdictions=joint,
         joint_consent_default=bool(joint_raw.get("default", False)),
         direct_marketing_purposes=tuple(marketing),
+        gpc_remembered_from=MappingProxyType(remembered),
     )
