@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from consentauthz.v1 import consent_pb2_grpc, decision_pb2_grpc
+from consentauthz.v1 import consent_pb2_grpc, decision_pb2, decision_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent / "consentauthz"
@@ -50,12 +50,15 @@ class Served:
         assert self.proc.wait(timeout=20) == 0, "serve did not exit cleanly"
 
 
-def start_serve(command: list[str], env: dict[str, str]) -> Served:
-    """Start `command` and wait until it serves; fail (and kill it) if it does not."""
+def start_serve(command: list[str], env: dict[str, str],
+                output: list[str] | None = None) -> Served:
+    """Start `command` and wait until it serves; fail (and kill it) if it does not.
+    Every line the process writes is kept in `output` (a new list if none is given)."""
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
-    target, seen = "", []
+    target = ""
+    seen: list[str] = output if output is not None else []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         line = proc.stdout.readline()
@@ -96,3 +99,12 @@ def refused(command: list[str], env: dict[str, str]) -> tuple[int, str]:
 def error_lines(stderr: str) -> list[str]:
     """The lines of stderr that are not log records (the CLI's `error: ...`)."""
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def decide(s: Served, subject: str, token: int = 0) -> str:
+    """ALLOW or DENY for e-mail marketing to `subject` in Germany, seeing `token`."""
+    resp = s.decisions.Check(decision_pb2.CheckRequest(
+        subject_id=subject, purpose="marketing.communications.email",
+        data_category="user.contact.email", jurisdiction="DE",
+        consistency_token=str(token) if token else ""), timeout=10)
+    return str(decision_pb2.Decision.Name(resp.decision)).removeprefix("DECISION_")

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from consentauthz.pseudonym import Pseudonymizer, parse_key_ring
-from consentauthz.v1 import audit_pb2, decision_pb2
+from consentauthz.v1 import audit_pb2
 from tests.conftest import Running, start_server
 from tests.pg import fresh_database
 from tests.scenario import check, decision_name, record
 from tests.serve_process import (
     Served,
+    decide,
     error_lines,
     pg_url,
     refused,
@@ -30,11 +31,6 @@ from tests.serve_process import (
 EMAIL = "marketing.communications.email"
 BIN = Path(sys.executable).parent / "consentauthz"
 
-
-def decide(s: Served, subject: str, token: int = 0) -> str:
-    return decision_name(s.decisions.Check(decision_pb2.CheckRequest(
-        subject_id=subject, purpose=EMAIL, data_category="user.contact.email",
-        jurisdiction="DE", consistency_token=str(token) if token else ""), timeout=10))
 
 
 def serve(data: Path, key_file: Path) -> Running:

@@ -232,9 +232,14 @@ def test_ccpa_sale_allowed_until_opt_out(server: Running) -> None:
 
 def test_gpc_is_an_opt_out_that_wins_over_opt_in(server: Running) -> None:
     record(server, "wes", "opt_in")
-    expect(check(server, "wes", "third_party_sharing", CONTACT_EMAIL, "US-CA", gpc="1"), "DENY",
+    expect(check(server, "wes", SHARING, CONTACT_EMAIL, "US-CA", gpc="1"), "DENY",
            "GPC_OPT_OUT")
-    expect(check(server, "wes", "third_party_sharing", CONTACT_EMAIL, "US-CA", gpc="0"),
+    # 11 CCR §7025(c)(3), (c)(5): the signal wins over the earlier opt-in and is the
+    # consumer's remembered opt-out; its absence later is not consent.
+    expect(check(server, "wes", SHARING, CONTACT_EMAIL, "US-CA", gpc="0"), "DENY",
+           "OPTED_OUT")
+    record(server, "wes", "opt_in")  # an affirmative act opts in again
+    expect(check(server, "wes", SHARING, CONTACT_EMAIL, "US-CA", gpc="0"),
            "ALLOW", "CONSENT_GIVEN", "consent")
 
 

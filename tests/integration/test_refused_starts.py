@@ -18,12 +18,11 @@ import pytest
 from consentauthz.app import App
 from consentauthz.config import ServeConfig
 from consentauthz.errors import ConfigError
-from consentauthz.v1 import decision_pb2
 from tests.conftest import POLICIES, start_server
 from tests.pg import fresh_database
-from tests.scenario import decision_name, record
+from tests.scenario import record
 from tests.serve_process import (
-    Served,
+    decide,
     error_lines,
     pg_url,
     refused,
@@ -37,11 +36,6 @@ CATEGORY = "user.contact.email"
 KEY, OTHER_KEY = "ab" * 32, "ef" * 32
 MASTER, OTHER_MASTER = "cd" * 32, "12" * 32
 
-
-def decide(s: Served, subject: str, token: int = 0) -> str:
-    return decision_name(s.decisions.Check(decision_pb2.CheckRequest(
-        subject_id=subject, purpose=EMAIL, data_category=CATEGORY, jurisdiction="DE",
-        consistency_token=str(token) if token else ""), timeout=10))
 
 
 def one_error(stderr: str) -> str:

@@ -9,9 +9,7 @@ once and without one within the staleness bound, and Redis dying costs no wrong 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,9 +24,8 @@ from consentauthz.v1 import consent_pb2, consent_pb2_grpc, decision_pb2, decisio
 from tests.pg import fresh_database
 from tests.redis_server import RedisServer
 from tests.scenario import check, decision_name, record
+from tests.serve_process import serve_command, start_serve
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent / "consentauthz"
 EMAIL = "marketing.communications.email"
 CATEGORY = "user.contact.email"
 MAX_STALENESS = 1.0
@@ -53,41 +50,15 @@ class Replica:
 def start_replica(name: str, workdir: Path, dsn: str, redis_url: str,
                   listen: str = "127.0.0.1:0", *extra: str,
                   output: list[str] | None = None) -> Replica:
-    """`output`: where to keep every line the process writes (else it is discarded)."""
+    """`output`: where to keep every line the process writes."""
     env = dict(os.environ, CONSENTAUTHZ_PSEUDONYM_KEY=KEY, CONSENTAUTHZ_MASTER_KEY=MASTER)
-    proc = subprocess.Popen(
-        [str(BIN), "serve", "--listen", listen, "--data-dir", str(workdir / name),
-         "--no-watch", "--ledger", dsn, "--redis-url", redis_url,
-         "--max-staleness", str(MAX_STALENESS), "--redis-timeout-ms", "50", *extra],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    target, seen = "", []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        line = proc.stdout.readline()
-        seen.append(line)
-        if m := re.search(r"serving on port (\d+)", line):
-            target = f"127.0.0.1:{m.group(1)}"
-            break
-    if not target:
-        proc.kill()  # never leave a half-started server behind
-        proc.wait(timeout=10)
-        pytest.fail("replica did not start:\n" + "".join(seen))
-    # Keep draining its output so the process never blocks on a full pipe.
-    kept = output if output is not None else []
-    kept.extend(seen)
-
-    def drain() -> None:
-        for line in proc.stdout or ():
-            if output is not None:
-                kept.append(line)
-
-    threading.Thread(target=drain, daemon=True).start()
-    channel = grpc.insecure_channel(target)
-    grpc.channel_ready_future(channel).result(timeout=10)
-    return Replica(name, proc, channel, decision_pb2_grpc.DecisionServiceStub(channel),
-                   consent_pb2_grpc.ConsentServiceStub(channel),
-                   health_pb2_grpc.HealthStub(channel))
+    command = serve_command(
+        workdir / name, "--ledger", dsn, "--redis-url", redis_url,
+        "--max-staleness", str(MAX_STALENESS), "--redis-timeout-ms", "50", *extra)
+    command[command.index("--listen") + 1] = listen
+    served = start_serve(command, env, output)
+    return Replica(name, served.proc, served.channel, served.decisions, served.consent,
+                   health_pb2_grpc.HealthStub(served.channel))
 
 
 @dataclass

@@ -349,7 +349,7 @@ def test_cli_sends_tokens_over_tls_and_refuses_plaintext_off_loopback(
         monkeypatch.setenv("CONSENTAUTHZ_TOKEN", tokens["analytics-job"])
         assert cli.main(ask) == 0
         assert "decision id" in capsys.readouterr().out
-        assert cli.main([*ask, "--auth-token", tokens["crm"]]) == 1  # the flag wins
+        assert cli.main([*ask, f"--auth-token={tokens['crm']}"]) == 1  # the flag wins
         assert "PERMISSION_DENIED" in capsys.readouterr().err
         # A token is never sent in plaintext beyond loopback.
         assert cli.main(["check", "--subject", "a", "--purpose", "analytics", "--category",
