@@ -237,7 +237,12 @@ def cmd_policy_matrix(ns: argparse.Namespace) -> int:
     from .app import compile_policy
     from .authoring.matrix import build_matrix, render_html, render_markdown
 
-    matrix = build_matrix(compile_policy(_policy_dir(ns)))
+    compiled = compile_policy(_policy_dir(ns))
+    codes = list(ns.jurisdiction or ())
+    if ns.by_jurisdiction:
+        # Every code the pack maps, then what it answers for codes it does not map.
+        codes += [c for c in compiled.jurisdictions if c != "UNKNOWN"] + ["US", ""]
+    matrix = build_matrix(compiled, codes)
     cli_audit.emit(render_html(matrix) if ns.format == "html" else render_markdown(matrix),
                    ns.output)
     return 0
@@ -443,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "legal basis required")
     pmatrix.add_argument("dir", nargs="?", help="policy directory (default: the shipped one)")
     pmatrix.add_argument("--format", choices=["md", "html"], default="md")
+    pmatrix.add_argument("--jurisdiction", action="append", metavar="CODE",
+                         help="one table for this jurisdiction (repeatable): a code the "
+                              "pack does not map, such as US, is shown as answered, under "
+                              "every regime")
+    pmatrix.add_argument("--by-jurisdiction", action="store_true",
+                         help="one table per jurisdiction the pack maps, then the bare US "
+                              "and none (what a lawyer reads per state or country)")
     pmatrix.add_argument("--output", metavar="FILE", help="write here instead of stdout")
     pmatrix.set_defaults(run=cmd_policy_matrix)
     plint = psub.add_parser("lint", help="find dead, shadowed and untested rules")

@@ -332,3 +332,35 @@ def test_renderings_escape_what_the_pack_supplies() -> None:
     assert hostile not in md and "&lt;img" in md
     row = next(line for line in md.splitlines() if "a&lt;b" in line or "a<b" in line)
     assert row.count(" | ") == 1  # the `|` in the name does not split the cell
+
+
+# -- the per-jurisdiction view (issue 13) ------------------------------------------------
+
+
+def test_a_jurisdiction_table_reads_as_the_engine_answers_it(compiled: CompiledPolicy) -> None:
+    m = build_matrix(compiled, ["US", "US-CA", "DE", "FR"])
+    assert [r.name for r in m.regimes] == ["US", "US-CA", "DE", "FR"]
+    us, ca = (next(r for r in m.regimes if r.name == n) for n in ("US", "US-CA"))
+    assert us.evaluated_under == ("ccpa", "gdpr", "uk_gdpr") and ca.evaluated_under == ("ccpa",)
+    # California allows sharing until the consumer opts out; the bare US (state unknown)
+    # is answered as strictly as any regime would: consent.
+    assert m.cell("US-CA", "third_party_sharing", ORDINARY).requirement == (
+        "ccpa_opt_out_not_exercised")
+    assert m.cell("US", "third_party_sharing", ORDINARY).requirement == "consent"
+    for row in m.purposes:
+        for column in m.columns:
+            never = {code: m.cell(code, row.key, column.key).requirement == "never"
+                     for code in ("US", "US-CA", "DE")}
+            assert never["US"] == (never["US-CA"] or never["DE"]), (row.key, column.key)
+    text = render_markdown(m)
+    assert "evaluated under every regime (ccpa, gdpr, uk\\_gdpr)" in text
+    assert "below 15, consent must be given jointly" in text  # FR, Loi 78-17 art. 45
+
+
+def test_by_jurisdiction_has_a_table_per_mapped_code_and_the_bare_us(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from consentauthz import cli
+    assert cli.main(["policy", "matrix", "--by-jurisdiction"]) == 0
+    out = capsys.readouterr().out
+    for code in ("DE", "FR", "GB", "US-CA", "US", "(none)"):
+        assert f"\n## {code}\n" in out.replace("\\_", "_"), code

@@ -10,7 +10,7 @@ the policy it describes.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -70,6 +70,10 @@ REQUIREMENTS: Mapping[str, Requirement] = MappingProxyType({
     "ccpa_opt_out_not_exercised": Requirement(
         "until opt-out", "Allowed without consent until the consumer opts out "
         "(CCPA §1798.120, §1798.121).", "none"),
+    "ccpa_sensitive_permitted_use": Requirement(
+        "permitted use", "Allowed even after a request to limit the use of sensitive "
+        "personal information: a use the CCPA permits (§1798.121(a), 11 CCR §7027(m)).",
+        "none"),
     CONSENT: Requirement(
         "consent", "Needs valid consent for this purpose: an affirmative act, not expired, "
         "given or authorised by a parent below the digital consent age (GDPR Art. 6(1)(a), "
@@ -122,6 +126,11 @@ class Regime:
     jurisdiction: str
     #: every code in the pack that maps directly to this regime (UNKNOWN included)
     jurisdictions: tuple[str, ...]
+    #: for a one-jurisdiction table: the regimes it is evaluated under (several when the
+    #: pack does not map it); empty for a regime's table
+    evaluated_under: tuple[str, ...] = ()
+    #: what the pack's settings say about this jurisdiction (Art. 8 age, GPC, ...)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +171,12 @@ class Matrix:
 # -- building -------------------------------------------------------------------------
 
 
-def build_matrix(compiled: CompiledPolicy) -> Matrix:
-    """Probe every regime x purpose x column of the pack."""
-    regimes = _regimes(compiled)
+def build_matrix(compiled: CompiledPolicy, jurisdictions: Sequence[str] = ()) -> Matrix:
+    """Probe every regime x purpose x column of the pack; with `jurisdictions`, one table
+    per jurisdiction code instead (a code the pack does not map, the bare `US` say, is
+    probed as the engine answers it: under every regime, allowed only where all allow)."""
+    regimes = (tuple(_jurisdiction_view(compiled, code) for code in jurisdictions)
+               if jurisdictions else _regimes(compiled))
     purposes = _purpose_rows(compiled)
     columns = _columns(compiled)
     cells = {
@@ -176,18 +188,58 @@ def build_matrix(compiled: CompiledPolicy) -> Matrix:
 
 
 def probe(compiled: CompiledPolicy, jurisdiction: str, purpose: str, category: str) -> Cell:
-    """The weakest probed subject the rules allow, or never (with the deny they give)."""
-    token = compiled.jurisdiction_token(jurisdiction)
-    base = compiled.first_match(token, purpose, category, NO_CHOICES)
-    if base is not None and base.effect is Effect.ALLOW:
+    """The weakest probed subject the rules allow, or never (with the deny they give). A
+    jurisdiction is probed under every token the engine evaluates it under (its own, or
+    every regime for one the pack does not map): a probe allows only if all of them do,
+    and the first that denies names the deny."""
+    tokens = (compiled.tokens_for(jurisdiction) if jurisdiction != UNKNOWN_JURISDICTION
+              else (UNKNOWN_JURISDICTION,))
+
+    def first(facts: frozenset[str]) -> tuple[Rule | None, bool]:
+        """The deciding rule (the first deny, else the first token's allow)."""
+        allowing: Rule | None = None
+        for token in tokens:
+            rule = compiled.first_match(token, purpose, category, facts)
+            if rule is None or rule.effect is not Effect.ALLOW:
+                return rule, False
+            allowing = allowing or rule
+        return allowing, True
+
+    base, allowed = first(NO_CHOICES)
+    if allowed and base is not None:
         return _allowed(base.basis, base)
     deny_reason = (base.reason if base is not None else Reason.NO_MATCHING_RULE).value
     deny_rule = _where(base) if base is not None else ""
     for requirement, facts in PROBES:
-        rule = compiled.first_match(token, purpose, category, facts)
-        if rule is not None and rule.effect is Effect.ALLOW:
+        rule, allowed = first(facts)
+        if allowed and rule is not None:
             return _allowed(requirement, rule, deny_reason, deny_rule)
     return Cell(NEVER, deny_reason=deny_reason, deny_rule=deny_rule)
+
+
+def _jurisdiction_view(compiled: CompiledPolicy, code: str) -> Regime:
+    tokens = compiled.tokens_for(code)
+    regimes = sorted({compiled.regime_of(t) for t in tokens})
+    settings = compiled.policy.settings
+    reached = {r for t in tokens for r in compiled.regime_closure(t)}
+    notes = []
+    if "gdpr" in reached:
+        joint = (" given jointly by the child and a holder of parental responsibility"
+                 if settings.joint_consent(code) else
+                 " given or authorised by a holder of parental responsibility")
+        notes.append(f"GDPR Art. 8: below {settings.consent_age(code)}, consent must be{joint}.")
+    if "ccpa" in reached:
+        notes.append(f"CCPA §1798.120(c): under {settings.ccpa_parental_authorisation_age} a "
+                     f"parent opts in to sale or sharing; from "
+                     f"{settings.ccpa_parental_authorisation_age} to "
+                     f"{settings.ccpa_minor_opt_in_age - 1} the consumer.")
+    remembered = sorted(r for r in reached if r in settings.gpc_remembered_from)
+    if remembered:
+        since = ", ".join(f"{r} from {settings.gpc_remembered_from[r].isoformat()}"
+                          for r in remembered)
+        notes.append(f"A Global Privacy Control signal from a known consumer is recorded as "
+                     f"their opt-out ({since}).")
+    return Regime(code or "(none)", code, (code,), tuple(regimes), tuple(notes))
 
 
 def _allowed(requirement: str, rule: Rule, deny_reason: str = "",
@@ -310,6 +362,15 @@ def _describe(regime: Regime, row: Row, column: Column, cell: Cell) -> str:
 
 
 def _jurisdiction_note(regime: Regime) -> str:
+    if regime.evaluated_under:
+        under = ", ".join(regime.evaluated_under)
+        if len(regime.evaluated_under) == 1:
+            head = f"Jurisdiction {regime.jurisdiction or '(none)'}: regime {under}."
+        else:
+            head = (f"Jurisdiction {regime.jurisdiction or '(none)'} is not mapped by the "
+                    f"pack: it is evaluated under every regime ({under}), and a use is "
+                    "allowed only where all of them allow it.")
+        return " ".join((head, *regime.notes))
     mapped = [c for c in regime.jurisdictions if c != UNKNOWN_JURISDICTION]
     text = f"Jurisdictions: {', '.join(mapped) or '(none)'}; probed as {regime.jurisdiction}."
     if UNKNOWN_JURISDICTION in regime.jurisdictions:
