@@ -263,22 +263,27 @@ def _sale_facts(opt_out: ConsentEvent | None, opt_ins: list[ConsentEvent],
     parental_age = settings.ccpa_parental_authorisation_age
     minor_age = settings.ccpa_minor_opt_in_age
 
+    def by_whom(years: int) -> bool | None:
+        """Whether the opt-in must be a parent's (True) or the consumer's own (False) at
+        this age; None: either (16 and over)."""
+        if years < parental_age:
+            return True  # §1798.120(c), 11 CCR §7070: a parent or guardian authorises
+        if years < minor_age:
+            return False  # 13 to 15: the consumer's own (11 CCR §7071(a))
+        return None
+
     def qualifies(opt_in: ConsentEvent) -> bool:
         if birth is None:
             return True
-        given_at = age_on(birth, opt_in.collected_at.date())
-        if given_at < parental_age:
-            # §1798.120(c), 11 CCR §7070: a parent or guardian authorises.
-            return opt_in.method is CollectionMethod.PARENTAL
-        if (age is not None and age < minor_age) or given_at < minor_age:
-            # 13 to 15: the consumer's own affirmative authorisation (11 CCR §7071(a)).
-            return opt_in.method is not CollectionMethod.PARENTAL
-        return True
+        parental = opt_in.method is CollectionMethod.PARENTAL
+        # Valid when given, and by the person whose authorisation counts today: a parent's
+        # opt-in from before 13 does not stand for a consumer who is now 13 to 15.
+        return all(need is None or need == parental for need in (
+            by_whom(age_on(birth, opt_in.collected_at.date())),
+            by_whom(age) if age is not None else None))
 
     live = [oi for oi in opt_ins if _later(oi, opt_out)]
     valid = [oi for oi in live if qualifies(oi)]
-    if age is not None and age < parental_age:
-        valid = [oi for oi in valid if oi.method is CollectionMethod.PARENTAL]
     opted_in = max(valid, key=event_order, default=None)
     if notes is not None:
         for oi in live:
