@@ -65,8 +65,10 @@ class Checker:
         self._clock = clock
         self._metrics = metrics
         #: Subjects whose GPC opt-out is known to be recorded (bounded; forgetting costs
-        #: one keyed no-op write, never a second record).
+        #: one keyed no-op write, never a second record), as of the caches' epoch: a
+        #: ledger that went back may have lost the record.
         self._gpc_recorded: set[str] = set()
+        self._gpc_epoch = consent.cache_epoch
 
     def check(self, request: CheckRequest, caller: str) -> CheckOutcome:
         result = self._run([request], caller, prefix=False)[0]
@@ -180,6 +182,9 @@ class Checker:
         absence is not consent. Recorded once per subject (the ledger keys the write by
         subject), durably, before the answer; a subject this replica has seen recorded, or
         whose state shows the record, costs nothing more."""
+        epoch = self._consent.cache_epoch
+        if epoch != self._gpc_epoch:
+            self._gpc_recorded, self._gpc_epoch = set(), epoch
         if (state.version == 0 or state.profile.erased_at is not None
                 or subject in self._gpc_recorded):
             # No record at all: a consumer the business does not know. Erased: nothing

@@ -125,3 +125,42 @@ def test_trace_sampling_never_affects_the_log(shipped_policy: CompiledPolicy) ->
     assert outcome.record.trace_id == format(trace_id, "032x")
     assert outcome.record.span_id and outcome.record.span_id != format(0x00F067AA0BA902B7,
                                                                        "016x")
+
+
+class CountingLedger(MemoryLedger):
+    """A real in-memory ledger that counts the consent appends asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appends = 0
+
+    def append_consent(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.appends += 1
+        return super().append_consent(*args, **kwargs)
+
+
+def test_what_the_checker_knows_of_recorded_gpc_opt_outs_ends_with_the_cache_epoch(
+        shipped_policy: CompiledPolicy) -> None:
+    from datetime import timedelta
+
+    from consentauthz.domain import SubjectUpsert
+    now = [NOW]
+    ledger = CountingLedger()
+    consent = ConsentService(ledger, LocalCache(100), Pseudonymizer(b"x" * 32),
+                             lambda: shipped_policy.policy.taxonomy, lambda: now[0])
+    checker = Checker(consent, lambda: shipped_policy, MemoryDecisionLog(), lambda: now[0])
+    consent.upsert_subject(SubjectUpsert("cal", "US-CA"))
+    gpc = request("cal", purpose="third_party_sharing", jurisdiction="US-CA",
+                  context={"gpc": "1"})
+    checker.check(gpc, caller="crm")
+    assert ledger.appends == 1  # the opt-out
+    now[0] += timedelta(minutes=1)
+    consent.record(ConsentWrite(subject_id="cal", action=ConsentAction.OPT_IN_TO_SALE,
+                                method=CollectionMethod.AFFIRMATIVE, source="web",
+                                notice_version="v1"))  # displaces it in the projection
+    checker.check(gpc, caller="crm")
+    assert ledger.appends == 2  # only the opt-in: known to be recorded, nothing asked
+    consent._cache.reset(ledger.head())  # the poller found the ledger went back
+    checker.check(gpc, caller="crm")
+    assert ledger.appends == 3  # asked again (a keyed no-op here: the record is there)
+    assert ledger.head() == 3

@@ -285,9 +285,7 @@ class PostgresLedger(LedgerTables):
 
     def meta(self, key: str) -> str | None:
         with self._read_one() as conn:
-            row = conn.execute("SELECT value FROM ledger_meta WHERE key = %s",
-                               (key,)).fetchone()
-        return str(row[0]) if row else None
+            return self._meta(conn, key)
 
     def identity(self) -> str:
         with self._read_one() as conn:

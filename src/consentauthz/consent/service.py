@@ -324,6 +324,12 @@ class ConsentService:
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
     @property
+    def cache_epoch(self) -> int:
+        """Moves on when the caches are dropped because the ledger went back or was
+        replaced: what was learnt about the ledger before is to be learnt again."""
+        return self._cache.epoch
+
+    @property
     def watermark(self) -> int:
         """Every ledger write up to here has been applied to this replica's cache."""
         return self._cache.watermark

@@ -119,8 +119,7 @@ class SqliteLedger(LedgerTables):
 
     def meta(self, key: str) -> str | None:
         with self._tx(immediate=False) as conn:
-            row = conn.execute("SELECT value FROM ledger_meta WHERE key = ?", (key,)).fetchone()
-        return str(row[0]) if row else None
+            return self._meta(conn, key)
 
     def identity(self) -> str:
         with self._tx(immediate=False) as conn:
