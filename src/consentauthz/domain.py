@@ -43,6 +43,13 @@ class Reason(StrEnum):
     NOT_OPTED_OUT = "NOT_OPTED_OUT"
     LAWFUL_AUTHORITY_REQUIRED = "LAWFUL_AUTHORITY_REQUIRED"
     SENSITIVE_PERMITTED_USE = "SENSITIVE_PERMITTED_USE"
+    #: The law forbids it whatever the consent (Md. Com. Law §14-4707(a), ORS 646A.578).
+    PROHIBITED = "PROHIBITED"
+    #: A purpose the law does not restrict (security, fraud, the product or service the
+    #: consumer requested: e.g. Va. Code §59.1-582(A)).
+    EXEMPT_PURPOSE = "EXEMPT_PURPOSE"
+    #: A sale that needs the consumer's signed authorisation (RCW 19.373.070, NRS 603A.535).
+    AUTHORISATION_REQUIRED = "AUTHORISATION_REQUIRED"
 
 
 class LegalBasis(StrEnum):
@@ -57,6 +64,13 @@ class LegalBasis(StrEnum):
     #: CCPA §1798.121(a), 11 CCR §7027(m): a use of sensitive personal information that a
     #: request to limit does not reach.
     CCPA_SENSITIVE_PERMITTED_USE = "ccpa_sensitive_permitted_use"
+    #: A US state law allows it until the consumer opts out (targeted advertising, sale,
+    #: profiling; e.g. Va. Code §59.1-577(A)(5)).
+    OPT_OUT_NOT_EXERCISED = "opt_out_not_exercised"
+    #: The law's own exemption for this purpose (e.g. Va. Code §59.1-582(A)).
+    STATUTORY_EXEMPTION = "statutory_exemption"
+    #: The consumer's signed authorisation, unexpired (RCW 19.373.070, NRS 603A.535).
+    SIGNED_AUTHORISATION = "signed_authorisation"
 
 
 class ConsentAction(StrEnum):

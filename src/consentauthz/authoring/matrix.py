@@ -26,6 +26,7 @@ ORDINARY_CATEGORY = "user.contact.email"
 #: allowing rule's legal basis instead (contract, legitimate_interests, ...).
 CONSENT = "consent"
 EXPLICIT_CONSENT = "explicit_consent"
+SIGNED_AUTHORISATION = "signed_authorisation"
 OPT_IN = "consent_opt_in"
 NEVER = "never"
 
@@ -37,6 +38,7 @@ PROBES: tuple[tuple[str, frozenset[str]], ...] = (
     (CONSENT, frozenset({"consent"})),
     (EXPLICIT_CONSENT, frozenset({"consent", "explicit_consent"})),
     (OPT_IN, frozenset({"no_consent", "sale_opted_in"})),
+    (SIGNED_AUTHORISATION, frozenset({"consent", "explicit_consent", "signed_authorisation"})),
 )
 
 
@@ -74,6 +76,18 @@ REQUIREMENTS: Mapping[str, Requirement] = MappingProxyType({
         "permitted use", "Allowed even after a request to limit the use of sensitive "
         "personal information: a use the CCPA permits (§1798.121(a), 11 CCR §7027(m)).",
         "none"),
+    "opt_out_not_exercised": Requirement(
+        "until opt-out", "Allowed without consent until the consumer opts out of targeted "
+        "advertising, sale or profiling under a US state privacy law (e.g. Va. Code "
+        "§59.1-577(A)(5)).", "none"),
+    "statutory_exemption": Requirement(
+        "exempt", "Allowed without consent: a purpose the US state law does not restrict "
+        "(security, fraud, the product or service the consumer requested; e.g. Va. Code "
+        "§59.1-582(A)).", "none"),
+    SIGNED_AUTHORISATION: Requirement(
+        "signed authorisation", "Needs the consumer's signed authorisation, recorded as an "
+        "explicit grant that expires within a year (RCW 19.373.070, NRS 603A.535).",
+        "explicit"),
     CONSENT: Requirement(
         "consent", "Needs valid consent for this purpose: an affirmative act, not expired, "
         "given or authorised by a parent below the digital consent age (GDPR Art. 6(1)(a), "
@@ -228,6 +242,10 @@ def _jurisdiction_view(compiled: CompiledPolicy, code: str) -> Regime:
                  if settings.joint_consent(code) else
                  " given or authorised by a holder of parental responsibility")
         notes.append(f"GDPR Art. 8: below {settings.consent_age(code)}, consent must be{joint}.")
+    elif code in settings.digital_consent_age:
+        notes.append(f"Below {settings.consent_age(code)} (a child), consent must be given or "
+                     "authorised by a parent or guardian (COPPA, 16 CFR §312.5, as the "
+                     "state law adopts it).")
     if "ccpa" in reached:
         notes.append(f"CCPA §1798.120(c): under {settings.ccpa_parental_authorisation_age} a "
                      f"parent opts in to sale or sharing; from "

@@ -390,11 +390,14 @@ class CompiledPolicy:
         evaluations = [(j, token) for j in jurisdictions for token in self.tokens_for(j)]
         combinations = len(evaluations) * len(purposes) * len(categories)
         own: Decision | None = None
+        # The facts depend on the jurisdiction, not on the regime evaluated: one derivation
+        # serves every regime an unknown jurisdiction is evaluated under.
+        memo: dict[tuple[str, str, str], Facts] = {}
         for jurisdiction, token in evaluations:
             for purpose in purposes:
                 for category in categories:
                     decision = self._decide_one(request, state, now, jurisdiction, purpose,
-                                                category, token)
+                                                category, token, memo=memo)
                     own = own or decision
                     if decision.effect is Effect.DENY:
                         return self._explained(request, state, now, decision, jurisdiction,
@@ -422,10 +425,17 @@ class CompiledPolicy:
 
     def _decide_one(self, request: CheckRequest, state: SubjectState, now: datetime,
                     jurisdiction: str, purpose: str, category: str, token: str,
-                    explain: bool = False) -> Decision:
+                    explain: bool = False,
+                    memo: dict[tuple[str, str, str], Facts] | None = None) -> Decision:
         regime = self.regime_of(token)
-        facts = derive_facts(state, purpose, category, jurisdiction, now, request.context,
-                             self.policy.taxonomy, self.policy.settings, explain=explain)
+        key = (jurisdiction, purpose, category)
+        facts = memo.get(key) if memo is not None else None
+        if facts is None:
+            facts = derive_facts(state, purpose, category, jurisdiction, now,
+                                 request.context, self.policy.taxonomy, self.policy.settings,
+                                 explain=explain)
+            if memo is not None:
+                memo[key] = facts
         rule = self.first_match(token, purpose, category, facts.tokens)
         explanation = (self._explain(purpose, category, jurisdiction, token, regime, facts,
                                      rule) if explain else ())

@@ -42,9 +42,22 @@ FACTS: Mapping[str, str] = {
         "the subject is below the CCPA parental age and no parent opted in",
     "sale_minor_opt_in_required": "the subject is a CCPA minor who has not opted in",
     "sensitive_limited": "the subject asked to limit the use of sensitive personal information",
+    "signed_authorisation":
+        "as 'explicit_consent', and the grant expires within the authorisation lifetime of "
+        "its signature (RCW 19.373.070(2)(h): a year): a signed authorisation to sell",
+    "known_child": "the subject's recorded birth date makes them a child, under 13 "
+                   "(COPPA, 15 U.S.C. §6501(1))",
+    "minor_under_16": "the subject's recorded birth date makes them younger than 16",
+    "minor_under_17": "the subject's recorded birth date makes them younger than 17",
+    "minor_under_18": "the subject's recorded birth date makes them younger than 18",
     "erased": "the subject was erased (GDPR Art. 17, CCPA §1798.105): only a legal "
               "obligation still stands",
 }
+
+#: Age-band facts, by the age today (a ban or a teen rule applies while the consumer is
+#: that young, whenever consent was given): (fact, the age it is below).
+_AGE_BANDS = (("known_child", 13), ("minor_under_16", 16), ("minor_under_17", 17),
+              ("minor_under_18", 18))
 
 _CONSENT_CHANNEL = (ConsentAction.GRANT, ConsentAction.WITHDRAW, ConsentAction.OBJECT)
 _SALE_CHANNEL = (ConsentAction.OPT_OUT_OF_SALE, ConsentAction.OPT_IN_TO_SALE)
@@ -105,6 +118,10 @@ def derive_facts(
     category_lineage = taxonomy.categories.lineage_or_empty(category)
     birth = state.profile.birth_date
     age = age_on(birth, now.date()) if birth is not None else None
+    if age is not None:
+        for fact, below in _AGE_BANDS:
+            if age < below:
+                add(fact)
     if state.profile.erased_at is not None:
         add("erased")
         if explain:
@@ -248,6 +265,10 @@ def _grant_facts(consent: ConsentEvent, restriction: ConsentEvent | None,
     add("consent", *relied)
     if all(g.explicit for g in relied):
         add("explicit_consent", *relied)
+        if all(g.expires_at is not None
+               and g.expires_at <= g.collected_at + settings.authorisation_lifetime
+               for g in relied):
+            add("signed_authorisation", *relied)
     elif notes is not None:
         notes.append(f"record {consent.record_id} is valid consent but not explicit "
                      "(special categories and automated decisions need explicit consent)")

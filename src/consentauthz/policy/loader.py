@@ -26,6 +26,9 @@ from .taxonomy import Taxonomy, build_taxonomy
 MODEL_FILE = "model.conf"
 SETTINGS_FILE = "settings.yaml"
 TAXONOMY_FILE = "taxonomy.yaml"
+#: One folder per regime added as data (policies/regimes/<regime>/): its rules (*.csv), its
+#: settings.yaml and its *_test.yaml suites (docs/policy-authoring.md "Adding a regime").
+REGIMES_DIR = "regimes"
 #: Sub-directories that are not part of the decision policy (issue: caller authorisation).
 EXCLUDED_DIRS = frozenset({"callers"})
 
@@ -90,10 +93,12 @@ def _split_bracketed(line: str) -> list[str]:
 
 
 def _policy_files(root: Path) -> list[Path]:
+    """The rule files: the pack's own first, then the regime folders', each by name (the
+    order reports such as `policy matrix` list regimes in)."""
     return sorted(
-        p for p in root.rglob("*.csv")
-        if p.is_file() and not (set(p.relative_to(root).parts[:-1]) & EXCLUDED_DIRS)
-    )
+        (p for p in root.rglob("*.csv")
+         if p.is_file() and not (set(p.relative_to(root).parts[:-1]) & EXCLUDED_DIRS)),
+        key=lambda p: (len(p.relative_to(root).parts), p.relative_to(root).parts))
 
 
 def version_of(files: Mapping[str, bytes], fideslang_version: str) -> str:
@@ -160,6 +165,10 @@ def _load_policy_set(root: Path) -> PolicySet:
     if settings_data is None:
         raise PolicyError([f"{SETTINGS_FILE}: missing or empty"])
     taxonomy_data = read_yaml(TAXONOMY_FILE)
+    regime_settings = {
+        path.parent.name: (rel, read_yaml(rel))
+        for path in sorted((root / REGIMES_DIR).glob(f"*/{SETTINGS_FILE}"))
+        for rel in (path.relative_to(root).as_posix(),)}
 
     rules: list[PolicyLine] = []
     groupings: list[PolicyLine] = []
@@ -182,7 +191,7 @@ def _load_policy_set(root: Path) -> PolicySet:
             else:
                 problems.append(f"{rel}:{lineno}: unknown line type {ptype!r}")
 
-    settings = parse_settings(settings_data, SETTINGS_FILE)
+    settings = parse_settings(settings_data, SETTINGS_FILE, regime_settings)
     taxonomy = build_taxonomy(taxonomy_data, TAXONOMY_FILE)
     if problems:
         raise PolicyError(problems)

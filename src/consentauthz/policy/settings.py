@@ -15,7 +15,9 @@ from ..errors import PolicyError
 class PolicySettings:
     #: A grant without expires_at stops being valid this long after it was collected.
     consent_lifetime: timedelta
-    #: GDPR Art. 8: below this age consent must come from a holder of parental responsibility.
+    #: Per jurisdiction, the age below which consent must come from a holder of parental
+    #: responsibility: GDPR Art. 8 (settings.yaml), COPPA's 13 for the US states (their
+    #: regime folders' settings.yaml); `default` for jurisdictions in neither.
     digital_consent_age: Mapping[str, int]
     digital_consent_age_default: int
     #: CCPA §1798.120(c): below this age sale/share needs an opt-in ...
@@ -36,6 +38,10 @@ class PolicySettings:
     #: with the date from which their law requires it.
     gpc_remembered_from: Mapping[str, date] = field(
         default_factory=lambda: MappingProxyType({}))
+    #: RCW 19.373.070(2)(h): a signed authorisation to sell consumer health data expires at
+    #: most this long after it is signed; a grant recorded with a later expiry (or none) is
+    #: no such authorisation.
+    authorisation_lifetime: timedelta = timedelta(days=365)
 
     def consent_age(self, jurisdiction: str) -> int:
         return self.digital_consent_age.get(jurisdiction, self.digital_consent_age_default)
@@ -55,7 +61,42 @@ def _int(data: Mapping[str, Any], key: str, where: str, problems: list[str],
     return value
 
 
-def parse_settings(data: Any, source: str) -> PolicySettings:
+def _regime_settings(regimes: Mapping[str, tuple[str, Any]], ages: dict[str, int],
+                     remembered: dict[str, date], problems: list[str]) -> None:
+    """A regime folder's own settings.yaml (policies/regimes/<regime>/): the age below
+    which a parent must consent, per jurisdiction the regime covers, and the date from
+    which a GPC signal is the consumer's remembered opt-out under it."""
+    for regime, (source, data) in sorted(regimes.items()):
+        if not isinstance(data, dict):
+            problems.append(f"{source}: must be a mapping")
+            continue
+        unknown = sorted(set(data) - {"parental_consent_age", "gpc_remembered_from"})
+        if unknown:
+            problems.append(f"{source}: unknown settings {', '.join(map(str, unknown))} "
+                            "(known: parental_consent_age, gpc_remembered_from)")
+        raw = data.get("parental_consent_age") or {}
+        if not isinstance(raw, dict):
+            problems.append(f"{source}: parental_consent_age must map jurisdictions to ages")
+            raw = {}
+        for code in raw:
+            if str(code) in ages:
+                problems.append(f"{source}: parental_consent_age.{code} is set twice")
+            ages[str(code)] = _int(raw, code, f"{source}: parental_consent_age", problems,
+                                   13, 18)
+        since = data.get("gpc_remembered_from")
+        if since is not None:
+            if not isinstance(since, date):
+                problems.append(f"{source}: gpc_remembered_from must be a date (YYYY-MM-DD)")
+            elif regime in remembered:
+                problems.append(f"{source}: gpc_remembered_from for {regime} is also in "
+                                "the pack's settings.yaml")
+            else:
+                remembered[regime] = since
+
+
+def parse_settings(data: Any, source: str,
+                   regimes: Mapping[str, tuple[str, Any]] | None = None) -> PolicySettings:
+    """`regimes`: regime name -> (file, parsed YAML) of each regime folder's settings."""
     problems: list[str] = []
     if not isinstance(data, dict):
         raise PolicyError([f"{source}: must be a mapping"])
@@ -104,6 +145,9 @@ def parse_settings(data: Any, source: str) -> PolicySettings:
                             "(YYYY-MM-DD)")
         else:
             remembered[str(regime)] = since
+    _regime_settings(regimes or {}, ages, remembered, problems)
+    authorisation = _int(consent, "authorisation_lifetime_days", f"{source}: consent", problems,
+                         1, 36500) if "authorisation_lifetime_days" in consent else 365
     if problems:
         raise PolicyError(problems)
     return PolicySettings(
@@ -116,4 +160,5 @@ def parse_settings(data: Any, source: str) -> PolicySettings:
         joint_consent_default=bool(joint_raw.get("default", False)),
         direct_marketing_purposes=tuple(marketing),
         gpc_remembered_from=MappingProxyType(remembered),
+        authorisation_lifetime=timedelta(days=authorisation),
     )
