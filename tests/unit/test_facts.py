@@ -389,3 +389,62 @@ def test_limit_sensitive_for_other_category_does_not_apply(facts_for: Derive) ->
     st = state(ev("ls", LIMIT, categories=("user.financial",)))
     assert "sensitive_limited" in facts_for(st, category="user.financial.bank_account").tokens
     assert "sensitive_limited" not in facts_for(st, category="user.location.precise").tokens
+
+
+# -- US states: age bands, parental age, signed authorisation ------------------------------
+
+
+@pytest.mark.parametrize(("years", "bands"), [
+    (12, {"known_child", "minor_under_16", "minor_under_17", "minor_under_18"}),
+    (13, {"minor_under_16", "minor_under_17", "minor_under_18"}),
+    (15, {"minor_under_16", "minor_under_17", "minor_under_18"}),
+    (16, {"minor_under_17", "minor_under_18"}),
+    (17, {"minor_under_18"}),
+    (18, set()),
+])
+def test_age_bands_follow_the_recorded_birth_date_today(facts_for: Derive, years: int,
+                                                        bands: set[str]) -> None:
+    all_bands = {"known_child", "minor_under_16", "minor_under_17", "minor_under_18"}
+    assert facts_for(state(birth=born(years)), jurisdiction="US-VA").tokens & all_bands == bands
+    # The day before the birthday the subject is still the younger age.
+    younger = facts_for(state(birth=born(years, days=-1)), jurisdiction="US-VA").tokens
+    assert younger & all_bands == (bands | {b for b, below in (
+        ("known_child", 13), ("minor_under_16", 16), ("minor_under_17", 17),
+        ("minor_under_18", 18)) if years == below})
+
+
+def test_no_birth_date_is_no_age_band(facts_for: Derive) -> None:
+    assert not facts_for(state(), jurisdiction="US-VA").tokens & {
+        "known_child", "minor_under_16", "minor_under_17", "minor_under_18"}
+
+
+def test_a_us_state_takes_coppas_age_for_parental_consent(facts_for: Derive) -> None:
+    # regimes/us_va/settings.yaml: under 13 a parent consents; a 13-year-old's own grant is
+    # consent there, and not where the GDPR default (16) applies.
+    st = state(ev("g1"), birth=born(13))
+    assert "consent" in facts_for(st, jurisdiction="US-VA").tokens
+    assert "child_without_parental_consent" in facts_for(st, jurisdiction="US").tokens
+    child = state(ev("g1"), birth=born(12))
+    assert "child_without_parental_consent" in facts_for(child, jurisdiction="US-VA").tokens
+    assert "consent" in facts_for(state(ev("g1", method=PARENTAL), birth=born(12)),
+                                  jurisdiction="US-VA").tokens
+
+
+def test_signed_authorisation_is_an_explicit_grant_that_expires_within_a_year(
+        facts_for: Derive) -> None:
+    signed = NOW - timedelta(days=10)
+    within = ev("a1", explicit=True, expires_at=signed + timedelta(days=365))
+    facts = facts_for(state(within), jurisdiction="US-WA")
+    assert "signed_authorisation" in facts.tokens
+    assert facts.records["signed_authorisation"] == ("a1",)
+    for record in (
+            ev("a2", explicit=True, expires_at=signed + timedelta(days=366)),  # too long
+            ev("a3", explicit=True),  # no expiry: not an authorisation
+            ev("a4", expires_at=signed + timedelta(days=30))):  # not explicit
+        tokens = facts_for(state(record), jurisdiction="US-WA").tokens
+        assert "signed_authorisation" not in tokens and "consent" in tokens
+    # Expired, withdrawn: no longer an authorisation.
+    expired = ev("a5", explicit=True, days_ago=400, expires_at=NOW - timedelta(days=40))
+    assert "signed_authorisation" not in facts_for(state(expired), jurisdiction="US-WA").tokens
+    revoked = state(within, ev("w1", WITHDRAW, days_ago=1))
+    assert "signed_authorisation" not in facts_for(revoked, jurisdiction="US-WA").tokens

@@ -302,6 +302,37 @@ def test_settings_out_of_range(pack: Path) -> None:
     assert_problem(problems_of(pack), "settings.yaml:", "AT", "13 to 18")
 
 
+VA_SETTINGS = "regimes/us_va/settings.yaml"
+
+
+def test_a_regime_folders_settings_are_merged(pack: Path) -> None:
+    edit(pack, VA_SETTINGS, "  US-VA: 13\n", "  US-VA: 13\ngpc_remembered_from: 2026-01-01\n")
+    settings = compile_policy(pack).policy.settings
+    assert settings.consent_age("US-VA") == 13
+    assert settings.gpc_remembered_from["us_va"].isoformat() == "2026-01-01"
+
+
+@pytest.mark.parametrize(("old", "new", "words"), [
+    ("  US-VA: 13\n", "  US-VA: 12\n", ("US-VA", "13 to 18")),
+    ("  US-VA: 13\n", "  US-VA: 13\n  DE: 13\n", ("DE", "set twice")),
+    ("  US-VA: 13\n", "  US-VA: 13\nage_of_majority: 18\n", ("unknown settings",
+                                                            "age_of_majority")),
+    ("  US-VA: 13\n", "  US-VA: 13\ngpc_remembered_from: soon\n", ("gpc_remembered_from",
+                                                                   "date")),
+])
+def test_a_regime_folders_bad_settings_are_named(pack: Path, old: str, new: str,
+                                                 words: tuple[str, ...]) -> None:
+    edit(pack, VA_SETTINGS, old, new)
+    assert_problem(problems_of(pack), VA_SETTINGS, *words)
+
+
+def test_a_regime_folder_named_for_no_regime_cannot_remember_gpc(pack: Path) -> None:
+    (pack / "regimes" / "us_zz").mkdir()
+    (pack / "regimes" / "us_zz" / "settings.yaml").write_text(
+        "gpc_remembered_from: 2026-01-01\n", encoding="utf-8")
+    assert_problem(problems_of(pack), "settings.yaml:", "us_zz", "not a regime")
+
+
 def test_not_a_policy_directory(tmp_path: Path) -> None:
     assert_problem(problems_of(tmp_path), str(tmp_path.resolve()), "model.conf")
 

@@ -24,7 +24,10 @@ from consentauthz.domain import Effect, Reason
 from consentauthz.errors import PolicyError
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
-REGIMES = {"gdpr", "uk_gdpr", "ccpa"}
+#: The pack's own regimes and one per US state law in force on 2026-12-01 (issue 13).
+REGIMES = {"gdpr", "uk_gdpr", "ccpa"} | {f"us_{s}" for s in (
+    "va", "co", "ct", "ut", "tx", "or", "mt", "ia", "de", "nh", "nj", "ne", "tn", "mn",
+    "md", "in", "ky", "ri", "wa_mhmda", "nv")}
 MIN_CASES = 80
 
 
@@ -57,6 +60,8 @@ def test_every_rule_line_has_a_designated_case() -> None:
 
 
 def test_shipped_suites_exercise_every_regime(shipped: RunResult) -> None:
+    compiled = compile_policy(POLICIES)
+    assert set(compiled.jurisdictions.values()) == REGIMES
     missing = REGIMES - shipped.regimes
     assert not missing, f"no case decided under {sorted(missing)} (got {sorted(shipped.regimes)})"
 
