@@ -209,7 +209,13 @@ def derive_facts(
             notes.append("the request carried a Global Privacy Control signal")
     _sale_facts(opt_out, opt_ins, consent if granted else None, birth, age, settings, add,
                 notes if explain else None)
-    if limited is not None:
+    if limited is not None and granted and consent is not None and _later(consent, limited):
+        # §1798.121(b): the limit holds "unless the consumer subsequently provides consent";
+        # likewise a consent after a state's sensitive-data opt-out (Utah, Iowa).
+        if explain:
+            notes.append(f"the limit {limited.record_id} was followed by the grant "
+                         f"{consent.record_id}, which covers this request")
+    elif limited is not None:
         add("sensitive_limited", limited)
         if explain:
             notes.append(f"limit on sensitive personal information: {_describe(limited)}")
