@@ -44,9 +44,10 @@ from consentauthz.policy.loader import split_policy_line
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 #: Well-formed codes (and no code at all) the shipped pack does not map: evaluated as UNKNOWN.
-UNMAPPED = ("JP", "US-NY", "BR", "US-TX", "")
+UNMAPPED = ("JP", "US-NY", "BR", "US-FL", "")
 #: The facts a decision on consent may rest on.
-CONSENT_FACTS = frozenset({"consent", "explicit_consent", "sale_opted_in"})
+CONSENT_FACTS = frozenset({"consent", "explicit_consent", "sale_opted_in",
+                           "signed_authorisation"})
 NOW = datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
 DAY = 86_400
 

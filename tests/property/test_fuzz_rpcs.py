@@ -311,7 +311,7 @@ SHORT_BAD_PURPOSE = st.one_of(PURPOSE_TYPO, CATEGORY, SHORT_NASTY_TEXT)
 SHORT_BAD_CATEGORY = st.one_of(CATEGORY_TYPO, PURPOSE, SHORT_NASTY_TEXT)
 
 VALID_JURISDICTION = st.one_of(st.just(""), MAPPED, st.sampled_from(
-    ["JP", "US-NY", "BR", "XX", "ZZ-999", "US-TX"]))
+    ["JP", "US-NY", "BR", "XX", "ZZ-999", "US-FL"]))
 JURISDICTION_TYPO = st.deferred(lambda: st.sampled_from(typo_pool(_LIVE["jurisdictions"])))
 BAD_JURISDICTION = st.one_of(
     st.sampled_from(["de", "De", "Germany", "DEU", "D", "US-CALI", "US_CA", "US-", "-CA",

@@ -164,6 +164,7 @@ def test_every_cell_agrees_with_first_match(compiled: CompiledPolicy, matrix: Ma
     consent = frozenset({"consent"})
     explicit = frozenset({"consent", "explicit_consent"})
     opt_in = frozenset({"no_consent", "sale_opted_in"})
+    signed = frozenset({"consent", "explicit_consent", "signed_authorisation"})
 
     def allows(token: str, purpose: str, category: str, facts: frozenset[str]) -> Rule | None:
         rule = compiled.first_match(token, purpose, category, facts)
@@ -177,11 +178,12 @@ def test_every_cell_agrees_with_first_match(compiled: CompiledPolicy, matrix: Ma
                 args = (regime.jurisdiction, row.key, column.category)
                 base = compiled.first_match(*args, nothing)
                 if cell.requirement == "never":
-                    assert not any(allows(*args, f) for f in (nothing, consent, explicit, opt_in))
+                    assert not any(allows(*args, f)
+                                   for f in (nothing, consent, explicit, opt_in, signed))
                     assert cell.deny_reason == (base.reason.value if base else "NO_MATCHING_RULE")
                     continue
                 ladder = {"consent": consent, "explicit_consent": explicit,
-                          "consent_opt_in": opt_in}
+                          "consent_opt_in": opt_in, "signed_authorisation": signed}
                 facts = ladder.get(cell.requirement, nothing)
                 rule = allows(*args, facts)
                 assert rule is not None and where(rule) == cell.rule, (regime, row, column)
