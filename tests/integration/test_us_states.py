@@ -140,7 +140,12 @@ def test_washington_sells_consumer_health_data_only_on_a_signed_authorisation(
     record(server, "wes", "grant", SHARING)
     assert outcome(check(server, "wes", SHARING, HEALTH))[:2] == (
         "DENY", "AUTHORISATION_REQUIRED")
+    # A blanket explicit grant is not it: the authorisation names the data (.070(2)(a)).
     record(server, "wes", "grant", SHARING, explicit=True, expires_in=timedelta(days=360))
+    assert outcome(check(server, "wes", SHARING, HEALTH))[:2] == (
+        "DENY", "AUTHORISATION_REQUIRED")
+    record(server, "wes", "grant", SHARING, categories=(HEALTH,), explicit=True,
+           expires_in=timedelta(days=360))
     assert outcome(check(server, "wes", SHARING, HEALTH)) == (
         "ALLOW", "CONSENT_GIVEN", "signed_authorisation")
 

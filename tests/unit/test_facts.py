@@ -20,6 +20,7 @@ from consentauthz.engine import FACTS, CompiledPolicy, Facts, derive_facts
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 EMAIL_MARKETING = "marketing.communications.email"
 EMAIL = "user.contact.email"
+HEALTH = "user.health_and_medical"
 
 GRANT = ConsentAction.GRANT
 WITHDRAW = ConsentAction.WITHDRAW
@@ -433,18 +434,76 @@ def test_a_us_state_takes_coppas_age_for_parental_consent(facts_for: Derive) -> 
 def test_signed_authorisation_is_an_explicit_grant_that_expires_within_a_year(
         facts_for: Derive) -> None:
     signed = NOW - timedelta(days=10)
-    within = ev("a1", explicit=True, expires_at=signed + timedelta(days=365))
-    facts = facts_for(state(within), jurisdiction="US-WA")
+    health = ("user.health_and_medical",)
+    within = ev("a1", explicit=True, categories=health,
+                expires_at=signed + timedelta(days=365))
+    facts = facts_for(state(within), jurisdiction="US-WA", category=HEALTH)
     assert "signed_authorisation" in facts.tokens
     assert facts.records["signed_authorisation"] == ("a1",)
     for record in (
-            ev("a2", explicit=True, expires_at=signed + timedelta(days=366)),  # too long
-            ev("a3", explicit=True),  # no expiry: not an authorisation
-            ev("a4", expires_at=signed + timedelta(days=30))):  # not explicit
-        tokens = facts_for(state(record), jurisdiction="US-WA").tokens
+            ev("a2", explicit=True, categories=health,
+               expires_at=signed + timedelta(days=367)),  # more than a year
+            ev("a3", explicit=True, categories=health),  # no expiry: not an authorisation
+            ev("a4", categories=health, expires_at=signed + timedelta(days=30)),  # implicit
+            ev("a6", explicit=True, expires_at=signed + timedelta(days=30))):  # no data named
+        tokens = facts_for(state(record), jurisdiction="US-WA", category=HEALTH).tokens
         assert "signed_authorisation" not in tokens and "consent" in tokens
     # Expired, withdrawn: no longer an authorisation.
-    expired = ev("a5", explicit=True, days_ago=400, expires_at=NOW - timedelta(days=40))
-    assert "signed_authorisation" not in facts_for(state(expired), jurisdiction="US-WA").tokens
+    expired = ev("a5", explicit=True, categories=health, days_ago=400,
+                 expires_at=NOW - timedelta(days=40))
+    assert "signed_authorisation" not in facts_for(
+        state(expired), jurisdiction="US-WA", category=HEALTH).tokens
     revoked = state(within, ev("w1", WITHDRAW, days_ago=1))
-    assert "signed_authorisation" not in facts_for(revoked, jurisdiction="US-WA").tokens
+    assert "signed_authorisation" not in facts_for(
+        revoked, jurisdiction="US-WA", category=HEALTH).tokens
+
+
+def test_from_the_parental_age_only_a_us_consumers_own_grant_is_consent(
+        facts_for: Derive) -> None:
+    parent_now = state(ev("p1", method=PARENTAL), birth=born(15))
+    assert "consent" not in facts_for(parent_now, jurisdiction="US-CO").tokens
+    # Under the GDPR a parent's consent below the digital consent age stays valid
+    # (EDPB Guidelines 05/2020): DE's age is 16.
+    assert "consent" in facts_for(parent_now, jurisdiction="DE").tokens
+    # A parent's grant from when the consumer was 11 does not stand for them at 15.
+    parent_then = state(ev("p1", method=PARENTAL, days_ago=4 * 365), birth=born(15))
+    assert "consent" not in facts_for(parent_then, jurisdiction="US-NJ").tokens
+    # The consumer's own grant, given at 13 or older, is.
+    own = state(ev("p1", method=PARENTAL, days_ago=20), ev("o1", days_ago=5), birth=born(15))
+    facts = facts_for(own, jurisdiction="US-NJ")
+    assert facts.records["consent"] == ("o1",)
+    # An unmapped jurisdiction takes the stricter reading.
+    assert "consent" not in facts_for(parent_now, jurisdiction="US").tokens
+
+
+def test_a_limit_is_lifted_only_by_later_grants_that_name_the_data(facts_for: Derive) -> None:
+    limit = ev("l1", LIMIT, days_ago=5)
+    named = ev("g1", purpose="analytics", categories=(HEALTH,), days_ago=1)
+    blanket = ev("g2", purpose="analytics", days_ago=1)
+    earlier = ev("g3", purpose="analytics", categories=(HEALTH,), days_ago=9)
+
+    def limited(*events: ConsentEvent, birth: date | None = None) -> bool:
+        return "sensitive_limited" in facts_for(
+            state(*events, birth=birth), purpose="analytics", category=HEALTH,
+            jurisdiction="US-UT").tokens
+
+    assert not limited(limit, named)
+    assert limited(limit, blanket)
+    assert limited(earlier, limit)
+    # A child's own grant after the limit does not revive the parent's from before it.
+    parent = ev("p1", purpose="analytics", method=PARENTAL, categories=(HEALTH,), days_ago=9)
+    assert limited(parent, limit, named, birth=born(10))
+    fresh_parent = ev("p2", purpose="analytics", method=PARENTAL, categories=(HEALTH,),
+                      days_ago=1)
+    assert not limited(parent, limit, fresh_parent, birth=born(10))
+
+
+def test_an_authorisation_signed_on_29_february_runs_to_28_february(facts_for: Derive) -> None:
+    signed = datetime(2024, 2, 29, 9, 0, tzinfo=UTC)
+    now = datetime(2024, 12, 1, tzinfo=UTC)
+    for expires, ok in ((datetime(2025, 2, 28, 23, 0, tzinfo=UTC), True),
+                        (datetime(2025, 3, 1, 0, 30, tzinfo=UTC), False)):
+        grant = replace(ev("a1", explicit=True, categories=(HEALTH,), expires_at=expires),
+                        collected_at=signed, recorded_at=signed)
+        tokens = facts_for(state(grant), jurisdiction="US-WA", category=HEALTH, now=now).tokens
+        assert ("signed_authorisation" in tokens) is ok, expires

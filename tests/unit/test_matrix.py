@@ -65,8 +65,10 @@ def test_regimes_are_the_direct_regimes_with_one_representative_each(matrix: Mat
     assert names[:3] == [("gdpr", "AT"), ("uk_gdpr", "GB"), ("ccpa", "US-CA")]
     states = names[3:]
     assert states and states == sorted(states)
-    assert all(name == "us_" + code[3:].lower() or name.startswith("us_")
-               for name, code in states)
+    # One regime per US state, named for it (us_va for US-VA; us_wa_mhmda for Washington's
+    # consumer health data law).
+    assert all(code.startswith("US-") and name.startswith("us_" + code[3:].lower())
+               for name, code in states), states
     gdpr = matrix.regimes[0]
     assert UNKNOWN_JURISDICTION in gdpr.jurisdictions and "DE" in gdpr.jurisdictions
     assert matrix.regimes[1].jurisdictions == ("GB",)
@@ -210,10 +212,12 @@ def test_the_probes_are_the_facts_real_subjects_have(compiled: CompiledPolicy) -
 
     def event(action: ConsentAction, explicit: bool = False,
               expires_in: timedelta | None = None) -> ConsentEvent:
+        # A signed authorisation names the data it covers (RCW 19.373.070(2)(a)).
         at = now - timedelta(days=1)
         return ConsentEvent(
             record_id="r1", sequence=1, action=action,
-            purpose=purpose if action is ConsentAction.GRANT else "", data_categories=(),
+            purpose=purpose if action is ConsentAction.GRANT else "",
+            data_categories=(category,) if expires_in else (),
             explicit=explicit, method=CollectionMethod.AFFIRMATIVE, jurisdiction="US-CA",
             collected_at=at, expires_at=at + expires_in if expires_in else None,
             source="test", notice_version="v1",

@@ -313,7 +313,9 @@ def test_a_regime_folders_settings_are_merged(pack: Path) -> None:
 
 
 @pytest.mark.parametrize(("old", "new", "words"), [
-    ("  US-VA: 13\n", "  US-VA: 12\n", ("US-VA", "13 to 18")),
+    ("  US-VA: 13\n", "  US-VA: 12\n", ("US-VA", "13 to 16")),
+    # Above the default for unmapped jurisdictions (16), which would then be looser.
+    ("  US-VA: 13\n", "  US-VA: 17\n", ("US-VA", "13 to 16")),
     ("  US-VA: 13\n", "  US-VA: 13\n  DE: 13\n", ("DE", "set twice")),
     ("  US-VA: 13\n", "  US-VA: 13\nage_of_majority: 18\n", ("unknown settings",
                                                             "age_of_majority")),
@@ -330,7 +332,8 @@ def test_a_regime_folder_named_for_no_regime_cannot_remember_gpc(pack: Path) -> 
     (pack / "regimes" / "us_zz").mkdir()
     (pack / "regimes" / "us_zz" / "settings.yaml").write_text(
         "gpc_remembered_from: 2026-01-01\n", encoding="utf-8")
-    assert_problem(problems_of(pack), "settings.yaml:", "us_zz", "not a regime")
+    assert_problem(problems_of(pack), "regimes/us_zz/settings.yaml: gpc_remembered_from",
+                   "us_zz", "not a regime")
 
 
 def test_not_a_policy_directory(tmp_path: Path) -> None:

@@ -212,8 +212,11 @@ class CompiledPolicy:
             key=lambda r: r.priority))  # stable, like casbin's sort_policies_by_priority
         for regime in policy.settings.gpc_remembered_from:
             if regime not in regimes:
-                problems.append(f"settings.yaml: gpc.remembered_opt_out: {regime!r} is not a "
-                                "regime of the pack")
+                folder = f"regimes/{regime}/settings.yaml"
+                where = (f"{folder}: gpc_remembered_from" if folder in policy.files
+                         else "settings.yaml: gpc.remembered_opt_out")
+                problems.append(f"{where}: {regime!r} is not a regime of the pack (a regime "
+                                "folder is named for the regime its rules define)")
         if problems:
             raise PolicyError(problems)
         self.purpose_classes = frozenset(purpose_classes)

@@ -185,7 +185,8 @@ def derive_facts(
     if consent is not None:
         invalid = None
 
-    granted = False  # a valid grant (the consent fact) decides the consent channel
+    #: the grants the consent fact rests on (empty: no consent)
+    relied: tuple[ConsentEvent, ...] = ()
     if consent is None and invalid is None:
         add("no_consent")
         if explain:
@@ -200,21 +201,25 @@ def derive_facts(
         elif consent.action is ConsentAction.OBJECT:
             add("objected", consent)
         else:
-            granted = _grant_facts(consent, restriction, grants, birth, jurisdiction, now,
-                                   settings, add, notes if explain else None)
+            relied = _grant_facts(consent, restriction, grants, birth, age, jurisdiction,
+                                  now, settings, add, notes if explain else None)
 
     if context.get("gpc") == "1":
         add("gpc")
         if explain:
             notes.append("the request carried a Global Privacy Control signal")
-    _sale_facts(opt_out, opt_ins, consent if granted else None, birth, age, settings, add,
+    _sale_facts(opt_out, opt_ins, relied, birth, age, settings, add,
                 notes if explain else None)
-    if limited is not None and granted and consent is not None and _later(consent, limited):
+    if limited is not None and relied and all(
+            _later(g, limited) and g.data_categories for g in relied):
         # §1798.121(b): the limit holds "unless the consumer subsequently provides consent";
-        # likewise a consent after a state's sensitive-data opt-out (Utah, Iowa).
+        # likewise a consent after a state's sensitive-data opt-out (Utah, Iowa). Every
+        # grant the consent rests on must come after the limit (a child's own grant does
+        # not revive a parent's older one) and name the data it covers: a grant for a
+        # purpose over all categories is no consent to use sensitive data again.
         if explain:
             notes.append(f"the limit {limited.record_id} was followed by the grant "
-                         f"{consent.record_id}, which covers this request")
+                         f"{relied[-1].record_id}, which names the data it covers")
     elif limited is not None:
         add("sensitive_limited", limited)
         if explain:
@@ -230,29 +235,44 @@ def _expiry(grant: ConsentEvent, settings: PolicySettings) -> datetime:
 
 
 def _grant_facts(consent: ConsentEvent, restriction: ConsentEvent | None,
-                 grants: list[ConsentEvent], birth: date | None, jurisdiction: str,
-                 now: datetime, settings: PolicySettings, add: Add,
-                 notes: list[str] | None) -> bool:
-    """The latest consent-channel choice is a valid grant: is it consent now? Returns
-    whether the `consent` fact holds."""
+                 grants: list[ConsentEvent], birth: date | None, age: int | None,
+                 jurisdiction: str, now: datetime, settings: PolicySettings, add: Add,
+                 notes: list[str] | None) -> tuple[ConsentEvent, ...]:
+    """The latest consent-channel choice is a valid grant: is it consent now? Returns the
+    grants the `consent` fact rests on (empty when it does not hold)."""
     if now >= _expiry(consent, settings):
         add("consent_expired", consent)
         if notes is not None:
             notes.append(f"record {consent.record_id} expired at "
                          f"{_expiry(consent, settings).isoformat()}")
-        return False
+        return ()
     child_age = settings.consent_age(jurisdiction)
     # Validity is judged when consent was given: a child's own consent does not become
     # valid on a birthday.
     age_then = age_on(birth, consent.collected_at.date()) if birth else None
     relied: tuple[ConsentEvent, ...] = (consent,)
-    if age_then is not None and age_then < child_age:
+    # Only grants since the latest withdrawal or objection, and unexpired, count.
+    live = [g for g in grants if _later(g, restriction) and now < _expiry(g, settings)]
+    if (birth is not None and age is not None and age >= child_age
+            and settings.own_consent_required(jurisdiction)):
+        # The US state laws ask for "the consumer's consent": from the parental age on,
+        # a parent's grant (even one given while the consumer was a child) is not it, nor
+        # a grant the consumer gave as a child (CCPA 11 CCR §7071(a) reads the same).
+        own = max((g for g in live if g.method is not CollectionMethod.PARENTAL
+                   and age_on(birth, g.collected_at.date()) >= child_age),
+                  key=event_order, default=None)
+        if own is None:
+            if notes is not None:
+                notes.append(f"subject is {age}: only their own grant, given at "
+                             f"{child_age} or older, is their consent; record "
+                             f"{consent.record_id} is not")
+            return ()
+        relied = (own,)
+    elif age_then is not None and age_then < child_age:
         # Art. 8(1): given or authorised by the holder of parental responsibility. A later,
         # redundant grant by the child does not discard the parent's; in the member states
         # that require joint consent (France, Loi 78-17 art. 45) the child's own grant is
-        # needed as well. Only grants since the latest withdrawal or objection count.
-        live = [g for g in grants
-                if _later(g, restriction) and now < _expiry(g, settings)]
+        # needed as well.
         parental = max((g for g in live if g.method is CollectionMethod.PARENTAL),
                        key=event_order, default=None)
         own = max((g for g in live if g.method is not CollectionMethod.PARENTAL),
@@ -266,23 +286,37 @@ def _grant_facts(consent: ConsentEvent, restriction: ConsentEvent | None,
                           "given or authorised by a holder of parental responsibility")
                 notes.append(f"subject was {age_then} when the grant was given, below the "
                              f"digital consent age {child_age}: consent must be {needed}")
-            return False
+            return ()
         relied = (parental, own) if joint and own is not None else (parental,)
     add("consent", *relied)
     if all(g.explicit for g in relied):
         add("explicit_consent", *relied)
-        if all(g.expires_at is not None
-               and g.expires_at <= g.collected_at + settings.authorisation_lifetime
-               for g in relied):
+        if all(_is_authorisation(g, settings) for g in relied):
             add("signed_authorisation", *relied)
     elif notes is not None:
         notes.append(f"record {consent.record_id} is valid consent but not explicit "
                      "(special categories and automated decisions need explicit consent)")
-    return True
+    return relied
+
+
+def _add_years(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year + years, day=28)
+
+
+def _is_authorisation(grant: ConsentEvent, settings: PolicySettings) -> bool:
+    """RCW 19.373.070: an authorisation is separate and distinct (it names the purpose and
+    the data it covers, not all of them) and expires at most a year after it is signed."""
+    return (bool(grant.purpose) and bool(grant.data_categories)
+            and grant.expires_at is not None
+            and grant.expires_at.date() <= _add_years(
+                grant.collected_at.date(), settings.authorisation_years))
 
 
 def _sale_facts(opt_out: ConsentEvent | None, opt_ins: list[ConsentEvent],
-                grant: ConsentEvent | None, birth: date | None, age: int | None,
+                relied: tuple[ConsentEvent, ...], birth: date | None, age: int | None,
                 settings: PolicySettings, add: Add, notes: list[str] | None) -> None:
     """The sale/share channel (CCPA §1798.120): an opt-out stands until a valid opt-in (or
     a valid grant covering the request) collected after it; minors' opt-ins must come
@@ -322,11 +356,13 @@ def _sale_facts(opt_out: ConsentEvent | None, opt_ins: list[ConsentEvent],
         if notes is not None:
             notes.append(f"latest valid opt-in to sale/share: {_describe(opted_in)}")
     elif opt_out is not None:
-        if grant is not None and _later(grant, opt_out):
-            # A fresh consent given after the opt-out is a consent for what it covers.
+        if relied and all(_later(g, opt_out) for g in relied):
+            # A fresh consent given after the opt-out is a consent for what it covers; every
+            # grant it rests on must be fresh (a child's own grant does not revive a
+            # parent's older one).
             if notes is not None:
                 notes.append(f"the opt-out {opt_out.record_id} was followed by the grant "
-                             f"{grant.record_id}, which covers this request")
+                             f"{relied[-1].record_id}, which covers this request")
         else:
             add("sale_opted_out", opt_out)
             if notes is not None:

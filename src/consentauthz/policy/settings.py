@@ -39,12 +39,23 @@ class PolicySettings:
     gpc_remembered_from: Mapping[str, date] = field(
         default_factory=lambda: MappingProxyType({}))
     #: RCW 19.373.070(2)(h): a signed authorisation to sell consumer health data expires at
-    #: most this long after it is signed; a grant recorded with a later expiry (or none) is
-    #: no such authorisation.
-    authorisation_lifetime: timedelta = timedelta(days=365)
+    #: most this many years after it is signed; a grant recorded with a later expiry (or
+    #: none) is no such authorisation.
+    authorisation_years: int = 1
+    #: Jurisdictions whose parental consent age comes from a regime folder (the US states):
+    #: from that age on, only the consumer's own grant is their consent.
+    own_consent_jurisdictions: frozenset[str] = frozenset()
 
     def consent_age(self, jurisdiction: str) -> int:
         return self.digital_consent_age.get(jurisdiction, self.digital_consent_age_default)
+
+    def own_consent_required(self, jurisdiction: str) -> bool:
+        """Whether, from the parental consent age on, only the subject's own grant is their
+        consent: the US states ("the consumer's consent"), and jurisdictions the pack does
+        not map (the stricter reading). Under the GDPR a parent's consent given before the
+        digital consent age stays valid (EDPB Guidelines 05/2020)."""
+        return (jurisdiction in self.own_consent_jurisdictions
+                or jurisdiction not in self.digital_consent_age)
 
     def joint_consent(self, jurisdiction: str) -> bool:
         if jurisdiction in self.digital_consent_age:
@@ -62,10 +73,13 @@ def _int(data: Mapping[str, Any], key: str, where: str, problems: list[str],
 
 
 def _regime_settings(regimes: Mapping[str, tuple[str, Any]], ages: dict[str, int],
-                     remembered: dict[str, date], problems: list[str]) -> None:
+                     remembered: dict[str, date], problems: list[str],
+                     default_age: int) -> frozenset[str]:
     """A regime folder's own settings.yaml (policies/regimes/<regime>/): the age below
     which a parent must consent, per jurisdiction the regime covers, and the date from
-    which a GPC signal is the consumer's remembered opt-out under it."""
+    which a GPC signal is the consumer's remembered opt-out under it. Returns the
+    jurisdictions given an age."""
+    codes: set[str] = set()
     for regime, (source, data) in sorted(regimes.items()):
         if not isinstance(data, dict):
             problems.append(f"{source}: must be a mapping")
@@ -81,8 +95,11 @@ def _regime_settings(regimes: Mapping[str, tuple[str, Any]], ages: dict[str, int
         for code in raw:
             if str(code) in ages:
                 problems.append(f"{source}: parental_consent_age.{code} is set twice")
+            # No higher than the default: a jurisdiction the pack does not map is held to
+            # the default, and must never be answered more loosely than a mapped one.
             ages[str(code)] = _int(raw, code, f"{source}: parental_consent_age", problems,
-                                   13, 18)
+                                   13, default_age)
+            codes.add(str(code))
         since = data.get("gpc_remembered_from")
         if since is not None:
             if not isinstance(since, date):
@@ -92,6 +109,7 @@ def _regime_settings(regimes: Mapping[str, tuple[str, Any]], ages: dict[str, int
                                 "the pack's settings.yaml")
             else:
                 remembered[regime] = since
+    return frozenset(codes)
 
 
 def parse_settings(data: Any, source: str,
@@ -145,9 +163,9 @@ def parse_settings(data: Any, source: str,
                             "(YYYY-MM-DD)")
         else:
             remembered[str(regime)] = since
-    _regime_settings(regimes or {}, ages, remembered, problems)
-    authorisation = _int(consent, "authorisation_lifetime_days", f"{source}: consent", problems,
-                         1, 36500) if "authorisation_lifetime_days" in consent else 365
+    own = _regime_settings(regimes or {}, ages, remembered, problems, default_age)
+    authorisation = _int(consent, "authorisation_lifetime_years", f"{source}: consent",
+                         problems, 1, 10) if "authorisation_lifetime_years" in consent else 1
     if problems:
         raise PolicyError(problems)
     return PolicySettings(
@@ -160,5 +178,6 @@ def parse_settings(data: Any, source: str,
         joint_consent_default=bool(joint_raw.get("default", False)),
         direct_marketing_purposes=tuple(marketing),
         gpc_remembered_from=MappingProxyType(remembered),
-        authorisation_lifetime=timedelta(days=authorisation),
+        authorisation_years=authorisation,
+        own_consent_jurisdictions=own,
     )
