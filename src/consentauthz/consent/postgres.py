@@ -4,7 +4,8 @@ Same tables, hash chain and contract as the SQLite ledger. What PostgreSQL adds 
 several processes write at once, so the global order is made explicit: every append
 transaction takes one advisory lock before it reads the last sequence number, which makes
 sequence order equal commit order. A reader that sees sequence s therefore sees every
-sequence below s, which is what consistency tokens rely on.
+sequence below s, which is what consistency tokens rely on. An append is one statement
+(the function `consentauthz_append_v1`): one round trip instead of the transaction's many.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import json
 import math
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -22,23 +24,34 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from ..chain import ChainReport
-from ..domain import ConsentEvent, SubjectState
+from ..chain import ChainReport, canonical_json
+from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import Unavailable
-from .codec import event_from_dict, state_from_json
+from .codec import event_from_dict, event_to_dict, profile_to_dict, state_from_json, state_to_json
 from .ledger import (
+    AppendResult,
     Changes,
+    Idempotency,
+    entry_payload,
+    idempotency_conflict,
     replay,
     verify_entries,
 )
+from .projection import apply_event, apply_profile
 from .tables import Connection, LedgerTables
 
 Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
+#: (current state, nonce) -> (the entry's body, the new state), the nonce as the sequence
+_Build: TypeAlias = Callable[[SubjectState, int], tuple[dict[str, Any], SubjectState]]
 
 #: Advisory lock keys (per database). APPEND_LOCK orders every append and exclusive();
 #: SCHEMA_LOCK keeps two processes from running the DDL below at the same time.
 APPEND_LOCK = 0x636F6E73656E74  # "consent"
 SCHEMA_LOCK = APPEND_LOCK + 1
+
+#: Nonces (where the sequence goes in an append's texts) are above any sequence a ledger
+#: reaches, so ordering by sequence is the same with the nonce in its place.
+_NONCE_FLOOR = 10**30
 
 CONNECT_TIMEOUT = 5.0  # seconds; also bounds waiting for a pooled connection
 STATEMENT_TIMEOUT = 5.0  # seconds; also bounds waiting for APPEND_LOCK
@@ -75,6 +88,59 @@ LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'projections are only ever replaced, never deleted';
 END $$;
+-- One append in one statement (one round trip): the append lock, the retry lookup, the
+-- next sequence and the chain link, the entry, and the projection replaced if it is still
+-- the version the writer computed the new state from (else SQLSTATE 40001, and the writer
+-- reads again). The writer marks where the sequence goes (in the hashed payload, the body
+-- and the state) with a random nonce that no subject data can forge; the hash is
+-- chain.link over the payload with the nonce replaced, exactly as Python computes it.
+CREATE OR REPLACE FUNCTION consentauthz_append_v1(
+    p_lock BIGINT, p_subject TEXT, p_kind TEXT, p_record_id TEXT, p_body TEXT,
+    p_recorded_at TEXT, p_retry_keys TEXT[], p_idempotency_key TEXT, p_request_hash TEXT,
+    p_payload TEXT, p_state TEXT, p_expected BIGINT, p_nonce TEXT)
+RETURNS TABLE (seq BIGINT, record_id TEXT, request_hash TEXT, replayed BOOLEAN)
+LANGUAGE plpgsql AS $$
+DECLARE
+    s BIGINT;
+    prev TEXT;
+    h TEXT;
+    n INT;
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_lock);
+    IF p_retry_keys IS NOT NULL THEN
+        RETURN QUERY SELECT l.seq, l.record_id, l.request_hash, TRUE FROM ledger l
+            WHERE l.idempotency_key = ANY(p_retry_keys) ORDER BY l.seq LIMIT 1;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    SELECT l.seq, l.entry_hash INTO s, prev FROM ledger l ORDER BY l.seq DESC LIMIT 1;
+    IF NOT FOUND THEN
+        s := 0;
+        prev := repeat('0', 64);
+    END IF;
+    s := s + 1;
+    h := encode(sha256(convert_to(
+        prev || chr(10) || replace(p_payload, p_nonce, s::text), 'UTF8')), 'hex');
+    INSERT INTO ledger (seq, record_id, subject, kind, body, recorded_at, idempotency_key,
+                        request_hash, prev_hash, entry_hash)
+    VALUES (s, p_record_id, p_subject, p_kind, replace(p_body, p_nonce, s::text),
+            p_recorded_at, p_idempotency_key, p_request_hash, prev, h);
+    IF p_expected = 0 THEN
+        INSERT INTO subject_state (subject, version, state)
+        VALUES (p_subject, s, replace(p_state, p_nonce, s::text))
+        ON CONFLICT (subject) DO NOTHING;
+    ELSE
+        UPDATE subject_state SET version = s, state = replace(p_state, p_nonce, s::text)
+        WHERE subject = p_subject AND version = p_expected;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 THEN
+        RAISE EXCEPTION 'the subject changed since its state was read'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    RETURN QUERY SELECT s, p_record_id, p_request_hash, FALSE;
+END $$;
 -- Statement level, so that TRUNCATE (which fires no row triggers) is refused too.
 CREATE OR REPLACE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger
 FOR EACH STATEMENT EXECUTE FUNCTION consentauthz_ledger_append_only();
@@ -93,7 +159,8 @@ INSERT INTO ledger_identity (id) SELECT %s WHERE NOT EXISTS (SELECT 1 FROM ledge
 #: all, exist). Checking first lets a role without DDL rights use a schema an admin created.
 _SCHEMA_READY = """
 SELECT count(*) = 2 AND to_regclass('ledger_identity') IS NOT NULL
-    AND to_regclass('ledger_meta') IS NOT NULL FROM pg_trigger
+    AND to_regclass('ledger_meta') IS NOT NULL
+    AND to_regproc('consentauthz_append_v1') IS NOT NULL FROM pg_trigger
 WHERE NOT tgisinternal AND (tgrelid, tgname) IN (
     (to_regclass('ledger'), 'ledger_append_only'),
     (to_regclass('subject_state'), 'subject_state_no_delete'))
@@ -113,6 +180,26 @@ def _translated() -> Iterator[None]:
         yield
     except psycopg.Error as exc:
         raise Unavailable("consent ledger unavailable") from exc
+
+
+@contextmanager
+def _translated_except_conflict() -> Iterator[None]:
+    """As _translated, but a serialisation failure (the append function's "the subject
+    changed since its state was read") passes through for the writer to retry."""
+    try:
+        yield
+    except psycopg.errors.SerializationFailure:
+        raise
+    except psycopg.Error as exc:
+        raise Unavailable("consent ledger unavailable") from exc
+
+
+def _settled(state: SubjectState, nonce: int, seq: int) -> SubjectState:
+    """The state the function stored: the nonce replaced by the sequence it got."""
+    events = tuple(replace(e, sequence=seq) if e.sequence == nonce else e
+                   for e in state.events)
+    return replace(state, events=events, sequence=seq,
+                   version=seq if state.version == nonce else state.version)
 
 
 def _conninfo(dsn: str, connect_timeout: float, statement_timeout: float) -> str:
@@ -197,6 +284,11 @@ class PostgresLedger(LedgerTables):
         # Not the server's default, whatever it is: under REPEATABLE READ an append would
         # read the last sequence from a snapshot taken before it got the append lock.
         conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        # And for the append function's own single-statement transactions (autocommit,
+        # which psycopg's setting does not reach): READ COMMITTED gives each statement in
+        # the function a new snapshot, so the one after the lock sees every earlier append.
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        conn.commit()
         return conn
 
     def _writer_connection(self) -> Conn:
@@ -241,6 +333,72 @@ class PostgresLedger(LedgerTables):
         return conn.execute(
             "SELECT record_id, seq, request_hash FROM ledger "
             "WHERE idempotency_key = ANY(%s) ORDER BY seq LIMIT 1", (list(keys),)).fetchone()
+
+    # -- appends: one statement each (consentauthz_append_v1) ----------------------------
+
+    def append_consent(self, subject: str, event: ConsentEvent,
+                       idempotency: Idempotency | None = None) -> AppendResult:
+        def build(state: SubjectState, nonce: int) -> tuple[dict[str, Any], SubjectState]:
+            ev = replace(event, sequence=nonce)
+            return event_to_dict(ev), apply_event(state, ev)
+
+        return self._append_one(subject, "consent", event.record_id, event.recorded_at,
+                                build, idempotency) or super().append_consent(
+                                    subject, event, idempotency)
+
+    def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
+                       recorded_at: datetime) -> AppendResult:
+        def build(state: SubjectState, nonce: int) -> tuple[dict[str, Any], SubjectState]:
+            return profile_to_dict(profile), apply_profile(state, profile, nonce)
+
+        return self._append_one(subject, "profile", record_id, recorded_at, build,
+                                None) or super().append_profile(
+                                    subject, profile, record_id, recorded_at)
+
+    def _append_one(self, subject: str, kind: str, record_id: str, recorded_at: datetime,
+                    build: _Build, idempotency: Idempotency | None) -> AppendResult | None:
+        """Read the subject's state (one statement), compute the entry and the new state
+        with a nonce where the sequence goes, and append in one statement. None when
+        another writer changed the subject in between: the caller then appends the way
+        that reads the state under the lock (three more round trips, never retried)."""
+        stamp = recorded_at.isoformat()
+        current = self.load(subject)
+        nonce = _NONCE_FLOOR + secrets.randbits(96)
+        body, state = build(current, nonce)
+        payload = canonical_json(entry_payload(nonce, subject, kind, record_id, stamp, body))
+        args = (APPEND_LOCK, subject, kind, record_id, json.dumps(body, sort_keys=True),
+                stamp, list(idempotency.all_keys) if idempotency else None,
+                idempotency.key if idempotency else None,
+                idempotency.request_hash if idempotency else None, payload,
+                state_to_json(state), current.version, str(nonce))
+        try:
+            row = self._call_append(args)
+        except psycopg.errors.SerializationFailure:
+            return None
+        seq, got_record, request_hash, replayed = int(row[0]), row[1], row[2], row[3]
+        if replayed:
+            assert idempotency is not None
+            if request_hash != idempotency.request_hash:
+                raise idempotency_conflict()
+            return AppendResult(str(got_record), seq, self.load(subject), replayed=True)
+        return AppendResult(record_id, seq, _settled(state, nonce, seq))
+
+    def _call_append(self, args: tuple[Any, ...]) -> Any:
+        with self._write_lock, _translated_except_conflict():
+            conn = self._writer_connection()
+            # One statement, its own transaction: one round trip (an explicit BEGIN and
+            # COMMIT would be two more). Inside exclusive() the session lock this
+            # connection holds makes the function's lock re-entrant, as before.
+            conn.autocommit = True
+            try:
+                row = conn.execute(
+                    "SELECT * FROM consentauthz_append_v1(%s, %s, %s, %s, %s, %s, %s, %s, "
+                    "%s, %s, %s, %s, %s)", args).fetchone()
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
+        assert row is not None
+        return row
 
     def load(self, subject: str, evidence: bool = False) -> SubjectState:
         with self._read_one() as conn:
