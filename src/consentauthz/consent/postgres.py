@@ -280,15 +280,17 @@ class PostgresLedger(LedgerTables):
             conn.execute(_IDENTIFY, (secrets.token_hex(8),))
 
     def _connect(self) -> Conn:
-        conn = psycopg.connect(self._conninfo, autocommit=False)
+        # Autocommit: a single statement (an append, taking or releasing the session lock)
+        # is one round trip; blocks of several statements open their transaction
+        # explicitly (`conn.transaction()`).
+        conn = psycopg.connect(self._conninfo, autocommit=True)
         # Not the server's default, whatever it is: under REPEATABLE READ an append would
-        # read the last sequence from a snapshot taken before it got the append lock.
+        # read the last sequence from a snapshot taken before it got the append lock. For
+        # the explicit transactions, and for the single statements' own: READ COMMITTED
+        # gives each statement in the append function a new snapshot, so the one after
+        # the lock sees every earlier append.
         conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
-        # And for the append function's own single-statement transactions (autocommit,
-        # which psycopg's setting does not reach): READ COMMITTED gives each statement in
-        # the function a new snapshot, so the one after the lock sees every earlier append.
         conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        conn.commit()
         return conn
 
     def _writer_connection(self) -> Conn:
@@ -386,17 +388,12 @@ class PostgresLedger(LedgerTables):
     def _call_append(self, args: tuple[Any, ...]) -> Any:
         with self._write_lock, _translated_except_conflict():
             conn = self._writer_connection()
-            # One statement, its own transaction: one round trip (an explicit BEGIN and
-            # COMMIT would be two more). Inside exclusive() the session lock this
-            # connection holds makes the function's lock re-entrant, as before.
-            conn.autocommit = True
-            try:
-                row = conn.execute(
-                    "SELECT * FROM consentauthz_append_v1(%s, %s, %s, %s, %s, %s, %s, %s, "
-                    "%s, %s, %s, %s, %s)", args).fetchone()
-            finally:
-                if not conn.closed:
-                    conn.autocommit = False
+            # One statement, its own transaction (the writer is in autocommit): one round
+            # trip. Inside exclusive() the session lock this connection holds makes the
+            # function's lock re-entrant, as before.
+            row = conn.execute(
+                "SELECT * FROM consentauthz_append_v1(%s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s)", args).fetchone()
         assert row is not None
         return row
 
@@ -499,8 +496,7 @@ class PostgresLedger(LedgerTables):
         with self._write_lock:
             with _translated():
                 conn = self._writer_connection()
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_lock(%s)", (APPEND_LOCK,))
+                conn.execute("SELECT pg_advisory_lock(%s)", (APPEND_LOCK,))  # one round trip
             self._held += 1
             try:
                 yield
@@ -510,8 +506,7 @@ class PostgresLedger(LedgerTables):
 
     def _unlock(self, conn: Conn) -> None:
         try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_unlock(%s)", (APPEND_LOCK,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (APPEND_LOCK,))
         except psycopg.Error:
             # Ending the session releases its locks for certain; the block's own outcome
             # (its appends are committed) stays what it was, so nothing is raised here.

@@ -307,6 +307,13 @@ class PostgresKeyStore:
 # -- sealing ----------------------------------------------------------------------------
 
 
+class _Unread:
+    """A key record not read yet (None already means: the subject has none)."""
+
+
+_UNREAD = _Unread()
+
+
 class Sealer:
     """Subject keys (raw 256-bit AES keys) from the key store, and sealing with them."""
 
@@ -316,10 +323,13 @@ class Sealer:
         self._store = store
         self._clock = clock
 
-    def key_for_write(self, subject: str, holds_sealed: bool) -> bytes:
+    def key_for_write(self, subject: str, holds_sealed: bool,
+                      record: KeyRecord | _Unread | None = _UNREAD) -> bytes:
         """The subject's key, created on first use. `holds_sealed`: the ledger already holds
-        values sealed for this subject, so a missing key is lost, not new."""
-        record = self._store.get(subject)
+        values sealed for this subject, so a missing key is lost, not new. `record`: the
+        store's record (None: there is none), when already read with the ledger state."""
+        if isinstance(record, _Unread):
+            record = self._store.get(subject)
         if record is None:
             if holds_sealed:
                 raise Unavailable("the subject's key is missing from the key store")
@@ -376,11 +386,6 @@ _EVIDENCE = "evidence"
 _BIRTH = "birth_date"
 
 
-class _Unread:
-    """A key record not read yet (None already means: the subject has none)."""
-
-
-_UNREAD = _Unread()
 
 
 def _has_sealed(state: SubjectState) -> bool:
@@ -425,11 +430,17 @@ class SealingLedger:
     # -- sealing on the way in ------------------------------------------------------------
 
     def _write_key(self, subject: str) -> bytes:
-        current = self._inner.load(subject)
+        record: KeyRecord | _Unread | None = _UNREAD
+        if self._load_with_key is not None:
+            # The state and the key's row in one statement (one round trip, not two).
+            current, row = self._load_with_key(subject)
+            record = KeyRecord(row[0], row[1]) if row is not None else None
+        else:
+            current = self._inner.load(subject)
         if current.profile.erased_at is not None:
             self._sealer.destroy(subject)  # again: a restored key store may have it back
             raise SubjectErased("the subject was erased; nothing more is recorded about them")
-        return self._sealer.key_for_write(subject, _has_sealed(current))
+        return self._sealer.key_for_write(subject, _has_sealed(current), record)
 
     def append_consent(self, subject: str, event: ConsentEvent,
                        idempotency: Idempotency | None = None) -> AppendResult:
