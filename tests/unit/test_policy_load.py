@@ -302,6 +302,13 @@ def test_settings_out_of_range(pack: Path) -> None:
     assert_problem(problems_of(pack), "settings.yaml:", "AT", "13 to 18")
 
 
+def test_authorisation_lifetime_out_of_range(pack: Path) -> None:
+    edit(pack, "settings.yaml", "authorisation_lifetime_years: 1",
+         "authorisation_lifetime_years: 0")
+    assert_problem(problems_of(pack), "settings.yaml:", "authorisation_lifetime_years",
+                   "1 to 10")
+
+
 VA_SETTINGS = "regimes/us_va/settings.yaml"
 
 

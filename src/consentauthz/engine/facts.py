@@ -43,8 +43,8 @@ FACTS: Mapping[str, str] = {
     "sale_minor_opt_in_required": "the subject is a CCPA minor who has not opted in",
     "sensitive_limited": "the subject asked to limit the use of sensitive personal information",
     "signed_authorisation":
-        "as 'explicit_consent', and the grant expires within the authorisation lifetime of "
-        "its signature (RCW 19.373.070(2)(h): a year): a signed authorisation to sell",
+        "as 'explicit_consent', the grant names its purpose and data and expires at most a "
+        "year after it was given: a signed authorisation to sell (RCW 19.373.070(2)(a),(h))",
     "known_child": "the subject's recorded birth date makes them a child, under 13 "
                    "(COPPA, 15 U.S.C. §6501(1))",
     "minor_under_16": "the subject's recorded birth date makes them younger than 16",
