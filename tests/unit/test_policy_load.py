@@ -335,6 +335,12 @@ def test_a_regime_folders_bad_settings_are_named(pack: Path, old: str, new: str,
     assert_problem(problems_of(pack), VA_SETTINGS, *words)
 
 
+def test_a_regime_folders_settings_of_only_comments_set_nothing(pack: Path) -> None:
+    (pack / VA_SETTINGS).write_text("# Virginia: nothing of its own yet\n", encoding="utf-8")
+    settings = compile_policy(pack).policy.settings
+    assert settings.consent_age("US-VA") == settings.digital_consent_age_default
+
+
 def test_a_regime_folder_named_for_no_regime_cannot_remember_gpc(pack: Path) -> None:
     (pack / "regimes" / "us_zz").mkdir()
     (pack / "regimes" / "us_zz" / "settings.yaml").write_text(

@@ -81,6 +81,8 @@ def _regime_settings(regimes: Mapping[str, tuple[str, Any]], ages: dict[str, int
     jurisdictions given an age."""
     codes: set[str] = set()
     for regime, (source, data) in sorted(regimes.items()):
+        if data is None:  # only comments: nothing of its own
+            continue
         if not isinstance(data, dict):
             problems.append(f"{source}: must be a mapping")
             continue
