@@ -38,6 +38,11 @@ MASTER, OTHER_MASTER = "cd" * 32, "12" * 32
 
 
 
+def keys(pseudonym: str, master: str) -> dict[str, str]:
+    """The environment of a replica with these pseudonymisation and master keys."""
+    return serve_env(CONSENTAUTHZ_PSEUDONYM_KEY=pseudonym, CONSENTAUTHZ_MASTER_KEY=master)
+
+
 def one_error(stderr: str) -> str:
     (line,) = error_lines(stderr)
     for secret in (KEY, OTHER_KEY, MASTER, OTHER_MASTER):
@@ -49,13 +54,11 @@ def test_a_replica_with_another_pseudonymisation_key_is_refused(tmp_path: Path) 
     with fresh_database() as dsn:
         ledger = ["--ledger", pg_url(dsn)]
         a = start_serve(serve_command(tmp_path / "a", *ledger),
-                        serve_env(CONSENTAUTHZ_PSEUDONYM_KEY=KEY,
-                                  CONSENTAUTHZ_MASTER_KEY=MASTER))
+                        keys(KEY, MASTER))
         try:
             token = int(record(a, "split-subject", "grant", EMAIL).consistency_token)
             code, err = refused(serve_command(tmp_path / "b", *ledger),
-                                serve_env(CONSENTAUTHZ_PSEUDONYM_KEY=OTHER_KEY,
-                                          CONSENTAUTHZ_MASTER_KEY=MASTER))
+                                keys(OTHER_KEY, MASTER))
             assert code != 0
             line = one_error(err)
             assert "pseudonymisation key k1" in line
@@ -64,8 +67,7 @@ def test_a_replica_with_another_pseudonymisation_key_is_refused(tmp_path: Path) 
             assert decide(a, "split-subject", token) == "ALLOW"
             # The right key starts, and finds what the first replica recorded.
             b = start_serve(serve_command(tmp_path / "b", *ledger),
-                            serve_env(CONSENTAUTHZ_PSEUDONYM_KEY=KEY,
-                                      CONSENTAUTHZ_MASTER_KEY=MASTER))
+                            keys(KEY, MASTER))
             try:
                 assert decide(b, "split-subject", token) == "ALLOW"
             finally:
@@ -78,12 +80,10 @@ def test_a_replica_with_another_master_key_is_refused(tmp_path: Path) -> None:
     with fresh_database() as dsn:
         ledger = ["--ledger", pg_url(dsn)]
         a = start_serve(serve_command(tmp_path / "a", *ledger),
-                        serve_env(CONSENTAUTHZ_PSEUDONYM_KEY=KEY,
-                                  CONSENTAUTHZ_MASTER_KEY=MASTER))
+                        keys(KEY, MASTER))
         try:
             code, err = refused(serve_command(tmp_path / "b", *ledger),
-                                serve_env(CONSENTAUTHZ_PSEUDONYM_KEY=KEY,
-                                          CONSENTAUTHZ_MASTER_KEY=OTHER_MASTER))
+                                keys(KEY, OTHER_MASTER))
         finally:
             a.stop()
         assert code != 0
