@@ -418,6 +418,24 @@ _COPIES = (
 )
 
 
+def _bulk_load_mode(url: str, on: bool, tip: str = GENESIS) -> None:
+    """COPY names no partition: while loading, rows go to partition 0 by default; after
+    it, the default is gone (as the schema has it) and partition 0's head is the loaded
+    chain's tip (a head only ever moves on by one append: the loader, as owner, steps
+    around that rule once)."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        if on:
+            conn.execute("ALTER TABLE ledger ALTER COLUMN part SET DEFAULT 0")
+            conn.execute("ALTER TABLE subject_state ALTER COLUMN part SET DEFAULT 0")
+            return
+        conn.execute("ALTER TABLE ledger ALTER COLUMN part DROP DEFAULT")
+        conn.execute("ALTER TABLE subject_state ALTER COLUMN part DROP DEFAULT")
+        conn.execute("ALTER TABLE ledger_head DISABLE TRIGGER ledger_head_moves_on")
+        conn.execute("UPDATE ledger_head SET seq = (SELECT count(*) FROM ledger), "
+                     "entry_hash = %s WHERE part = 0", (tip,))
+        conn.execute("ALTER TABLE ledger_head ENABLE TRIGGER ledger_head_moves_on")
+
+
 def ensure_dataset(subjects: int, taxonomy: Any, log: Callable[[str], None],
                    chunk: int = 20_000) -> Dataset:
     """A ledger database with `subjects` subjects; loaded now or reused from a run before."""
@@ -436,8 +454,10 @@ def ensure_dataset(subjects: int, taxonomy: Any, log: Callable[[str], None],
     verify_templates(r, taxonomy)
     started = time.perf_counter()
     url = create_database(name)
-    PostgresLedger(url).close()  # the real schema, triggers included
+    # The real schema, triggers included: one partition, the one chain rendered below.
+    PostgresLedger(url, partitions=1).close()
     PostgresKeyStore(url).close()
+    _bulk_load_mode(url, True)
     prev = GENESIS
     # One COPY per table on its own connection, each fed by a writer thread: rendering
     # (this process) and PostgreSQL's work (its backends) overlap on the two cores.
@@ -465,6 +485,7 @@ def ensure_dataset(subjects: int, taxonomy: Any, log: Callable[[str], None],
     finally:
         for conn in conns:
             conn.close()
+    _bulk_load_mode(url, False, prev)
     # Vacuum now, so autovacuum does not start in the middle of a measurement.
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM (ANALYZE) ledger")

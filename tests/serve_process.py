@@ -101,10 +101,16 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def decide(s: Served, subject: str, token: int = 0) -> str:
+def position(token: str) -> int:
+    """The position a consistency token names in its subject's ledger partition (tokens
+    are `<partition>.<position>`, or a bare position from a ledger of one partition)."""
+    return int(token.rpartition(".")[2] or 0)
+
+
+def decide(s: Served, subject: str, token: str = "") -> str:
     """ALLOW or DENY for e-mail marketing to `subject` in Germany, seeing `token`."""
     resp = s.decisions.Check(decision_pb2.CheckRequest(
         subject_id=subject, purpose="marketing.communications.email",
         data_category="user.contact.email", jurisdiction="DE",
-        consistency_token=str(token) if token else ""), timeout=10)
+        consistency_token=token), timeout=10)
     return str(decision_pb2.Decision.Name(resp.decision)).removeprefix("DECISION_")

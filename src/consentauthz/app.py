@@ -142,10 +142,12 @@ def check_key_rings(ledger: Ledger, config: ServeConfig, pseudonymize: Pseudonym
                      ", ".join(checked.recorded))
 
 
-def open_ledger(url: str | None, data_dir: Path, read_only: bool = False) -> Ledger:
-    """The PostgreSQL ledger at `url`, or the embedded SQLite one in the data dir."""
+def open_ledger(url: str | None, data_dir: Path, read_only: bool = False,
+                partitions: int | None = None) -> Ledger:
+    """The PostgreSQL ledger at `url` (`partitions`: for a new one), or the embedded SQLite
+    one in the data dir."""
     if url:
-        return PostgresLedger(url)
+        return PostgresLedger(url, partitions=partitions)
     return SqliteLedger(data_dir / "ledger.db", read_only=read_only)
 
 
@@ -251,7 +253,7 @@ class App:
         # Evidence and birth dates are sealed under per-subject keys (consent/sealing.py).
         master = load_master_keys(config)
         self.ledger = SealingLedger(
-            open_ledger(config.ledger_url, data),
+            open_ledger(config.ledger_url, data, partitions=config.ledger_partitions),
             Sealer(master, open_key_store(config.ledger_url, data)))
         check_key_rings(self.ledger, config, pseudonymize, master)
         self.decision_store = SqliteDecisionLog(
@@ -269,14 +271,15 @@ class App:
                           if config.decision_log_retention_days else None)
         # First: a database replaced after this read is noticed by the first poll.
         identity = self.ledger.identity()
-        self.cache = LocalCache(config.cache_entries, watermark=self.ledger.head())
+        self.cache = LocalCache(config.cache_entries, watermark=self.ledger.heads())
         # Keys carry the ledger's identity: a Redis left over from another database (or
         # shared with one) can never be read as this ledger's state.
         self.redis = (RedisStateCache(config.redis_url, utc_now,
                                       self._redis_prefix(identity),
                                       config.redis_timeout,
                                       on_change=self._component(COMPONENT_REDIS),
-                                      cipher=EntryCipher(master.derive(b"redis-cache/v1")))
+                                      cipher=EntryCipher(master.derive(b"redis-cache/v1")),
+                                      partitions=self.ledger.partitions)
                       if config.redis_url else None)
         # A shared ledger has writers elsewhere: bound staleness by polling it, and hear
         # of writes at once through Redis when there is one. Each poll also notices a
@@ -312,11 +315,11 @@ class App:
     def _redis_prefix(self, identity: str) -> str:
         return f"{self.config.redis_prefix}{identity}:"
 
-    def _ledger_replaced(self, identity: str, head: int) -> None:
+    def _ledger_replaced(self, identity: str, heads: tuple[int, ...]) -> None:
         """The poller found the ledger went back or was replaced: nothing Redis holds for
         the old one is read again, and invalidations come from the new one's channel."""
         if self.redis is not None:
-            self.redis.fence(head, self._redis_prefix(identity))
+            self.redis.fence(heads, self._redis_prefix(identity))
             if self.invalidations is not None:
                 self.invalidations.switch(self.redis.channel)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from opentelemetry.util.types import AttributeValue
@@ -25,7 +26,7 @@ from .domain import (
     new_id,
 )
 from .engine import CompiledPolicy
-from .errors import ConsentAuthzError, InvalidArgument, Unavailable
+from .errors import ConsentAuthzError, InvalidArgument, TokenAhead, Unavailable
 from .metrics import NO_METRICS, Metrics, Rpc
 from .telemetry import (
     ATTR_BATCH_SIZE,
@@ -117,19 +118,18 @@ class Checker:
                     results[i] = request
                     continue
                 try:
-                    validate_check(request, taxonomy, f"items[{i}]." if prefix else "")
+                    validate_check(request, taxonomy, f"items[{i}]." if prefix else "",
+                                   self._consent.partitions)
                 except InvalidArgument as exc:
                     results[i] = exc
                     continue
+                field = (f"items[{i}]." if prefix else "") + "consistency_token"
                 try:
                     pending.append((i, self._decide(request, caller, compiled,
-                                                    trace_id, span_id)))
-                except Unavailable as exc:
-                    # Only a token this replica has not seen can be ahead of the ledger
-                    # (the watermark never passes the ledger head); anything else is an
-                    # outage.
-                    if request.consistency_token <= self._consent.watermark:
-                        raise
+                                                    trace_id, span_id, field)))
+                except (TokenAhead, InvalidArgument) as exc:
+                    # The item's own: a token of another subject's partition, or one the
+                    # ledger does not hold yet (anything else is an outage).
                     results[i] = exc
             if pending:
                 self._metrics.check_duration(time.perf_counter() - started, rpc)
@@ -144,7 +144,7 @@ class Checker:
                     span.set_attribute(ATTR_BATCH_SIZE, len(pending))
                 logged = self._log.append([outcome.record for _, outcome in pending])
             for (i, outcome), record in zip(pending, logged, strict=True):
-                results[i] = CheckOutcome(outcome.decision, record)
+                results[i] = replace(outcome, record=record)
                 # Counted only now: a decision whose log entry was refused is never answered.
                 self._metrics.decision(outcome.decision, record.purpose)
         done = [r for r in results if r is not None]
@@ -154,8 +154,10 @@ class Checker:
         return done
 
     def _decide(self, request: CheckRequest, caller: str, compiled: CompiledPolicy,
-                trace_id: str, span_id: str) -> CheckOutcome:
+                trace_id: str, span_id: str, token_field: str) -> CheckOutcome:
         subject = self._consent.subject_key(request.subject_id)
+        self._consent.check_token(subject, request.token_partition, request.consistency_token,
+                                  token_field)
         state = self._consent.state_of(subject, request.consistency_token)
         now = self._clock()
         if request.context.get("gpc") == "1":
@@ -172,7 +174,7 @@ class Checker:
             consent_record_ids=decision.consent_record_ids,
             consistency_token=state.sequence, trace_id=trace_id, span_id=span_id,
             context=dict(request.context))
-        return CheckOutcome(decision, record)
+        return CheckOutcome(decision, record, self._consent.token_of(subject, state.sequence))
 
 
     def _remember_gpc(self, request: CheckRequest, subject: str, state: SubjectState,

@@ -338,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ledger", metavar="URL",
                        help="postgresql://... ledger shared by replicas (default: SQLite in "
                             "the data dir; env CONSENTAUTHZ_LEDGER)")
+    serve.add_argument("--ledger-partitions", type=int, metavar="N",
+                       help="partitions of a new PostgreSQL ledger (default 16; an existing "
+                            "one keeps its own: docs/operations.md, sizing; env "
+                            "CONSENTAUTHZ_LEDGER_PARTITIONS)")
     serve.add_argument("--redis-url", metavar="URL",
                        help="redis://... consent cache shared by replicas (env "
                             "CONSENTAUTHZ_REDIS_URL)")

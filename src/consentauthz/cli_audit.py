@@ -52,14 +52,16 @@ class OfflineAudit:
                               "--pseudonym-key-file (the data dir copy has none)")
 
     def GetDecision(self, req: audit_pb2.GetDecisionRequest) -> Any:
-        return self._convert.decision_record(self.auditor.get(req.decision_id))
+        return self._convert.decision_record(self.auditor.get(req.decision_id),
+                                             self.auditor.partitions)
 
     def QueryDecisions(self, req: audit_pb2.QueryDecisionsRequest) -> Any:
         self._need_key(req.subject_id)
         found, token = self.auditor.query(self._convert.decision_query(req), req.subject_id,
                                           req.page_size, req.page_token)
         return audit_pb2.QueryDecisionsResponse(
-            decisions=[self._convert.decision_record(r) for r in found], next_page_token=token)
+            decisions=[self._convert.decision_record(r, self.auditor.partitions)
+                       for r in found], next_page_token=token)
 
     def VerifyChains(self, req: audit_pb2.VerifyChainsRequest) -> Any:
         held = [self._convert.checkpoint_from(c) for c in req.checkpoints]

@@ -52,6 +52,9 @@ class ServeConfig:
     watch_debounce: float = 1.0
     #: postgresql://... shared by every replica; None: the embedded SQLite ledger.
     ledger_url: str | None = field(default=None, repr=False)  # may carry a password
+    #: Partitions of a new PostgreSQL ledger (None: the default; an existing ledger keeps
+    #: its own, and naming another number is refused).
+    ledger_partitions: int | None = None
     #: redis://... (or rediss://) shared by every replica; None: no shared cache.
     redis_url: str | None = field(default=None, repr=False)
     redis_prefix: str = "ca:"
@@ -198,6 +201,13 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
                           "one port are replicas, and the embedded SQLite ledger has one writer")
     if ns.workers < 1 or ns.cache_entries < 1:
         raise ConfigError("--workers and --cache-entries must be positive")
+    flag = getattr(ns, "ledger_partitions", None)
+    partitions_text = str(flag) if flag is not None else _env(env, "LEDGER_PARTITIONS")
+    partitions = None
+    if partitions_text:
+        if not partitions_text.isdigit() or not 1 <= int(partitions_text) <= 1024:
+            raise ConfigError("--ledger-partitions must be a whole number from 1 to 1024")
+        partitions = int(partitions_text)
     return ServeConfig(
         listen=ns.listen or _env(env, "LISTEN") or DEFAULT_LISTEN,
         data_dir=Path(ns.data_dir or _env(env, "DATA_DIR") or DEFAULT_DATA_DIR),
@@ -215,6 +225,7 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         otlp_metrics=otlp_metrics and env.get("OTEL_METRICS_EXPORTER", "otlp") != "none",
         watch_policies=not ns.no_watch,
         ledger_url=ledger_url(getattr(ns, "ledger", None) or _env(env, "LEDGER")),
+        ledger_partitions=partitions,
         redis_url=_redis_url(getattr(ns, "redis_url", None) or _env(env, "REDIS_URL")),
         redis_prefix=redis_prefix,
         redis_timeout=redis_timeout_ms / 1000,

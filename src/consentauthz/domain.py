@@ -128,9 +128,11 @@ class CheckRequest:
     data_category: str
     jurisdiction: str = ""
     context: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
-    #: Minimum ledger position the decision must see (0: no requirement).
+    #: Minimum ledger position the decision must see (0: no requirement), in the
+    #: partition `token_partition` (None: the token named none, a bare position).
     consistency_token: int = 0
     explain: bool = False
+    token_partition: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +221,10 @@ class SubjectUpsert:
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     record_id: str
+    #: The position of the write in the subject's partition.
     consistency_token: int
+    #: The consistency token callers get (partition and position).
+    token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +321,8 @@ class CheckOutcome:
 
     decision: Decision
     record: DecisionRecord
+    #: The consistency token of the state the decision read (partition and position).
+    token: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,12 @@ class Unavailable(ConsentAuthzError):
     """A dependency (ledger, decision log) cannot serve now; the caller may retry."""
 
 
+class TokenAhead(Unavailable):
+    """The ledger answered, and a consistency token names a position it does not hold yet
+    (another replica's write this one cannot see yet, or a token of a ledger that went
+    back): the item's own error, never an outage of the whole batch."""
+
+
 class SubjectErased(ConsentAuthzError):
     """The subject was erased (GDPR Art. 17): nothing more is recorded about them."""
 

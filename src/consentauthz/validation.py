@@ -122,7 +122,9 @@ def check_category(v: Violations, taxonomy: Taxonomy, value: str,
         v.add(field, "is not a known data category (fideslang data category)")
 
 
-def validate_check(req: CheckRequest, taxonomy: Taxonomy, prefix: str = "") -> None:
+def validate_check(req: CheckRequest, taxonomy: Taxonomy, prefix: str = "",
+                   partitions: int = 1) -> None:
+    """`partitions`: the consent ledger's (a token must name one of them)."""
     v = Violations(prefix)
     check_subject_id(v, req.subject_id)
     check_purpose(v, taxonomy, req.purpose)
@@ -143,7 +145,20 @@ def validate_check(req: CheckRequest, taxonomy: Taxonomy, prefix: str = "") -> N
                       f"must be one of {', '.join(sorted(KNOWN_CONTEXT[key]))}")
     if req.consistency_token < 0:
         v.add("consistency_token", _NOT_A_POSITION)
+    else:
+        check_token_partition(v, req.token_partition, req.consistency_token, partitions)
     v.raise_if_any()
+
+
+def check_token_partition(v: Violations, part: int | None, position: int,
+                          partitions: int) -> None:
+    """A token names one of the ledger's partitions; a bare position is a token only of a
+    ledger of one partition (or 0, no requirement). Whether it is the subject's own
+    partition is ConsentService.check_token's to say (it knows the subject's)."""
+    if part is not None and part >= partitions:
+        v.add("consistency_token", "names a ledger partition this service does not have")
+    elif part is None and position > 0 and partitions > 1:
+        v.add("consistency_token", _NOT_A_POSITION)
 
 
 def validate_batch_size(n: int) -> None:
@@ -244,6 +259,26 @@ def check_upsert(v: Violations, u: SubjectUpsert, today: date) -> None:
         v.add("birth_date", "must be between 1900-01-01 and today")
 
 
+def parse_token(value: str) -> tuple[int | None, int] | None:
+    """(partition, position) a consistency token names: `<partition>.<position>` from a
+    partitioned ledger, a bare `<position>` from a ledger of one partition (partition
+    None), empty for none (None, 0); None when `value` is not a token."""
+    part, dot, position = value.partition(".")
+    if not dot:
+        seq = token_value(value)
+        return None if seq is None else (None, seq)
+    if not (part.isascii() and part.isdigit() and len(part) <= 4) or not position:
+        return None
+    seq = token_value(position)
+    return None if seq is None else (int(part), seq)
+
+
+def format_token(part: int, position: int, partitions: int) -> str:
+    """The consistency token for a position of a partition (parse_token's inverse): a
+    ledger of one partition writes the bare position, as before partitions."""
+    return str(position) if partitions == 1 else f"{part}.{position}"
+
+
 def token_value(value: str) -> int | None:
     """The ledger position a consistency token names (decimal; empty is 0); None when
     `value` is not a token."""
@@ -289,13 +324,20 @@ def check_subject_only(subject_id: str) -> None:
     v.raise_if_any()
 
 
-def validate_state_read(subject_id: str, token: str) -> int:
-    """GetConsentState: the subject, and the ledger position the answer must include."""
+def validate_state_read(subject_id: str, token: str,
+                        partitions: int = 1) -> tuple[int | None, int]:
+    """GetConsentState: the subject, and the ledger partition and position the answer must
+    include."""
     v = Violations()
     check_subject_id(v, subject_id)
-    position = read_token(v, token)
+    parsed = parse_token(token)
+    if parsed is None:
+        v.add("consistency_token", _NOT_A_POSITION)
+    else:
+        check_token_partition(v, parsed[0], parsed[1], partitions)
     v.raise_if_any()
-    return position
+    assert parsed is not None
+    return parsed
 
 
 def validate_history(subject_id: str, page_size: int, page_token: str) -> tuple[int, int]:

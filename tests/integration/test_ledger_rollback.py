@@ -38,6 +38,7 @@ from tests.pg import (
 )
 from tests.redis_server import RedisServer
 from tests.scenario import decision_name, record
+from tests.serve_process import position
 
 #: B's staleness bound (the other replica's is test_replicas.py's 1 s): room to warm its
 #: cache from Redis while it is cut off, before its last poll's proof runs out.
@@ -117,14 +118,15 @@ def critical_lines(output: list[str]) -> list[str]:
 def warm_while_cut_off(p: Pair, subject: str) -> tuple[str, int]:
     """Cut B off from PostgreSQL, grant `subject` on A and have B allow it (from Redis, with
     the grant's token; B caches it): B has applied the grant's position, and its poller
-    never saw it. Returns the grant's record id and position."""
+    never saw it. Returns the grant's record id and position (in the subject's ledger
+    partition)."""
     p.role.cut_off()
     record_id, token = grant_record(p.a, subject)
     resp = check(p.b, subject, token)
     assert decision_name(resp) == "ALLOW" and list(resp.consent_record_ids) == [record_id]
     # B's polls fail meanwhile: nothing about the grant reaches B's poller.
     until(lambda: not p.b.serving(LEDGER), 30)
-    return record_id, int(token)
+    return record_id, position(token)
 
 
 def let_b_back_in(p: Pair) -> None:
@@ -190,13 +192,16 @@ def test_a_dropped_and_recreated_database_is_noticed_though_its_head_passed_the_
     vanished, old_head = warm_while_cut_off(p, "granted-before-drop")
 
     # Drop and recreate the database while the replicas run; A is restarted on the empty
-    # one (a new ledger, with a new identity) and writes past the old head before B is back.
+    # one (a new ledger, with a new identity) and writes past the old head of the subject's
+    # partition before B is back (records of another purpose: the e-mail answer is NO_CONSENT).
     drop_database(p.database)
     create_database(p.database)
     p.stop_a()
     p.start_a()
     for i in range(old_head + 3):
-        head = int(grant(p.a, f"after-recreate-{i}"))
+        grant(p.a, f"after-recreate-{i}")
+        head = position(record(p.a, "granted-before-drop", "grant", "analytics",
+                               jurisdiction="DE").consistency_token)
     assert head > old_head
     let_b_back_in(p)
 

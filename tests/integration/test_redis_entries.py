@@ -57,7 +57,7 @@ def test_one_short_key_and_one_small_encrypted_value_per_subject(
     client = redis_server.client()
     key = cache.entry_key(ALICE)
     assert sorted(client.keys("*")) == sorted([cache.head_key, key])
-    assert len(key) == len(PREFIX) + redis_cache.KEY_DIGEST_BYTES
+    assert len(key) == len(PREFIX) + len(b"{p0}") + redis_cache.KEY_DIGEST_BYTES
     value = client.get(key)
     assert value is not None and value[0] == FORMAT and len(value) < 130
     for clear in (b"analytics", b"user.contact", b"web-form", ALICE.encode(),
@@ -262,7 +262,7 @@ def test_what_began_before_a_fence_is_never_written_after_it(cache: RedisStateCa
 def test_a_fence_to_another_ledgers_prefix_moves_every_name(cache: RedisStateCache) -> None:
     assert cache.write_through(ALICE, state(3), 3)
     cache.fence(7, "t:fedcba9876543210:")
-    assert cache.head_key == b"t:fedcba9876543210:head"
+    assert cache.head_key == b"t:fedcba9876543210:{p0}head"
     assert cache.channel == b"t:fedcba9876543210:inv"
     assert cache.entry_key(ALICE).startswith(b"t:fedcba9876543210:")
     seen = cache.read(ALICE)

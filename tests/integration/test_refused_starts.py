@@ -56,7 +56,7 @@ def test_a_replica_with_another_pseudonymisation_key_is_refused(tmp_path: Path) 
         a = start_serve(serve_command(tmp_path / "a", *ledger),
                         keys(KEY, MASTER))
         try:
-            token = int(record(a, "split-subject", "grant", EMAIL).consistency_token)
+            token = record(a, "split-subject", "grant", EMAIL).consistency_token
             code, err = refused(serve_command(tmp_path / "b", *ledger),
                                 keys(OTHER_KEY, MASTER))
             assert code != 0
@@ -107,7 +107,7 @@ def test_an_embedded_ledger_refuses_a_regenerated_key(tmp_path: Path) -> None:
     command = serve_command(data)
     s = start_serve(command, serve_env())
     try:
-        token = int(record(s, "embedded-subject", "grant", EMAIL).consistency_token)
+        token = record(s, "embedded-subject", "grant", EMAIL).consistency_token
     finally:
         s.stop()
     key_file = data / "keys" / "pseudonym.key"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
@@ -87,11 +87,13 @@ def make_replica(postgres_dsn: str, shipped_policy: CompiledPolicy
 
     def make(redis_url: str | None = None, *, listen: bool = True,
              clock: Callable[[], float] = time.monotonic, max_staleness: float = 1.0,
-             timeout: float = 0.2) -> Replica:
-        ledger = PostgresLedger(postgres_dsn)
-        cache = LocalCache(1000, watermark=ledger.head())
+             timeout: float = 0.2, partitions: int = 1) -> Replica:
+        # One partition unless a test asks for more: these tests reason about positions
+        # of one sequence (test_partitioned_replicas.py has the partitioned ones).
+        ledger = PostgresLedger(postgres_dsn, partitions=partitions)
+        cache = LocalCache(1000, watermark=ledger.heads())
         shared = (RedisStateCache(redis_url, utc_now, timeout=timeout, retry_after=0.2,
-                                  cipher=EntryCipher(b"e" * 32))
+                                  cipher=EntryCipher(b"e" * 32), partitions=partitions)
                   if redis_url else None)
         poller = LedgerPoller(ledger, cache, max_staleness, clock=clock)
         listener = (InvalidationListener(redis_url, shared.channel, cache)
@@ -265,11 +267,11 @@ def test_a_write_redis_missed_starts_a_new_generation(
     token = grant(a)
     assert read(b, spans, token) == ([ConsentAction.GRANT], "redis")
     client = redis_server.client()
-    head_before = client.get(b"ca:head")
+    head_before = client.get(b"ca:{p0}head")
     withdraw(no_redis)
     b.poller.poll_once()  # b now knows the ledger moved past what Redis holds
     assert read(b, spans) == ([ConsentAction.WITHDRAW], "ledger")
-    head_after = client.get(b"ca:head")
+    head_after = client.get(b"ca:{p0}head")
     assert head_before is not None and head_after is not None
     assert head_after.split(b":")[0] != head_before.split(b":")[0]
     c = make_replica(redis_server.url)
@@ -330,7 +332,7 @@ def test_a_ledger_that_went_back_is_never_read_through_the_old_redis(
         grant(a, f"filler-{i}")
     grant(a)  # Redis head is now at 6 with alice granted
     with fresh_database() as other:  # a restored or replaced database: positions reused
-        ledger = PostgresLedger(other)
+        ledger = PostgresLedger(other, partitions=1)
         cache = LocalCache(100, watermark=0)
         poller = LedgerPoller(ledger, cache, 1.0)
         shared = RedisStateCache(redis_server.url, utc_now, timeout=0.2,
@@ -355,10 +357,10 @@ def test_a_poll_that_sees_the_ledger_go_back_drops_every_cached_state() -> None:
     class Rewound(MemoryLedger):
         head_override: int | None = None
 
-        def changes(self, after_sequence: int, limit: int) -> Changes:
+        def changes(self, after: Sequence[int], limit: int) -> Changes:
             if self.head_override is not None:
-                return Changes(self.identity(), self.head_override, [])
-            return super().changes(after_sequence, limit)
+                return Changes(self.identity(), (self.head_override,), [])
+            return super().changes(after, limit)
 
     ledger = Rewound()
     cache = LocalCache(10)
@@ -369,7 +371,7 @@ def test_a_poll_that_sees_the_ledger_go_back_drops_every_cached_state() -> None:
     cache.put("s", SubjectState(sequence=3, version=3))
     ledger.head_override = 1
     poller.poll_once()
-    assert cache.get("s") is None and cache.watermark == 1 and poller.floor() == 1
+    assert cache.get("s") is None and cache.watermark == 1 and poller.floor(0) == 1
 
 
 class Replaceable(MemoryLedger):
@@ -378,10 +380,10 @@ class Replaceable(MemoryLedger):
 
     instead: MemoryLedger | None = None
 
-    def changes(self, after_sequence: int, limit: int) -> Changes:
+    def changes(self, after: Sequence[int], limit: int) -> Changes:
         if self.instead is not None:
-            return self.instead.changes(after_sequence, limit)
-        return super().changes(after_sequence, limit)
+            return self.instead.changes(after, limit)
+        return super().changes(after, limit)
 
 
 def _ledger_of(entries: int, identity: str | None = None) -> Replaceable:
@@ -402,9 +404,9 @@ def test_a_head_below_what_the_replica_applied_is_noticed_though_no_poll_saw_it(
         heard: str, caplog: pytest.LogCaptureFixture) -> None:
     ledger = _ledger_of(5)
     cache = LocalCache(10, watermark=5)
-    fenced: list[tuple[str, int]] = []
+    fenced: list[tuple[str, tuple[int, ...]]] = []
     poller = LedgerPoller(ledger, cache, 1.0, identity=ledger.identity(),
-                          on_replaced=lambda identity, head: fenced.append((identity, head)))
+                          on_replaced=lambda identity, heads: fenced.append((identity, heads)))
     poller.poll_once()  # saw head 5
     granted = ledger.append_profile("subject-at-6", SubjectProfile("DE"), "g6", utc_now())
     if heard == "redis":  # the invalidation, then a read of Redis's copy
@@ -413,9 +415,9 @@ def test_a_head_below_what_the_replica_applied_is_noticed_though_no_poll_saw_it(
     ledger.instead = _ledger_of(5, ledger.identity())  # restored from a backup taken at 5
     with caplog.at_level(logging.CRITICAL, logger="consentauthz.consent"):
         assert poller.poll_once() and poller.poll_once()
-    assert fenced == [(ledger.identity(), 5)]
+    assert fenced == [(ledger.identity(), (5,))]
     assert cache.get("subject-at-6") is None and cache.watermark == cache.highest == 5
-    assert poller.floor() == 5
+    assert poller.floor(0) == 5
     (line,) = _critical(caplog)
     assert "went back" in line and "subject-at-6" not in line
 
@@ -424,16 +426,16 @@ def test_a_replaced_ledger_is_noticed_though_its_head_is_past_the_old(
         caplog: pytest.LogCaptureFixture) -> None:
     ledger = _ledger_of(3)
     cache = LocalCache(10, watermark=3)
-    fenced: list[tuple[str, int]] = []
+    fenced: list[tuple[str, tuple[int, ...]]] = []
     poller = LedgerPoller(ledger, cache, 1.0,
-                          on_replaced=lambda identity, head: fenced.append((identity, head)))
+                          on_replaced=lambda identity, heads: fenced.append((identity, heads)))
     poller.poll_once()  # takes the ledger's identity
     cache.put("filler-1", ledger.load("filler-1"))
     new = _ledger_of(6)  # dropped and recreated, and written to past the old head
     ledger.instead = new
     with caplog.at_level(logging.CRITICAL, logger="consentauthz.consent"):
         assert poller.poll_once() and poller.poll_once()
-    assert fenced == [(new.identity(), 6)] and poller.identity == new.identity()
+    assert fenced == [(new.identity(), (6,))] and poller.identity == new.identity()
     assert cache.get("filler-1") is None and cache.watermark == 6
     (line,) = _critical(caplog)
     assert "replaced" in line and ledger.identity() in line and new.identity() in line
@@ -442,8 +444,8 @@ def test_a_replaced_ledger_is_noticed_though_its_head_is_past_the_old(
 def test_a_write_heard_of_while_a_poll_is_under_way_is_no_false_alarm(
         caplog: pytest.LogCaptureFixture) -> None:
     class Racing(MemoryLedger):
-        def changes(self, after_sequence: int, limit: int) -> Changes:
-            seen = super().changes(after_sequence, limit)
+        def changes(self, after: Sequence[int], limit: int) -> Changes:
+            seen = super().changes(after, limit)
             # Committed and heard of over Redis after the poll's snapshot was taken.
             result = self.append_profile("late", SubjectProfile("DE"), "late", utc_now())
             cache.note_write("late", result.sequence)
@@ -463,7 +465,7 @@ def test_the_local_cache_is_dropped_even_when_fencing_the_shared_one_fails() -> 
     ledger = _ledger_of(2)
     cache = LocalCache(10, watermark=2)
 
-    def fence(identity: str, head: int) -> None:
+    def fence(identity: str, heads: tuple[int, ...]) -> None:
         raise RuntimeError("redis said no")
 
     poller = LedgerPoller(ledger, cache, 1.0, identity=ledger.identity(), on_replaced=fence)
@@ -516,7 +518,7 @@ def test_an_unreadable_entry_is_a_miss_not_an_error(
     assert a.redis is not None
     key = a.redis.entry_key(a.service.subject_key(SUBJECT))
     client = redis_server.client()
-    gen = client.get(b"ca:head").split(b":")[0]  # type: ignore[union-attr]
+    gen = client.get(b"ca:{p0}head").split(b":")[0]  # type: ignore[union-attr]
     client.set(key, gen + b":1:1:z-not-zlib")
     b = make_replica(redis_server.url)
     assert read(b, spans, token) == ([ConsentAction.GRANT], "ledger")

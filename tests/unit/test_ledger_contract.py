@@ -32,7 +32,7 @@ from consentauthz.consent import (
     SqliteLedger,
 )
 from consentauthz.consent.ledger import entry_payload
-from consentauthz.consent.postgres import APPEND_LOCK
+from consentauthz.consent.postgres import PART_LOCK
 from consentauthz.domain import (
     CollectionMethod,
     ConsentAction,
@@ -84,11 +84,17 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     elif request.param == "sqlite":
         led = SqliteLedger(tmp_path / "ledger.db")
     else:
-        led = PostgresLedger(request.getfixturevalue("postgres_dsn"))
+        led = one_partition(request.getfixturevalue("postgres_dsn"))
     try:
         yield led
     finally:
         led.close()
+
+
+def one_partition(dsn: str, **options: Any) -> PostgresLedger:
+    """A PostgreSQL ledger of one partition: these tests reason about one sequence
+    (tests/unit/test_partitioned_ledger.py has the partitioned ones)."""
+    return PostgresLedger(dsn, partitions=1, **options)
 
 
 def ids(state: SubjectState) -> list[str]:
@@ -323,10 +329,12 @@ def test_profile_upsert_shows_in_load(ledger: Ledger) -> None:
 
 
 def changed(ledger: Ledger, after: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
-    """(head, entries) of `changes`, which always names the ledger's identity."""
-    seen = ledger.changes(after, limit)
+    """(head, entries) of `changes` of a ledger of one partition, which always names the
+    ledger's identity and the partition."""
+    seen = ledger.changes((after,), limit)
     assert seen.identity == ledger.identity()
-    return seen.head, seen.entries
+    assert len(seen.heads) == 1 and all(part == 0 for part, _, _ in seen.entries)
+    return seen.head, [(seq, subject) for _, seq, subject in seen.entries]
 
 
 
@@ -378,14 +386,14 @@ def test_an_idempotent_replay_is_no_change(ledger: Ledger) -> None:
 
 
 def test_appends_and_reads_inside_exclusive(ledger: Ledger) -> None:
-    with ledger.exclusive():
+    with ledger.exclusive([0]):
         first = ledger.append_consent("alice", event("a1"))
         second = ledger.append_profile("alice", SubjectProfile("DE"), "p1", T0)
         assert ledger.load("alice").version == 2
         assert changed(ledger, 0, 10) == (2, [(1, "alice"), (2, "alice")])
     assert (first.sequence, second.sequence) == (1, 2)
     # Released: later writes go on, and the chain is whole.
-    with ledger.exclusive():
+    with ledger.exclusive([0]):
         pass
     assert ledger.append_consent("bob", event("b1")).sequence == 3
     assert ledger.verify().ok
@@ -393,14 +401,14 @@ def test_appends_and_reads_inside_exclusive(ledger: Ledger) -> None:
 
 def test_exclusive_is_released_when_its_block_raises(ledger: Ledger) -> None:
     ledger.append_consent("alice", event("a1"), Idempotency("k", "h-1"))
-    with pytest.raises(InvalidArgument), ledger.exclusive():
+    with pytest.raises(InvalidArgument), ledger.exclusive([0]):
         ledger.append_consent("alice", event("a2"), Idempotency("k", "h-2"))
-    with pytest.raises(RuntimeError, match="boom"), ledger.exclusive():
+    with pytest.raises(RuntimeError, match="boom"), ledger.exclusive([0]):
         ledger.append_consent("bob", event("b1"))
         raise RuntimeError("boom")
     # The append inside the failed block was committed before the failure.
     assert ledger.head() == 2
-    with ledger.exclusive():
+    with ledger.exclusive([0]):
         assert ledger.append_consent("carol", event("c1")).sequence == 3
 
 
@@ -597,7 +605,7 @@ def _admin(dsn: str) -> psycopg.Connection[tuple[Any, ...]]:
 
 
 def test_postgres_survives_close_and_reopen(postgres_dsn: str) -> None:
-    led = PostgresLedger(postgres_dsn)
+    led = one_partition(postgres_dsn)
     led.append_consent("alice", event("a1"), Idempotency("k-1", "h-1"))
     led.append_profile("alice", SubjectProfile("DE", date(2000, 1, 1)), "p1", T0)
     led.append_consent("alice", event("a2", ConsentAction.WITHDRAW, minutes=1))
@@ -605,7 +613,7 @@ def test_postgres_survives_close_and_reopen(postgres_dsn: str) -> None:
     led.close()
     led.close()  # closing twice is harmless
 
-    led = PostgresLedger(postgres_dsn)
+    led = one_partition(postgres_dsn)
     try:
         assert led.head() == 3
         assert led.load("alice") == before
@@ -624,7 +632,7 @@ def test_postgres_survives_close_and_reopen(postgres_dsn: str) -> None:
 
 def test_postgres_hash_chain_links_every_row_and_stores_the_hashed_body(
         postgres_dsn: str) -> None:
-    led = PostgresLedger(postgres_dsn)
+    led = one_partition(postgres_dsn)
     led.append_consent("alice", event("a1", evidence={"note": "grüße"}))
     led.append_consent("bob", event("b1"), Idempotency("k", "h"))
     led.append_profile("alice", SubjectProfile("DE", date(2001, 2, 3)), "p1", T0)
@@ -652,7 +660,7 @@ def test_postgres_hash_chain_links_every_row_and_stores_the_hashed_body(
     "TRUNCATE ledger",
 ])
 def test_postgres_ledger_table_is_append_only(postgres_dsn: str, statement: str) -> None:
-    led = PostgresLedger(postgres_dsn)
+    led = one_partition(postgres_dsn)
     led.append_consent("alice", event("a1"))
     led.close()
     with _admin(postgres_dsn) as conn:
@@ -663,7 +671,7 @@ def test_postgres_ledger_table_is_append_only(postgres_dsn: str, statement: str)
 
 
 def test_postgres_verify_detects_a_changed_body(postgres_dsn: str) -> None:
-    led = PostgresLedger(postgres_dsn)
+    led = one_partition(postgres_dsn)
     try:
         led.append_consent("alice", event("a1"))
         led.append_consent("bob", event("b1"))
@@ -684,7 +692,7 @@ def test_postgres_verify_detects_a_changed_body(postgres_dsn: str) -> None:
 
 def test_postgres_projection_rows_cannot_be_deleted_and_their_loss_is_caught(
         postgres_dsn: str) -> None:
-    led = PostgresLedger(postgres_dsn)
+    led = one_partition(postgres_dsn)
     try:
         led.append_consent("alice", event("a1"))
         with _admin(postgres_dsn) as conn:
@@ -703,7 +711,7 @@ def test_postgres_replicas_opening_a_new_database_at_once_all_work(postgres_dsn:
     opened: list[PostgresLedger] = []
     try:
         # Each one finds no schema and creates it; the schema lock keeps them apart.
-        _run_threads(*[lambda: opened.append(PostgresLedger(postgres_dsn))] * 4)
+        _run_threads(*[lambda: opened.append(one_partition(postgres_dsn))] * 4)
         for i, led in enumerate(opened):
             assert led.append_consent(f"s{i}", event(f"r{i}")).sequence == i + 1
         assert opened[0].verify().ok
@@ -719,7 +727,7 @@ def test_postgres_replicas_appending_at_once_build_one_gapless_chain(
         # append would read the last sequence from before it got the append lock.
         conn.execute(f'ALTER DATABASE "{conninfo_to_dict(postgres_dsn)["dbname"]}" '
                      "SET default_transaction_isolation = 'repeatable read'")
-    replicas = [PostgresLedger(postgres_dsn), PostgresLedger(postgres_dsn)]
+    replicas = [one_partition(postgres_dsn), one_partition(postgres_dsn)]
     results: dict[str, list[AppendResult]] = {}
 
     def writer(led: PostgresLedger, name: str) -> Callable[[], None]:
@@ -761,7 +769,7 @@ def test_postgres_replicas_appending_for_one_subject_at_once_lose_nothing(
     the writer read; two replicas writing for the same subject make it fail, and the
     writer then appends under the lock. Nothing is lost, the chain is whole, and the
     projection is the records' replay."""
-    replicas = [PostgresLedger(postgres_dsn), PostgresLedger(postgres_dsn)]
+    replicas = [one_partition(postgres_dsn), one_partition(postgres_dsn)]
     results: list[AppendResult] = []
 
     def writer(led: PostgresLedger, name: str) -> Callable[[], None]:
@@ -791,7 +799,7 @@ def test_postgres_replicas_appending_for_one_subject_at_once_lose_nothing(
 
 
 def test_postgres_entry_hashes_made_in_sql_are_python_chain_links(postgres_dsn: str) -> None:
-    led = PostgresLedger(postgres_dsn)
+    led = one_partition(postgres_dsn)
     try:
         # Text the SQL side must hash byte for byte as Python does: non-ASCII, quotes,
         # backslashes, digits that look like a sequence.
@@ -814,12 +822,12 @@ def test_postgres_entry_hashes_made_in_sql_are_python_chain_links(postgres_dsn: 
 
 
 def test_postgres_a_database_from_before_the_append_function_gets_it(postgres_dsn: str) -> None:
-    led = PostgresLedger(postgres_dsn)
+    led = one_partition(postgres_dsn)
     led.append_consent("alice", event("a1"))
     led.close()
     with _admin(postgres_dsn) as conn:
-        conn.execute("DROP FUNCTION consentauthz_append_v1")
-    led = PostgresLedger(postgres_dsn)
+        conn.execute("DROP FUNCTION consentauthz_append_v2")
+    led = one_partition(postgres_dsn)
     try:
         assert led.append_consent("alice", event("a2", minutes=1)).sequence == 2
         assert led.verify().ok
@@ -828,7 +836,7 @@ def test_postgres_a_database_from_before_the_append_function_gets_it(postgres_ds
 
 
 def test_postgres_replicas_racing_one_idempotency_key_append_once(postgres_dsn: str) -> None:
-    replicas = [PostgresLedger(postgres_dsn), PostgresLedger(postgres_dsn)]
+    replicas = [one_partition(postgres_dsn), one_partition(postgres_dsn)]
     results: list[AppendResult] = []
 
     def retry(led: PostgresLedger) -> Callable[[], None]:
@@ -861,12 +869,12 @@ def _wait_for_advisory_waiter(dsn: str) -> None:
 
 
 def test_postgres_exclusive_holds_off_appends_of_another_replica(postgres_dsn: str) -> None:
-    one, two = PostgresLedger(postgres_dsn), PostgresLedger(postgres_dsn)
+    one, two = one_partition(postgres_dsn), one_partition(postgres_dsn)
     order: list[str] = []
     inside, release = threading.Event(), threading.Event()
 
     def holder() -> None:
-        with one.exclusive():
+        with one.exclusive([0]):
             one.append_consent("alice", event("a1"))
             inside.set()
             assert release.wait(10)
@@ -901,13 +909,13 @@ def test_postgres_exclusive_holds_off_appends_of_another_replica(postgres_dsn: s
 
 def test_postgres_exclusive_is_released_for_other_replicas_after_an_error(
         postgres_dsn: str) -> None:
-    one, two = PostgresLedger(postgres_dsn), PostgresLedger(postgres_dsn, statement_timeout=2)
+    one, two = one_partition(postgres_dsn), one_partition(postgres_dsn, statement_timeout=2)
     try:
-        with pytest.raises(RuntimeError), one.exclusive():
+        with pytest.raises(RuntimeError), one.exclusive([0]):
             one.append_consent("alice", event("a1"))
             raise RuntimeError("write-through failed")
         assert two.append_consent("bob", event("b1")).sequence == 2
-        with two.exclusive():  # the session lock itself is free too
+        with two.exclusive([0]):  # the session lock itself is free too
             pass
     finally:
         one.close()
@@ -925,7 +933,7 @@ def test_postgres_unreachable_server_is_unavailable_without_hanging() -> None:
 
 def test_postgres_a_database_that_goes_away_is_unavailable(postgres_dsn: str) -> None:
     # connect_timeout also bounds the wait for a pooled connection (verify, below).
-    led = PostgresLedger(postgres_dsn, connect_timeout=0.5)
+    led = one_partition(postgres_dsn, connect_timeout=0.5)
     try:
         led.append_consent("alice-pseudonym", event("a1"))
         drop_database(str(conninfo_to_dict(postgres_dsn)["dbname"]))
@@ -942,16 +950,16 @@ def test_postgres_a_database_that_goes_away_is_unavailable(postgres_dsn: str) ->
 
 def test_postgres_a_stuck_database_is_unavailable_after_the_statement_timeout(
         postgres_dsn: str) -> None:
-    led = PostgresLedger(postgres_dsn, statement_timeout=0.3)
+    led = one_partition(postgres_dsn, statement_timeout=0.3)
     try:
         led.append_consent("alice", event("a1"))
         with _admin(postgres_dsn) as blocker:
             # Something else holds every lock the ledger needs: appends and reads stall.
-            blocker.execute("SELECT pg_advisory_lock(%s)", (APPEND_LOCK,))
+            blocker.execute("SELECT pg_advisory_lock(%s)", (PART_LOCK,))
             blocker.execute("BEGIN")
             blocker.execute("LOCK TABLE ledger, subject_state IN ACCESS EXCLUSIVE MODE")
             def enter_exclusive() -> None:
-                with led.exclusive():
+                with led.exclusive([0]):
                     raise AssertionError("got the append lock another session holds")
 
             for call in (lambda: led.append_consent("alice", event("a2")),
@@ -990,18 +998,18 @@ def test_sqlite_meta_survives_reopen(tmp_path: Path) -> None:
 
 def test_postgres_meta_survives_reopen_and_a_database_from_before_it_gets_the_table(
         postgres_dsn: str) -> None:
-    led = PostgresLedger(postgres_dsn)
+    led = one_partition(postgres_dsn)
     assert led.swap_meta("a", None, "1")
     led.close()
     with _admin(postgres_dsn) as admin:
         admin.execute("DROP TABLE ledger_meta")  # as made by a version without it
-    again = PostgresLedger(postgres_dsn)
+    again = one_partition(postgres_dsn)
     try:
         assert again.meta("a") is None
         assert again.swap_meta("a", None, "2") and again.meta("a") == "2"
     finally:
         again.close()
-    reopened = PostgresLedger(postgres_dsn)
+    reopened = one_partition(postgres_dsn)
     try:
         assert reopened.meta("a") == "2"
     finally:
@@ -1009,7 +1017,7 @@ def test_postgres_meta_survives_reopen_and_a_database_from_before_it_gets_the_ta
 
 
 def test_postgres_replicas_swapping_meta_at_once_one_wins(postgres_dsn: str) -> None:
-    replicas = [PostgresLedger(postgres_dsn) for _ in range(4)]
+    replicas = [one_partition(postgres_dsn) for _ in range(4)]
     won: dict[int, bool] = {}
     start = threading.Barrier(len(replicas))
 
@@ -1044,10 +1052,10 @@ def test_sqlite_identity_survives_reopen(tmp_path: Path) -> None:
 
 def test_identity_is_made_with_the_ledger_and_every_poll_names_it(ledger: Ledger) -> None:
     # Asked for nothing yet: changes() (what the poller reads) already carries it.
-    first = ledger.changes(0, 10).identity
+    first = ledger.changes((0,), 10).identity
     assert first and ledger.identity() == first
     ledger.append_consent("alice", event("a1"))
-    assert ledger.changes(0, 10).identity == first
+    assert ledger.changes((0,), 10).identity == first
 
 
 def test_sqlite_identity_is_in_the_file_from_its_creation(tmp_path: Path) -> None:
@@ -1064,14 +1072,14 @@ def test_sqlite_identity_is_in_the_file_from_its_creation(tmp_path: Path) -> Non
 
 def test_postgres_identity_is_made_once_with_the_schema(postgres_dsn: str) -> None:
     made: list[PostgresLedger] = []
-    _run_threads(*(lambda: made.append(PostgresLedger(postgres_dsn)) for _ in range(3)))
+    _run_threads(*(lambda: made.append(one_partition(postgres_dsn)) for _ in range(3)))
     try:
         with _admin(postgres_dsn) as admin:
             rows = admin.execute("SELECT id FROM ledger_identity").fetchall()
         assert len(rows) == 1
         assert {led.identity() for led in made} == {rows[0][0]}
         with fresh_database() as other:  # a database made anew is another ledger
-            again = PostgresLedger(other)
+            again = one_partition(other)
             try:
                 assert again.identity() != rows[0][0]
             finally:
@@ -1083,24 +1091,24 @@ def test_postgres_identity_is_made_once_with_the_schema(postgres_dsn: str) -> No
 
 def test_postgres_a_ledger_without_identity_is_unavailable_until_reopened(
         postgres_dsn: str) -> None:
-    led = PostgresLedger(postgres_dsn)
+    led = one_partition(postgres_dsn)
     try:
         led.append_consent("alice", event("a1"))
         with _admin(postgres_dsn) as admin:  # a restore half done, or a careless hand
             admin.execute("DROP TABLE ledger_identity")
         with pytest.raises(Unavailable):
-            led.changes(0, 10)
+            led.changes((0,), 10)
         with pytest.raises(Unavailable):
             led.identity()
         with _admin(postgres_dsn) as admin:
             admin.execute("CREATE TABLE ledger_identity (id TEXT NOT NULL)")
         with pytest.raises(Unavailable):
-            led.changes(0, 10)
+            led.changes((0,), 10)
         # Opening it again (as a database from before identities were made with the
         # schema is opened after an upgrade) gives it one.
-        reopened = PostgresLedger(postgres_dsn)
+        reopened = one_partition(postgres_dsn)
         try:
-            assert reopened.identity() == led.identity() == led.changes(0, 10).identity
+            assert reopened.identity() == led.identity() == led.changes((0,), 10).identity
         finally:
             reopened.close()
     finally:
@@ -1133,7 +1141,7 @@ def test_projections_of_an_earlier_release_are_rebuilt_on_open(
     def open_ledger() -> Ledger:
         if kind == "sqlite":
             return SqliteLedger(tmp_path / "ledger.db")
-        return PostgresLedger(request.getfixturevalue("postgres_dsn"))
+        return one_partition(request.getfixturevalue("postgres_dsn"))
 
     led = open_ledger()
     led.append_consent("alice", event("w", ConsentAction.WITHDRAW, minutes=60))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from consentauthz.consent import LocalCache
 from consentauthz.domain import SubjectProfile, SubjectState
 
@@ -53,7 +55,7 @@ def test_ledger_range_moves_the_watermark_and_drops_changed_subjects() -> None:
     cache = LocalCache(10, watermark=0)
     cache.put("a", state(0, 0))
     cache.put("b", state(0, 0))
-    cache.note_writes([(1, "a"), (2, "c")], head=2)
+    cache.note_writes([(0, 1, "a"), (0, 2, "c")], heads=[2])
     assert cache.get("a") is None
     b = cache.get("b")
     assert b is not None and b.sequence == 2
@@ -92,7 +94,7 @@ def test_highest_is_the_newest_position_any_path_brought() -> None:
     assert cache.watermark == 5 and cache.highest == 8
     cache.put("a", state(9, 2))  # this replica's own write, or a read, at 9
     assert cache.highest == 9
-    cache.note_writes([], 7)  # a poll: 8 now follows
+    cache.note_writes([], [7])  # a poll: 8 now follows
     assert cache.watermark == 8 and cache.highest == 9
 
 
@@ -109,3 +111,42 @@ def test_reset_forgets_everything_and_refuses_what_was_read_before_it() -> None:
     assert cache.get("a") == state(4, 1)
     cache.note_write("c", 5)  # the 8 heard of before was forgotten: 5 follows 4
     assert cache.watermark == 5
+
+
+def _in_partition(part: int, partitions: int, prefix: str) -> list[str]:
+    """Subject names in partition `part` of `partitions`."""
+    from consentauthz.consent.ledger import partition_of
+    return [n for i in range(200) if partition_of(n := f"{prefix}{i}", partitions) == part]
+
+
+def test_each_partition_has_its_own_watermark() -> None:
+    cache = LocalCache(10, watermark=[5, 5])
+    a, b = _in_partition(0, 2, "a")[0], _in_partition(1, 2, "b")[0]
+    cache.put(a, state(5, 1))
+    cache.put(b, state(5, 1))
+    cache.note_write(a, 6)  # partition 0 moves on; partition 1 does not
+    assert cache.watermarks == (6, 5)
+    assert cache.get(a) is None
+    got = cache.get(b)
+    assert got is not None and got.sequence == 5
+    cache.note_writes([(1, 7, "somebody")], heads=[6, 7])
+    got = cache.get(b)
+    assert got is not None and got.sequence == 7  # tracked: current as of its watermark
+    assert cache.highests == (6, 7)
+
+
+def test_a_write_out_of_order_waits_only_in_its_own_partition() -> None:
+    cache = LocalCache(10, watermark=[0, 0])
+    a0, a1 = _in_partition(0, 2, "x")[:2]
+    b = _in_partition(1, 2, "y")[0]
+    cache.note_write(a1, 2)  # partition 0: waiting for 1
+    cache.note_write(b, 1)  # partition 1 is not held up by it
+    assert cache.watermarks == (0, 1)
+    cache.note_write(a0, 1)
+    assert cache.watermarks == (2, 1)
+
+
+def test_heads_for_another_number_of_partitions_are_refused() -> None:
+    cache = LocalCache(10, watermark=[0, 0])
+    with pytest.raises(ValueError, match="partitions"):
+        cache.clear([1, 2, 3])

@@ -33,6 +33,11 @@ class Auditor(AuditReader):
         self._replayer = Replayer(ledger, store)
         self._clock = clock
 
+    @property
+    def partitions(self) -> int:
+        """The consent ledger's partitions (a decision's token names its subject's)."""
+        return self._ledger.partitions
+
     def replay(self, decision_id: str) -> Replay:
         return self._replayer.replay(self.get(decision_id))
 

@@ -1,19 +1,21 @@
 """How current a replica's cached consent state is known to be, without a consistency token.
 
-With one process writing the ledger (the embedded SQLite default) every write passes
-through this process, so what it has applied is current: `SoleWriter`. With a ledger that
-several replicas share, a `LedgerPoller` asks the ledger every so often which subjects
-changed since it last asked and drops them from the local cache. A poll that started at
-time t and saw head h proves that every write committed before t is at or below h and has
-been applied; so while the newest successful poll started at most `max_staleness` ago, a
-state current as of h misses no write older than `max_staleness`. That is the staleness
+Positions are per ledger partition (consent/ledger.py), so everything here is too. With
+one process writing the ledger (the embedded SQLite default) every write passes through
+this process, so what it has applied is current: `SoleWriter`. With a ledger that several
+replicas share, a `LedgerPoller` asks the ledger every so often which subjects changed
+since it last asked (every partition, one statement) and drops them from the local cache.
+A poll that started at time t and saw head h of a partition proves that every write to it
+committed before t is at or below h and has been applied; so while the newest successful
+poll started at most `max_staleness` ago, a state current as of h misses no write older
+than `max_staleness`. That is the staleness
 bound (docs/operations.md); past it, no proof is left and reads go to the ledger itself.
 Redis pub/sub usually applies a write within milliseconds; the poller is the bound that
 holds when Redis is slow, down, or lost a message.
 
 Each poll also checks that the ledger is still the one the cached states came from: its
 identity is the same (a dropped and recreated database has another, whatever its head), and
-its head is not below the highest position this replica has applied (its own writes and
+no partition's head is below the highest position this replica has applied to it (its own writes and
 Redis invalidations included, not only earlier polls): a restored backup reuses positions.
 Either way every cache tier is dropped (`on_replaced` for the shared one, first, then the
 local cache), one CRITICAL line is logged, and reads go to the ledger.
@@ -42,9 +44,9 @@ POLL_BATCH = 10_000
 
 
 class Freshness(Protocol):
-    def floor(self) -> int | None:
-        """A ledger position every usable state must be current as of; None when nothing
-        proves freshness now (read the ledger)."""
+    def floor(self, part: int) -> int | None:
+        """A position of partition `part` every usable state of its subjects must be
+        current as of; None when nothing proves freshness now (read the ledger)."""
         ...
 
     def start(self) -> None: ...
@@ -54,13 +56,13 @@ class Freshness(Protocol):
 
 class SoleWriter:
     """This process makes every ledger write, and applies each to its cache as it makes it:
-    the cache's watermark is the ledger head."""
+    the cache's watermarks are the ledger's heads."""
 
     def __init__(self, cache: LocalCache) -> None:
         self._cache = cache
 
-    def floor(self) -> int | None:
-        return self._cache.watermark
+    def floor(self, part: int) -> int | None:
+        return self._cache.watermark_of(part)
 
     def start(self) -> None:
         pass
@@ -71,7 +73,7 @@ class SoleWriter:
 
 class LedgerPoller:
     """`identity`: the ledger's identity the cached states belong to (None: the first poll
-    takes the ledger's). `on_replaced(identity, head)`: the ledger went back or was replaced;
+    takes the ledger's). `on_replaced(identity, heads)`: the ledger went back or was replaced;
     make the shared cache tier unusable for what it held (called before the local cache is
     dropped, on the poller's thread)."""
 
@@ -80,7 +82,7 @@ class LedgerPoller:
                  clock: Callable[[], float] = time.monotonic,
                  on_change: Callable[[bool], None] | None = None,
                  identity: str | None = None,
-                 on_replaced: Callable[[str, int], None] | None = None) -> None:
+                 on_replaced: Callable[[str, tuple[int, ...]], None] | None = None) -> None:
         if max_staleness <= 0:
             raise ValueError("max_staleness must be positive")
         self._ledger = ledger
@@ -92,8 +94,8 @@ class LedgerPoller:
         self._identity = identity
         self._on_replaced = on_replaced
         self._lock = threading.Lock()
-        self._polled: int | None = None
-        self._proof: tuple[float, int] | None = None
+        self._polled: tuple[int, ...] | None = None
+        self._proof: tuple[float, tuple[int, ...]] | None = None
         self._healthy = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,46 +118,58 @@ class LedgerPoller:
         started = self._clock()
         # Before asking the ledger: every position in it was committed before the snapshot
         # the answer comes from, so that snapshot must hold it.
-        applied = self._cache.highest
+        applied = self._cache.highests
         if self._polled is None:
-            self._polled = self._cache.watermark
+            self._polled = self._cache.watermarks
         try:
             seen = self._ledger.changes(self._polled, POLL_BATCH)
         except ConsentAuthzError:
             self._set_healthy(False)
             return False
-        head = seen.head
+        heads = seen.heads
+        if len(heads) != len(applied):
+            # Repartitioned under a running replica (`ledger migrate` is run with the
+            # service stopped): nothing cached, nor any position, means anything now.
+            log.critical("the consent ledger has %d partitions, this replica started with "
+                         "%d: restart it", len(heads), len(applied))
+            self._set_healthy(False)
+            return False
         if self._identity is None:
             self._identity = seen.identity
-        if seen.identity != self._identity or head < applied:
-            self._replaced(seen.identity, head, applied)
+        back = [p for p, head in enumerate(heads) if head < applied[p]]
+        if seen.identity != self._identity or back:
+            self._replaced(seen.identity, heads, back, applied)
         elif len(seen.entries) >= POLL_BATCH:
-            self._cache.clear(head)
+            self._cache.clear(heads)
         else:
-            self._cache.note_writes(seen.entries, head)
+            self._cache.note_writes(seen.entries, heads)
         with self._lock:
-            self._polled = head
-            self._proof = (started, head)
+            self._polled = heads
+            self._proof = (started, heads)
         self._set_healthy(True)
         return True
 
-    def _replaced(self, identity: str, head: int, applied: int) -> None:
+    def _replaced(self, identity: str, heads: tuple[int, ...], back: list[int],
+                  applied: tuple[int, ...]) -> None:
         """The ledger went back (a restore, a failover that lost commits) or is another one
         (a database dropped and recreated): positions are being reused, so nothing cached
         can be trusted. The shared tier first, so that nothing refills the local cache from
         it once it is empty."""
         if identity != self._identity:
-            what = f"was replaced (identity {self._identity} is now {identity}, head {head})"
+            what = (f"was replaced (identity {self._identity} is now {identity}, "
+                    f"{sum(heads)} entries)")
         else:
-            what = f"went back (head {head}, below position {applied} this replica applied)"
+            part = back[0]
+            what = (f"went back (partition {part}: head {heads[part]}, below position "
+                    f"{applied[part]} this replica applied)")
         log.critical("the consent ledger %s: dropping every cached consent state and "
                      "answering from the ledger", what)
         if self._on_replaced is not None:
             try:
-                self._on_replaced(identity, head)
+                self._on_replaced(identity, heads)
             except Exception:  # the local cache must be dropped whatever happens here
                 log.exception("fencing the shared consent cache off failed")
-        self._cache.reset(head)
+        self._cache.reset(heads)
         self._identity = identity
 
     def _set_healthy(self, healthy: bool) -> None:
@@ -169,12 +183,12 @@ class LedgerPoller:
             if self._on_change is not None:
                 self._on_change(healthy)
 
-    def floor(self) -> int | None:
+    def floor(self, part: int) -> int | None:
         with self._lock:
             proof = self._proof
         if proof is None or self._clock() - proof[0] > self._max_staleness:
             return None
-        return proof[1]
+        return proof[1][part]
 
     def start(self) -> None:
         self.poll_once()

@@ -1,13 +1,19 @@
-"""The consent ledger boundary: append-only records, a projection, a global sequence.
+"""The consent ledger boundary: append-only records, a projection, partitioned positions.
 
-The sequence number of a record is the consistency token its write returns. Three
-implementations share this contract (tests/unit/test_ledger_contract.py): SQLite, the
-embedded default; PostgreSQL, shared by replicas; and an in-memory twin for tests.
+A ledger has a fixed number of partitions, chosen when it is made; a subject's partition
+follows from its pseudonym (`partition_of`). Each partition has its own sequence, hash
+chain and write order, so writes to different partitions never wait for each other. A
+record's position is its partition's sequence number: the subject's consistency token
+(consent/tokens.py names the partition too). Positions of different partitions are not
+comparable; nothing in the ledger spans partitions. Three implementations share this
+contract (tests/unit/test_ledger_contract.py): SQLite, the embedded default; PostgreSQL,
+shared by replicas; and an in-memory twin for tests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import secrets
 import threading
@@ -57,9 +63,52 @@ class Changes:
 
     #: The ledger's identity (`Ledger.identity`): another one means another database.
     identity: str
-    head: int
-    #: (seq, subject) of the entries after the sequence asked about, oldest first.
-    entries: list[tuple[int, str]]
+    #: Every partition's head, by partition number.
+    heads: tuple[int, ...]
+    #: (partition, seq, subject) of the entries after the positions asked about, by
+    #: partition and then oldest first.
+    entries: list[tuple[int, int, str]]
+
+    @property
+    def head(self) -> int:
+        """How many entries the ledger holds (all partitions)."""
+        return sum(self.heads)
+
+
+#: Partitions a ledger may have (the number is fixed when it is made).
+MAX_PARTITIONS = 1024
+
+
+def partition_of(subject: str, partitions: int) -> int:
+    """The partition a subject's records live in: the first four bytes of its pseudonym's
+    digest (an HMAC already, so uniform) modulo the number of partitions. Anything that is
+    not a pseudonym (tests name subjects "alice") is hashed first."""
+    if partitions == 1:
+        return 0
+    digest = subject.rpartition(":")[2]
+    try:
+        value = int(digest[:8], 16) if len(digest) >= 8 else -1
+    except ValueError:
+        value = -1
+    if value < 0:
+        value = int.from_bytes(hashlib.sha256(subject.encode()).digest()[:4], "big")
+    return value % partitions
+
+
+def check_partitions(partitions: int) -> int:
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ValueError(f"a ledger has 1 to {MAX_PARTITIONS} partitions, not {partitions}")
+    return partitions
+
+
+def heads_digest(tips: Sequence[tuple[int, int, str]]) -> str:
+    """One hash over every partition's (partition, head, head hash): what a checkpoint of a
+    partitioned ledger holds, so that truncating or rewriting any partition is caught. A
+    ledger of one partition is its chain's head hash, as before partitions."""
+    if len(tips) == 1:
+        return tips[0][2]
+    text = "".join(f"{part}:{seq}:{entry_hash}\n" for part, seq, entry_hash in tips)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Ledger(Protocol):
@@ -74,7 +123,18 @@ class Ledger(Protocol):
         the evidence (a ledger that seals it opens it only then)."""
         ...
 
-    def head(self) -> int: ...
+    @property
+    def partitions(self) -> int:
+        """How many partitions the ledger has (fixed when it was made)."""
+        ...
+
+    def head(self) -> int:
+        """How many entries the ledger holds (all partitions)."""
+        ...
+
+    def heads(self) -> tuple[int, ...]:
+        """Every partition's head (its newest position), by partition number."""
+        ...
 
     def identity(self) -> str:
         """A random id made with the ledger (when its schema is created) and kept with it (a
@@ -83,32 +143,35 @@ class Ledger(Protocol):
         ...
 
     def first_recorded(self, subjects: Sequence[str]) -> str | None:
-        """Of these pseudonyms, the one with the oldest ledger entry (None: none has any).
-        The answer for a pseudonym that has entries never changes: a pseudonym without
-        any can only ever get a newer first entry."""
+        """Of these pseudonyms, the one with the oldest ledger entry (None: none has any;
+        across partitions, the earliest recorded). The answer for a pseudonym that has
+        entries never changes: a pseudonym without any can only ever get a newer first
+        entry."""
         ...
 
     def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]: ...
 
     def state_at(self, subject: str, sequence: int) -> SubjectState:
-        """The subject's state exactly as it was at ledger position `sequence` (replay)."""
+        """The subject's state exactly as it was at position `sequence` of its partition
+        (replay)."""
         ...
 
     def verify(self) -> ChainReport:
-        """Recompute the hash chain; report the first entry that does not verify."""
+        """Recompute every partition's hash chain; report the first entry that does not
+        verify. The report's head hash covers every partition's head (heads_digest)."""
         ...
 
-    def changes(self, after_sequence: int, limit: int) -> Changes:
-        """The identity, the head and (seq, subject) of the entries with seq >
-        after_sequence, oldest first, at most `limit` of them; all from one consistent
-        snapshot."""
+    def changes(self, after: Sequence[int], limit: int) -> Changes:
+        """The identity, every partition's head, and (partition, seq, subject) of the
+        entries after `after` (a position per partition), at most `limit` of them; all
+        from one consistent snapshot."""
         ...
 
-    def exclusive(self) -> contextlib.AbstractContextManager[None]:
-        """Hold the ledger's global write order across the block: appends made inside it
-        and whatever the caller does after them inside it (the Redis write-through) happen
-        before any other writer's append, on every replica sharing this ledger. Not
-        re-entrant per thread by contract."""
+    def exclusive(self, partitions: Iterable[int]) -> contextlib.AbstractContextManager[None]:
+        """Hold these partitions' write order across the block: appends to them made inside
+        it and whatever the caller does after them inside it (the Redis write-through)
+        happen before any other writer's append to them, on every replica sharing this
+        ledger. Other partitions are not held up. Not re-entrant per thread by contract."""
         ...
 
     def meta(self, key: str) -> str | None:
@@ -142,51 +205,98 @@ def replay(entries: Iterable[tuple[int, str, dict[str, Any]]], sequence: int) ->
     return replace(state, sequence=sequence)
 
 
-def verify_entries(rows: Sequence[Sequence[Any]], projections: Mapping[str, str]) -> ChainReport:
-    """Check stored ledger rows (seq, record_id, subject, kind, body, recorded_at,
-    prev_hash, entry_hash; oldest first) and the stored projections against each other.
+def verify_entries(rows: Sequence[Sequence[Any]], projections: Mapping[str, str],
+                   partitions: int = 1,
+                   stored_heads: Mapping[int, tuple[int, str]] | None = None) -> ChainReport:
+    """Check stored ledger rows (part, seq, record_id, subject, kind, body, recorded_at,
+    prev_hash, entry_hash; by partition, oldest first), the partitions' stored heads
+    (part -> (seq, entry_hash), where the ledger keeps them) and the stored projections
+    against each other.
 
     The projection is what decisions read, so a tampered projection is tampering too.
     """
-    prev, expected_seq = GENESIS, 1
+    by_part: dict[int, list[Sequence[Any]]] = {p: [] for p in range(partitions)}
+    for row in rows:
+        part = int(row[0])
+        if part not in by_part:
+            return ChainReport("consent ledger", False, len(rows), 0, GENESIS, int(row[1]),
+                               str(row[2]), f"an entry of partition {part}, which the "
+                               f"ledger does not have")
+        by_part[part].append(row)
+    tips: list[tuple[int, int, str]] = []
     per_subject: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
-
-    def broken(seq: int, record_id: str, problem: str) -> ChainReport:
-        return ChainReport("consent ledger", False, len(rows), expected_seq - 1, prev,
-                           seq, record_id, problem)
-
-    for seq, record_id, subject, kind, body, recorded_at, prev_hash, stored_hash in rows:
-        if seq != expected_seq:
-            return broken(seq, record_id, f"sequence gap: expected {expected_seq}")
-        if prev_hash != prev:
-            return broken(seq, record_id, "prev_hash does not link to the entry before")
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return broken(seq, record_id, "unreadable record")
-        if link(prev, entry_payload(seq, subject, kind, record_id, recorded_at,
-                                    parsed)) != stored_hash:
-            return broken(seq, record_id, "content does not match its hash")
-        per_subject.setdefault(subject, []).append((seq, kind, parsed))
-        prev, expected_seq = stored_hash, seq + 1
-    head = expected_seq - 1
+    heads: dict[str, int] = {}
+    for part, part_rows in by_part.items():
+        report = _verify_partition(part, partitions, part_rows, per_subject)
+        if isinstance(report, str):
+            seq, record_id, problem = _broken_at(part_rows, report)
+            where = f"partition {part}: " if partitions > 1 else ""
+            return ChainReport("consent ledger", False, len(rows), 0, GENESIS, seq,
+                               record_id, where + problem)
+        head, tip = report
+        if stored_heads is not None and stored_heads.get(part, (0, GENESIS)) != (head, tip):
+            last = part_rows[-1] if part_rows else None
+            where = f"partition {part}: " if partitions > 1 else ""
+            return ChainReport(
+                "consent ledger", False, len(rows), 0, GENESIS,
+                int(last[1]) if last else 0, str(last[2]) if last else "",
+                where + "the stored head does not match the chain (entries removed?)")
+        tips.append((part, head, tip))
+        for subject in {str(r[3]) for r in part_rows}:
+            heads[subject] = head
+    total = sum(h for _, h, _ in tips)
+    digest = heads_digest(tips)
     missing = sorted(set(per_subject) - set(projections))
     if missing:
-        last = per_subject[missing[0]][-1][0]
-        return ChainReport("consent ledger", False, len(rows), head, prev, last, "",
+        last_seq = per_subject[missing[0]][-1][0]
+        return ChainReport("consent ledger", False, len(rows), total, digest, last_seq, "",
                            "a subject with records has no projection (deleted?)")
     for subject, stored in projections.items():
         entries = per_subject.get(subject, [])
+        head = heads.get(subject, tips[partition_of(subject, partitions)][1]
+                         if partitions else 0)
         rebuilt = replay(entries, head)
         try:
             current = state_from_json(stored, head)
         except (ValueError, KeyError):
             current = None
         if current != rebuilt:
-            last = entries[-1][0] if entries else 0
-            return ChainReport("consent ledger", False, len(rows), head, prev, last, "",
-                               "the projection of a subject differs from its records")
-    return ChainReport("consent ledger", True, len(rows), head, prev)
+            last_seq = entries[-1][0] if entries else 0
+            return ChainReport("consent ledger", False, len(rows), total, digest, last_seq,
+                               "", "the projection of a subject differs from its records")
+    return ChainReport("consent ledger", True, len(rows), total, digest)
+
+
+def _broken_at(rows: Sequence[Sequence[Any]], found: str) -> tuple[int, str, str]:
+    """(seq, record_id, problem) from _verify_partition's '<index>|<problem>'."""
+    index, _, problem = found.partition("|")
+    row = rows[int(index)]
+    return int(row[1]), str(row[2]), problem
+
+
+def _verify_partition(part: int, partitions: int, rows: Sequence[Sequence[Any]],
+                      per_subject: dict[str, list[tuple[int, str, dict[str, Any]]]]
+                      ) -> tuple[int, str] | str:
+    """(head, head hash) of one partition's chain, or '<row index>|<problem>'."""
+    prev, expected_seq = GENESIS, 1
+    for i, (_, seq, record_id, subject, kind, body, recorded_at, prev_hash,
+            stored_hash) in enumerate(rows):
+        if seq != expected_seq:
+            return f"{i}|sequence gap: expected {expected_seq}"
+        if prev_hash != prev:
+            return f"{i}|prev_hash does not link to the entry before"
+        if partition_of(subject, partitions) != part:
+            return f"{i}|the entry's subject belongs to another partition"
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return f"{i}|unreadable record"
+        if link(prev, entry_payload(seq, subject, kind, record_id, recorded_at,
+                                    parsed)) != stored_hash:
+            return f"{i}|content does not match its hash"
+        per_subject.setdefault(subject, []).append((seq, kind, parsed))
+        prev, expected_seq = stored_hash, seq + 1
+    return expected_seq - 1, prev
 
 
 def idempotency_conflict() -> InvalidArgument:
@@ -197,23 +307,35 @@ def idempotency_conflict() -> InvalidArgument:
 class MemoryLedger:
     """A real ledger held in memory: same contract as SqliteLedger, nothing on disk."""
 
-    def __init__(self) -> None:
+    def __init__(self, partitions: int = 1) -> None:
         self._identity = secrets.token_hex(8)
+        self._partitions = check_partitions(partitions)
         self._lock = threading.Lock()
-        self._entries: list[tuple[str, str, Any, str]] = []  # subject, kind, item, hash
+        #: per partition: (subject, kind, item, hash) in order
+        self._entries: list[list[tuple[str, str, Any, str]]] = [[] for _ in range(partitions)]
         self._states: dict[str, SubjectState] = {}
         self._idempotency: dict[str, tuple[str, int, str]] = {}
         self._meta: dict[str, str] = {}
-        self._first: dict[str, int] = {}  # subject -> sequence of its first entry
+        self._first: dict[str, int] = {}  # subject -> when its first entry was made
+        self._count = 0
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    def _part(self, subject: str) -> list[tuple[str, str, Any, str]]:
+        return self._entries[partition_of(subject, self._partitions)]
 
     def _append(self, subject: str, kind: str, record_id: str, recorded_at: datetime,
                 body: dict[str, Any], item: Any) -> tuple[int, str]:
-        seq = len(self._entries) + 1
-        prev = self._entries[-1][3] if self._entries else GENESIS
+        entries = self._part(subject)
+        seq = len(entries) + 1
+        prev = entries[-1][3] if entries else GENESIS
         entry_hash = link(prev, entry_payload(seq, subject, kind, record_id,
                                               recorded_at.isoformat(), body))
-        self._entries.append((subject, kind, item, entry_hash))
-        self._first.setdefault(subject, seq)
+        entries.append((subject, kind, item, entry_hash))
+        self._count += 1
+        self._first.setdefault(subject, self._count)
         return seq, entry_hash
 
     def append_consent(self, subject: str, event: ConsentEvent,
@@ -227,7 +349,7 @@ class MemoryLedger:
                 if request_hash != idempotency.request_hash:
                     raise idempotency_conflict()
                 return AppendResult(record_id, seq, self._current(subject), replayed=True)
-            seq = len(self._entries) + 1
+            seq = len(self._part(subject)) + 1
             ev = replace(event, sequence=seq)
             self._append(subject, "consent", ev.record_id, ev.recorded_at,
                          event_to_dict(ev), ev)
@@ -248,7 +370,8 @@ class MemoryLedger:
             return AppendResult(record_id, seq, replace(state, sequence=seq))
 
     def _current(self, subject: str) -> SubjectState:
-        return replace(self._states.get(subject, SubjectState()), sequence=len(self._entries))
+        return replace(self._states.get(subject, SubjectState()),
+                       sequence=len(self._part(subject)))
 
     def load(self, subject: str, evidence: bool = False) -> SubjectState:
         with self._lock:
@@ -256,7 +379,11 @@ class MemoryLedger:
 
     def head(self) -> int:
         with self._lock:
-            return len(self._entries)
+            return self._count
+
+    def heads(self) -> tuple[int, ...]:
+        with self._lock:
+            return tuple(len(e) for e in self._entries)
 
     def identity(self) -> str:
         return self._identity
@@ -268,19 +395,23 @@ class MemoryLedger:
 
     def history(self, subject: str, after_sequence: int, limit: int) -> list[ConsentEvent]:
         with self._lock:
-            found = [item for s, kind, item, _ in self._entries
+            found = [item for s, kind, item, _ in self._part(subject)
                      if s == subject and kind == "consent" and item.sequence > after_sequence]
             return found[:limit]
 
-    def changes(self, after_sequence: int, limit: int) -> Changes:
-        start = max(after_sequence, 0)
+    def changes(self, after: Sequence[int], limit: int) -> Changes:
+        found: list[tuple[int, int, str]] = []
         with self._lock:
-            found = [(seq, entry[0]) for seq, entry in
-                     enumerate(self._entries[start:start + max(limit, 0)], start=start + 1)]
-            return Changes(self._identity, len(self._entries), found)
+            for part, entries in enumerate(self._entries):
+                start = max(after[part], 0)
+                for seq, entry in enumerate(entries[start:], start=start + 1):
+                    if len(found) >= max(limit, 0):
+                        break
+                    found.append((part, seq, entry[0]))
+            return Changes(self._identity, tuple(len(e) for e in self._entries), found)
 
-    def exclusive(self) -> contextlib.AbstractContextManager[None]:
-        # One process, and the caller already serialises its writes.
+    def exclusive(self, partitions: Iterable[int]) -> contextlib.AbstractContextManager[None]:
+        # One process, and the caller already orders its writes per partition.
         return contextlib.nullcontext()
 
     def meta(self, key: str) -> str | None:
@@ -296,24 +427,29 @@ class MemoryLedger:
 
     def verify(self) -> ChainReport:
         with self._lock:
-            entries = list(self._entries)
-        prev = GENESIS
-        for seq, (subject, kind, item, stored) in enumerate(entries, start=1):
-            body = event_to_dict(item) if kind == "consent" else profile_to_dict(item)
-            record_id = item.record_id if kind == "consent" else ""
-            recorded = item.recorded_at.isoformat() if kind == "consent" else ""
-            if kind == "consent" and link(prev, entry_payload(
-                    seq, subject, kind, record_id, recorded, body)) != stored:
-                return ChainReport("consent ledger", False, len(entries), seq - 1, prev, seq,
-                                   record_id, "content does not match its hash")
-            prev = stored
-        return ChainReport("consent ledger", True, len(entries), len(entries), prev)
+            parts = [list(e) for e in self._entries]
+        tips: list[tuple[int, int, str]] = []
+        for part, entries in enumerate(parts):
+            prev = GENESIS
+            for seq, (subject, kind, item, stored) in enumerate(entries, start=1):
+                body = event_to_dict(item) if kind == "consent" else profile_to_dict(item)
+                record_id = item.record_id if kind == "consent" else ""
+                recorded = item.recorded_at.isoformat() if kind == "consent" else ""
+                if kind == "consent" and link(prev, entry_payload(
+                        seq, subject, kind, record_id, recorded, body)) != stored:
+                    return ChainReport("consent ledger", False, self._count, seq - 1, prev,
+                                       seq, record_id, "content does not match its hash")
+                prev = stored
+            tips.append((part, len(entries), prev))
+        return ChainReport("consent ledger", True, self._count, self._count,
+                           heads_digest(tips))
 
     def state_at(self, subject: str, sequence: int) -> SubjectState:
         with self._lock:
             entries = [(seq, kind, event_to_dict(item) if kind == "consent"
                         else profile_to_dict(item))
-                       for seq, (s, kind, item, _) in enumerate(self._entries[:sequence], 1)
+                       for seq, (s, kind, item, _) in enumerate(
+                           self._part(subject)[:sequence], 1)
                        if s == subject]
         return replay(entries, sequence)
 

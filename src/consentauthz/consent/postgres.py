@@ -1,11 +1,15 @@
 """The shared consent ledger: one PostgreSQL database that every replica appends to.
 
-Same tables, hash chain and contract as the SQLite ledger. What PostgreSQL adds is that
-several processes write at once, so the global order is made explicit: every append
-transaction takes one advisory lock before it reads the last sequence number, which makes
-sequence order equal commit order. A reader that sees sequence s therefore sees every
-sequence below s, which is what consistency tokens rely on. An append is one statement
-(the function `consentauthz_append_v1`): one round trip instead of the transaction's many.
+Same tables, hash chains and contract as the SQLite ledger, in `P` partitions (chosen when
+the ledger is made; docs/design/partitioned-ledger.md). What PostgreSQL adds is that
+several processes write at once, so each partition's order is made explicit: an append
+takes the partition's advisory lock and moves the partition's head row (`ledger_head`) by
+one, which makes a partition's sequence order equal its commit order. A reader that sees
+position s of a partition therefore sees every position below s of it, which is what
+consistency tokens rely on. Appends to different partitions never wait for each other,
+and no statement or transaction spans partitions: `part` is every table's distribution
+column for a PostgreSQL that shards by one (docs/operations.md). An append is one
+statement (the function `consentauthz_append_v2`): one round trip.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import math
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -24,7 +28,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from ..chain import ChainReport, canonical_json
+from ..chain import GENESIS, ChainReport, canonical_json
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import Unavailable
 from .codec import event_from_dict, event_to_dict, profile_to_dict, state_from_json, state_to_json
@@ -32,6 +36,7 @@ from .ledger import (
     AppendResult,
     Changes,
     Idempotency,
+    check_partitions,
     entry_payload,
     idempotency_conflict,
     replay,
@@ -44,21 +49,29 @@ Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
 #: (current state, nonce) -> (the entry's body, the new state), the nonce as the sequence
 _Build: TypeAlias = Callable[[SubjectState, int], tuple[dict[str, Any], SubjectState]]
 
-#: Advisory lock keys (per database). APPEND_LOCK orders every append and exclusive();
-#: SCHEMA_LOCK keeps two processes from running the DDL below at the same time.
+#: Advisory lock keys (per database). PART_LOCK + p orders partition p's appends and
+#: exclusive(); SCHEMA_LOCK keeps two processes from running the DDL below at the same
+#: time; META_LOCK orders swap_meta. APPEND_LOCK is what releases before partitions took
+#: for every append: the upgrade takes it, so it waits for their appends in flight.
 APPEND_LOCK = 0x636F6E73656E74  # "consent"
 SCHEMA_LOCK = APPEND_LOCK + 1
+META_LOCK = APPEND_LOCK + 2
+PART_LOCK = 0x636F6E7350000000  # "consP", + partition number (below 4096)
+
+#: Partitions of a new PostgreSQL ledger unless told otherwise (docs/operations.md: sizing).
+DEFAULT_PARTITIONS = 16
 
 #: Nonces (where the sequence goes in an append's texts) are above any sequence a ledger
 #: reaches, so ordering by sequence is the same with the nonce in its place.
 _NONCE_FLOOR = 10**30
 
 CONNECT_TIMEOUT = 5.0  # seconds; also bounds waiting for a pooled connection
-STATEMENT_TIMEOUT = 5.0  # seconds; also bounds waiting for APPEND_LOCK
+STATEMENT_TIMEOUT = 5.0  # seconds; also bounds waiting for a partition's lock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
-    seq BIGINT PRIMARY KEY,
+    part INT NOT NULL,
+    seq BIGINT NOT NULL,
     record_id TEXT NOT NULL UNIQUE,
     subject TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('consent', 'profile')),
@@ -67,17 +80,39 @@ CREATE TABLE IF NOT EXISTS ledger (
     idempotency_key TEXT UNIQUE,
     request_hash TEXT,
     prev_hash TEXT NOT NULL,
-    entry_hash TEXT NOT NULL
+    entry_hash TEXT NOT NULL,
+    PRIMARY KEY (part, seq)
 );
 CREATE INDEX IF NOT EXISTS ledger_by_subject ON ledger (subject, seq);
 CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS subject_state (
     subject TEXT PRIMARY KEY,
+    part INT NOT NULL,
     version BIGINT NOT NULL,
     state TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ledger_identity (id TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+#: A ledger from before partitions (no `part` column) becomes a ledger of one partition,
+#: its chain unchanged; releases before this one can no longer write to it (their insert
+#: names no partition, and their append function is gone).
+_UPGRADE = """
+ALTER TABLE ledger ADD COLUMN part INT NOT NULL DEFAULT 0;
+ALTER TABLE ledger ALTER COLUMN part DROP DEFAULT;
+ALTER TABLE ledger DROP CONSTRAINT ledger_pkey;
+ALTER TABLE ledger ADD PRIMARY KEY (part, seq);
+ALTER TABLE subject_state ADD COLUMN part INT NOT NULL DEFAULT 0;
+ALTER TABLE subject_state ALTER COLUMN part DROP DEFAULT;
+DROP FUNCTION IF EXISTS consentauthz_append_v1;
+"""
+
+_FUNCTIONS = """
+CREATE TABLE IF NOT EXISTS ledger_head (
+    part INT PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    entry_hash TEXT NOT NULL
+);
 CREATE OR REPLACE FUNCTION consentauthz_ledger_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -88,14 +123,24 @@ LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'projections are only ever replaced, never deleted';
 END $$;
--- One append in one statement (one round trip): the append lock, the retry lookup, the
--- next sequence and the chain link, the entry, and the projection replaced if it is still
--- the version the writer computed the new state from (else SQLSTATE 40001, and the writer
--- reads again). The writer marks where the sequence goes (in the hashed payload, the body
--- and the state) with a random nonce that no subject data can forge; the hash is
--- chain.link over the payload with the nonce replaced, exactly as Python computes it.
-CREATE OR REPLACE FUNCTION consentauthz_append_v1(
-    p_lock BIGINT, p_subject TEXT, p_kind TEXT, p_record_id TEXT, p_body TEXT,
+-- A partition's head only ever moves on by one (each append's), and is never removed.
+CREATE OR REPLACE FUNCTION consentauthz_head_moves_on() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'UPDATE' OR NEW.part <> OLD.part OR NEW.seq <> OLD.seq + 1 THEN
+        RAISE EXCEPTION 'a ledger partition''s head only moves on';
+    END IF;
+    RETURN NEW;
+END $$;
+-- One append in one statement (one round trip): the partition's lock, the retry lookup,
+-- the partition's next sequence and chain link, the entry, the head moved on, and the
+-- projection replaced if it is still the version the writer computed the new state from
+-- (else SQLSTATE 40001, and the writer reads again). The writer marks where the sequence
+-- goes (in the hashed payload, the body and the state) with a random nonce that no
+-- subject data can forge; the hash is chain.link over the payload with the nonce
+-- replaced, exactly as Python computes it.
+CREATE OR REPLACE FUNCTION consentauthz_append_v2(
+    p_lock BIGINT, p_part INT, p_subject TEXT, p_kind TEXT, p_record_id TEXT, p_body TEXT,
     p_recorded_at TEXT, p_retry_keys TEXT[], p_idempotency_key TEXT, p_request_hash TEXT,
     p_payload TEXT, p_state TEXT, p_expected BIGINT, p_nonce TEXT)
 RETURNS TABLE (seq BIGINT, record_id TEXT, request_hash TEXT, replayed BOOLEAN)
@@ -109,26 +154,26 @@ BEGIN
     PERFORM pg_advisory_xact_lock(p_lock);
     IF p_retry_keys IS NOT NULL THEN
         RETURN QUERY SELECT l.seq, l.record_id, l.request_hash, TRUE FROM ledger l
-            WHERE l.idempotency_key = ANY(p_retry_keys) ORDER BY l.seq LIMIT 1;
+            WHERE l.idempotency_key = ANY(p_retry_keys) ORDER BY l.part, l.seq LIMIT 1;
         IF FOUND THEN
             RETURN;
         END IF;
     END IF;
-    SELECT l.seq, l.entry_hash INTO s, prev FROM ledger l ORDER BY l.seq DESC LIMIT 1;
+    SELECT hd.seq, hd.entry_hash INTO s, prev FROM ledger_head hd WHERE hd.part = p_part;
     IF NOT FOUND THEN
-        s := 0;
-        prev := repeat('0', 64);
+        RAISE EXCEPTION 'the ledger has no such partition';
     END IF;
     s := s + 1;
     h := encode(sha256(convert_to(
         prev || chr(10) || replace(p_payload, p_nonce, s::text), 'UTF8')), 'hex');
-    INSERT INTO ledger (seq, record_id, subject, kind, body, recorded_at, idempotency_key,
-                        request_hash, prev_hash, entry_hash)
-    VALUES (s, p_record_id, p_subject, p_kind, replace(p_body, p_nonce, s::text),
+    INSERT INTO ledger (part, seq, record_id, subject, kind, body, recorded_at,
+                        idempotency_key, request_hash, prev_hash, entry_hash)
+    VALUES (p_part, s, p_record_id, p_subject, p_kind, replace(p_body, p_nonce, s::text),
             p_recorded_at, p_idempotency_key, p_request_hash, prev, h);
+    UPDATE ledger_head hd SET seq = s, entry_hash = h WHERE hd.part = p_part;
     IF p_expected = 0 THEN
-        INSERT INTO subject_state (subject, version, state)
-        VALUES (p_subject, s, replace(p_state, p_nonce, s::text))
+        INSERT INTO subject_state (subject, part, version, state)
+        VALUES (p_subject, p_part, s, replace(p_state, p_nonce, s::text))
         ON CONFLICT (subject) DO NOTHING;
     ELSE
         UPDATE subject_state SET version = s, state = replace(p_state, p_nonce, s::text)
@@ -146,6 +191,21 @@ CREATE OR REPLACE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE
 FOR EACH STATEMENT EXECUTE FUNCTION consentauthz_ledger_append_only();
 CREATE OR REPLACE TRIGGER subject_state_no_delete BEFORE DELETE OR TRUNCATE ON subject_state
 FOR EACH STATEMENT EXECUTE FUNCTION consentauthz_projection_no_delete();
+CREATE OR REPLACE TRIGGER ledger_head_moves_on BEFORE UPDATE OR DELETE ON ledger_head
+FOR EACH ROW EXECUTE FUNCTION consentauthz_head_moves_on();
+CREATE OR REPLACE TRIGGER ledger_head_no_truncate BEFORE TRUNCATE ON ledger_head
+FOR EACH STATEMENT EXECUTE FUNCTION consentauthz_ledger_append_only();
+"""
+
+#: A new ledger's partitions, each at position 0 (a ledger from before partitions: its one
+#: partition at its head).
+_HEADS = """
+INSERT INTO ledger_head (part, seq, entry_hash)
+SELECT 0, l.seq, l.entry_hash FROM ledger l ORDER BY l.seq DESC LIMIT 1
+"""
+_EMPTY_HEADS = """
+INSERT INTO ledger_head (part, seq, entry_hash)
+SELECT g, 0, %s FROM generate_series(0, %s - 1) g
 """
 
 #: The identity is made with the schema, in its transaction (a database from before this
@@ -158,18 +218,33 @@ INSERT INTO ledger_identity (id) SELECT %s WHERE NOT EXISTS (SELECT 1 FROM ledge
 #: it does (and the identity and meta tables, which older versions made later or not at
 #: all, exist). Checking first lets a role without DDL rights use a schema an admin created.
 _SCHEMA_READY = """
-SELECT count(*) = 2 AND to_regclass('ledger_identity') IS NOT NULL
+SELECT count(*) = 4 AND to_regclass('ledger_identity') IS NOT NULL
     AND to_regclass('ledger_meta') IS NOT NULL
-    AND to_regproc('consentauthz_append_v1') IS NOT NULL FROM pg_trigger
+    AND to_regproc('consentauthz_append_v2') IS NOT NULL FROM pg_trigger
 WHERE NOT tgisinternal AND (tgrelid, tgname) IN (
     (to_regclass('ledger'), 'ledger_append_only'),
-    (to_regclass('subject_state'), 'subject_state_no_delete'))
+    (to_regclass('subject_state'), 'subject_state_no_delete'),
+    (to_regclass('ledger_head'), 'ledger_head_moves_on'),
+    (to_regclass('ledger_head'), 'ledger_head_no_truncate'))
 """
 
-_HEAD = "SELECT coalesce(max(seq), 0) FROM ledger"
-#: One statement: the identity and the head agree (the poller reads both each time).
-_IDENTITY_AND_HEAD = ("SELECT (SELECT id FROM ledger_identity ORDER BY id LIMIT 1), "
-                      "(SELECT coalesce(max(seq), 0) FROM ledger)")
+_HAS_PART = """
+SELECT count(*) FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = 'ledger' AND column_name = 'part'
+"""
+
+_HEADS_NOW = "SELECT array_agg(seq ORDER BY part) FROM ledger_head"
+#: One statement: the identity and the heads agree (the poller reads both each time).
+_IDENTITY_AND_HEADS = ("SELECT (SELECT id FROM ledger_identity ORDER BY id LIMIT 1), "
+                       "(SELECT array_agg(seq ORDER BY part) FROM ledger_head)")
+#: The entries after a position per partition, by partition and oldest first.
+_CHANGES = """
+SELECT l.part, l.seq, l.subject
+FROM unnest(%(after)s::bigint[]) WITH ORDINALITY AS a(after, i),
+LATERAL (SELECT part, seq, subject FROM ledger
+         WHERE part = a.i - 1 AND seq > a.after ORDER BY seq LIMIT %(limit)s) l
+ORDER BY l.part, l.seq LIMIT %(limit)s
+"""
 
 
 @contextmanager
@@ -230,90 +305,154 @@ def _configure_reader(conn: Conn) -> None:
     conn.read_only = True
 
 
+def _configure_writer(conn: Conn) -> None:
+    # Autocommit: a single statement (an append, taking or releasing a session lock) is one
+    # round trip; blocks of several statements open their transaction explicitly
+    # (`conn.transaction()`). Not the server's default isolation, whatever it is: READ
+    # COMMITTED gives each statement in the append function a new snapshot, so the one
+    # after the partition's lock sees every earlier append to it.
+    conn.autocommit = True
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+    conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+
 class PostgresLedger(LedgerTables):
-    """Thread-safe. Appends go through one writer connection (they are serialised by the
-    advisory lock anyway); reads use a pool."""
+    """Thread-safe. Appends go through a pool of writer connections (a partition's appends
+    are ordered by its lock; other partitions' go on at once); reads use another pool.
+    `partitions`: for a new ledger, how many it gets (DEFAULT_PARTITIONS when None); for an
+    existing one, None or the number it has."""
 
     PLACEHOLDER = "%s"
 
     def __init__(self, dsn: str, min_size: int = 1, max_size: int = 8, *,
+                 partitions: int | None = None, writers: int = 16,
                  connect_timeout: float = CONNECT_TIMEOUT,
                  statement_timeout: float = STATEMENT_TIMEOUT) -> None:
         self._conninfo = _conninfo(dsn, connect_timeout, statement_timeout)
-        self._write_lock = threading.RLock()
         self._closed = False
-        #: How deep the current exclusive() blocks go; the session lock lives on the
-        #: writer connection, so it must not be silently replaced while one is open.
-        self._held = 0
+        #: The writer connection this thread holds partitions' session locks on, inside
+        #: exclusive(): its appends must go through it (another connection would wait for
+        #: the locks this one holds).
+        self._bound = threading.local()
         with _translated():
-            self._writer: Conn = self._connect()
+            conn = psycopg.connect(self._conninfo)
             try:
-                self._create_schema()
-                with self._append_tx() as conn:
+                _configure_writer(conn)
+                self._partitions = self._create_schema(conn, partitions)
+                with conn.transaction():
+                    self._lock_all(conn, xact=True)
                     self._refresh_projections(conn)
-                self._pool: ConnectionPool[Conn] = ConnectionPool(
-                    self._conninfo, min_size=min_size, max_size=max_size, open=False,
-                    configure=_configure_reader, timeout=connect_timeout,
-                    name="consent-ledger")
-            except BaseException:
-                self._writer.close()
-                raise
+            finally:
+                conn.close()
+            self._writers: ConnectionPool[Conn] = ConnectionPool(
+                self._conninfo, min_size=1, max_size=max(writers, 1), open=False,
+                configure=_configure_writer, timeout=connect_timeout,
+                name="consent-ledger-writers")
+            self._pool: ConnectionPool[Conn] = ConnectionPool(
+                self._conninfo, min_size=min_size, max_size=max_size, open=False,
+                configure=_configure_reader, timeout=connect_timeout,
+                name="consent-ledger")
             try:
+                self._writers.open(wait=True, timeout=connect_timeout)
                 self._pool.open(wait=True, timeout=connect_timeout)
             except BaseException:
                 self._pool.close()
-                self._writer.close()
+                self._writers.close()
                 raise
 
-    def _create_schema(self) -> None:
-        conn = self._writer
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    @staticmethod
+    def _create_schema(conn: Conn, partitions: int | None) -> int:
+        """Make (or upgrade) the schema; the number of partitions the ledger has."""
+        if partitions is not None:
+            check_partitions(partitions)
         with conn.transaction():
             row = conn.execute(_SCHEMA_READY).fetchone()
-            if row is not None and row[0] and conn.execute(
-                    "SELECT 1 FROM ledger_identity LIMIT 1").fetchone() is not None:
-                return
-            # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalogs.
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            # And the append lock: older versions made the identity under it.
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-            conn.execute(_SCHEMA)
-            conn.execute(_IDENTIFY, (secrets.token_hex(8),))
+            ready = row is not None and bool(row[0]) and conn.execute(
+                "SELECT 1 FROM ledger_identity LIMIT 1").fetchone() is not None
+            if not ready:
+                # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalogs.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                # And the lock every append took before partitions: an older release's
+                # append in flight ends before the upgrade.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                existed = conn.execute("SELECT to_regclass('ledger') IS NOT NULL"
+                                       ).fetchone()
+                conn.execute(_SCHEMA)
+                has_part = conn.execute(_HAS_PART).fetchone()
+                upgrading = bool(existed and existed[0]) and not (has_part and has_part[0])
+                if upgrading:
+                    conn.execute(_UPGRADE)
+                conn.execute(_FUNCTIONS)
+                if conn.execute("SELECT 1 FROM ledger_head LIMIT 1").fetchone() is None:
+                    if conn.execute("SELECT 1 FROM ledger LIMIT 1").fetchone() is not None:
+                        conn.execute(_HEADS)  # a ledger from before partitions: one
+                    else:
+                        count = partitions or DEFAULT_PARTITIONS
+                        if upgrading:
+                            count = 1
+                        conn.execute(_EMPTY_HEADS, (GENESIS, count))
+                conn.execute(_IDENTIFY, (secrets.token_hex(8),))
+            found = conn.execute("SELECT count(*) FROM ledger_head").fetchone()
+        have = int(found[0]) if found else 0
+        if partitions is not None and have != partitions:
+            raise Unavailable(f"the consent ledger has {have} partitions, not {partitions}: "
+                              "the number is fixed when a ledger is made")
+        return have
 
-    def _connect(self) -> Conn:
-        # Autocommit: a single statement (an append, taking or releasing the session lock)
-        # is one round trip; blocks of several statements open their transaction
-        # explicitly (`conn.transaction()`).
-        conn = psycopg.connect(self._conninfo, autocommit=True)
-        # Not the server's default, whatever it is: under REPEATABLE READ an append would
-        # read the last sequence from a snapshot taken before it got the append lock. For
-        # the explicit transactions, and for the single statements' own: READ COMMITTED
-        # gives each statement in the append function a new snapshot, so the one after
-        # the lock sees every earlier append.
-        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
-        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        return conn
+    @staticmethod
+    def _lock_keys(parts: Iterable[int]) -> list[int]:
+        return [PART_LOCK + p for p in sorted(set(parts))]
 
-    def _writer_connection(self) -> Conn:
-        """The writer connection, reopened if it broke (caller holds the write lock)."""
+    def _lock_all(self, conn: Conn, xact: bool) -> None:
+        """Every partition's lock, in order (never a deadlock with another locker)."""
+        fn = "pg_advisory_xact_lock" if xact else "pg_advisory_lock"
+        conn.execute(f"SELECT {fn}(k) FROM unnest(%s::bigint[]) k ORDER BY k",  # noqa: S608
+                     (self._lock_keys(range(self._partitions)),))
+
+    def _check_open(self) -> None:
         if self._closed:
             raise Unavailable("consent ledger unavailable")
-        if self._writer.closed or self._writer.broken:
-            if self._held:
-                # The session lock died with the connection: another writer may already
-                # have appended, so the block's ordering promise is gone.
-                raise Unavailable("consent ledger unavailable")
-            self._writer.close()
-            self._writer = self._connect()
-        return self._writer
 
     @contextmanager
-    def _append_tx(self) -> Iterator[Conn]:
-        with _translated(), self._write_lock:
-            conn = self._writer_connection()
+    def _writer(self) -> Iterator[Conn]:
+        """A writer connection: the one this thread holds session locks on, or a pooled
+        one. (Errors are the caller's to translate.)"""
+        self._check_open()
+        bound: Conn | None = getattr(self._bound, "conn", None)
+        if bound is not None:
+            if bound.closed or bound.broken:
+                # The session locks died with the connection: another writer may already
+                # have appended, so the block's ordering promise is gone.
+                raise Unavailable("consent ledger unavailable")
+            yield bound
+            return
+        with self._writers.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def _append_tx(self, part: int | None) -> Iterator[Conn]:
+        with _translated(), self._writer() as conn, conn.transaction():
             # READ COMMITTED: each statement after the lock sees every earlier append.
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-                yield conn
+            if part is None:
+                self._lock_all(conn, xact=True)
+            else:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (PART_LOCK + part,))
+            yield conn
+
+    def _last(self, conn: Connection, part: int) -> tuple[int, str]:
+        row = conn.execute("SELECT seq, entry_hash FROM ledger_head WHERE part = %s",
+                           (part,)).fetchone()
+        if row is None:
+            raise Unavailable("the consent ledger has no such partition")
+        return int(row[0]), str(row[1])
+
+    def _advance(self, conn: Connection, part: int, seq: int, entry_hash: str) -> None:
+        conn.execute("UPDATE ledger_head SET seq = %s, entry_hash = %s WHERE part = %s",
+                     (seq, entry_hash, part))
 
     @contextmanager
     def _read_tx(self) -> Iterator[Conn]:
@@ -334,9 +473,10 @@ class PostgresLedger(LedgerTables):
     def _retried(self, conn: Connection, keys: Sequence[str]) -> Any:
         return conn.execute(
             "SELECT record_id, seq, request_hash FROM ledger "
-            "WHERE idempotency_key = ANY(%s) ORDER BY seq LIMIT 1", (list(keys),)).fetchone()
+            "WHERE idempotency_key = ANY(%s) ORDER BY part, seq LIMIT 1",
+            (list(keys),)).fetchone()
 
-    # -- appends: one statement each (consentauthz_append_v1) ----------------------------
+    # -- appends: one statement each (consentauthz_append_v2) ----------------------------
 
     def append_consent(self, subject: str, event: ConsentEvent,
                        idempotency: Idempotency | None = None) -> AppendResult:
@@ -367,9 +507,11 @@ class PostgresLedger(LedgerTables):
         current = self.load(subject)
         nonce = _NONCE_FLOOR + secrets.randbits(96)
         body, state = build(current, nonce)
+        part = self._part(subject)
         payload = canonical_json(entry_payload(nonce, subject, kind, record_id, stamp, body))
-        args = (APPEND_LOCK, subject, kind, record_id, json.dumps(body, sort_keys=True),
-                stamp, list(idempotency.all_keys) if idempotency else None,
+        args = (PART_LOCK + part, part, subject, kind, record_id,
+                json.dumps(body, sort_keys=True), stamp,
+                list(idempotency.all_keys) if idempotency else None,
                 idempotency.key if idempotency else None,
                 idempotency.request_hash if idempotency else None, payload,
                 state_to_json(state), current.version, str(nonce))
@@ -377,6 +519,11 @@ class PostgresLedger(LedgerTables):
             row = self._call_append(args)
         except psycopg.errors.SerializationFailure:
             return None
+        except psycopg.errors.UniqueViolation as exc:
+            # The idempotency key is taken in another partition: another subject's write.
+            if idempotency is not None:
+                raise idempotency_conflict() from exc
+            raise Unavailable("consent ledger unavailable") from exc
         seq, got_record, request_hash, replayed = int(row[0]), row[1], row[2], row[3]
         if replayed:
             assert idempotency is not None
@@ -386,13 +533,12 @@ class PostgresLedger(LedgerTables):
         return AppendResult(record_id, seq, _settled(state, nonce, seq))
 
     def _call_append(self, args: tuple[Any, ...]) -> Any:
-        with self._write_lock, _translated_except_conflict():
-            conn = self._writer_connection()
+        with _translated_except_conflict(), self._writer() as conn:
             # One statement, its own transaction (the writer is in autocommit): one round
             # trip. Inside exclusive() the session lock this connection holds makes the
-            # function's lock re-entrant, as before.
+            # function's lock re-entrant.
             row = conn.execute(
-                "SELECT * FROM consentauthz_append_v1(%s, %s, %s, %s, %s, %s, %s, %s, "
+                "SELECT * FROM consentauthz_append_v2(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
                 "%s, %s, %s, %s, %s)", args).fetchone()
         assert row is not None
         return row
@@ -401,10 +547,11 @@ class PostgresLedger(LedgerTables):
         with self._read_one() as conn:
             # One statement: the state and the head it is current as of agree.
             row = conn.execute(
-                "SELECT (SELECT coalesce(max(seq), 0) FROM ledger), "
-                "(SELECT state FROM subject_state WHERE subject = %s)", (subject,)).fetchone()
+                "SELECT (SELECT seq FROM ledger_head WHERE part = %s), "
+                "(SELECT state FROM subject_state WHERE subject = %s)",
+                (self._part(subject), subject)).fetchone()
         assert row is not None
-        head, stored = int(row[0]), row[1]
+        head, stored = int(row[0] or 0), row[1]
         return state_from_json(stored, head) if stored is not None else SubjectState(
             sequence=head)
 
@@ -416,11 +563,13 @@ class PostgresLedger(LedgerTables):
         (which creates that table)."""
         with self._read_one() as conn:
             row = conn.execute(
-                "SELECT h.head, s.state, k.subject IS NOT NULL, k.wrapped, k.destroyed_at "
-                "FROM (SELECT coalesce(max(seq), 0) AS head FROM ledger) h "
+                "SELECT h.seq, s.state, k.subject IS NOT NULL, k.wrapped, k.destroyed_at "
+                "FROM ledger_head h "
                 "LEFT JOIN subject_state s ON s.subject = %(s)s "
-                "LEFT JOIN subject_keys k ON k.subject = %(s)s", {"s": subject}).fetchone()
-        assert row is not None
+                "LEFT JOIN subject_keys k ON k.subject = %(s)s WHERE h.part = %(p)s",
+                {"s": subject, "p": self._part(subject)}).fetchone()
+        if row is None:
+            raise Unavailable("the consent ledger has no such partition")
         head, stored, has_key, wrapped, destroyed_at = row
         state = state_from_json(stored, int(head)) if stored is not None else SubjectState(
             sequence=int(head))
@@ -433,25 +582,44 @@ class PostgresLedger(LedgerTables):
 
     def first_recorded(self, subjects: Sequence[str]) -> str | None:
         with self._read_one() as conn:
-            row = conn.execute(
-                "SELECT subject, min(seq) AS first FROM ledger WHERE subject = ANY(%s) "
-                "GROUP BY subject ORDER BY first LIMIT 1", (list(subjects),)).fetchone()
-        return str(row[0]) if row else None
+            rows = conn.execute(
+                "SELECT subject, min(part), min(seq), min(recorded_at) FROM ledger "
+                "WHERE subject = ANY(%s) GROUP BY subject", (list(subjects),)).fetchall()
+        if not rows:
+            return None
+        if len({int(r[1]) for r in rows}) == 1:  # one partition: its order decides
+            return str(min(rows, key=lambda r: int(r[2]))[0])
+        return str(min(rows, key=lambda r: (str(r[3]), str(r[0])))[0])
 
     def meta(self, key: str) -> str | None:
         with self._read_one() as conn:
             return self._meta(conn, key)
+
+    def swap_meta(self, key: str, expected: str | None, value: str) -> bool:
+        # Under its own lock: one replica's swap is over before another's begins.
+        with _translated(), self._writer() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (META_LOCK,))
+            if expected is None:
+                cur = conn.execute("INSERT INTO ledger_meta (key, value) VALUES (%s, %s) "
+                                   "ON CONFLICT (key) DO NOTHING", (key, value))
+            else:
+                cur = conn.execute("UPDATE ledger_meta SET value = %s "
+                                   "WHERE key = %s AND value = %s", (value, key, expected))
+            return int(cur.rowcount) == 1
 
     def identity(self) -> str:
         with self._read_one() as conn:
             row = conn.execute("SELECT id FROM ledger_identity ORDER BY id LIMIT 1").fetchone()
         return _identity(row[0] if row is not None else None)
 
-    def head(self) -> int:
+    def heads(self) -> tuple[int, ...]:
         with self._read_one() as conn:
-            row = conn.execute(_HEAD).fetchone()
+            row = conn.execute(_HEADS_NOW).fetchone()
         assert row is not None
-        return int(row[0])
+        return tuple(int(h) for h in row[0] or ())
+
+    def head(self) -> int:
+        return sum(self.heads())
 
     def state_at(self, subject: str, sequence: int) -> SubjectState:
         with self._read_tx() as conn:
@@ -468,56 +636,72 @@ class PostgresLedger(LedgerTables):
         return [event_from_dict(json.loads(r[0])) for r in rows]
 
     def verify(self) -> ChainReport:
-        """Recompute the chain, and check the projection still matches the records."""
+        """Recompute every partition's chain, check it ends at the partition's stored head,
+        and check the projections still match the records."""
         with self._read_tx() as conn:
             rows = conn.execute(
-                "SELECT seq, record_id, subject, kind, body, recorded_at, prev_hash, entry_hash "
-                "FROM ledger ORDER BY seq").fetchall()
+                "SELECT part, seq, record_id, subject, kind, body, recorded_at, prev_hash, "
+                "entry_hash FROM ledger ORDER BY part, seq").fetchall()
+            heads = {int(p): (int(s), str(h)) for p, s, h in conn.execute(
+                "SELECT part, seq, entry_hash FROM ledger_head")}
             projections = {str(s): str(state) for s, state in conn.execute(
                 "SELECT subject, state FROM subject_state")}
-        return verify_entries(rows, projections)
+        return verify_entries(rows, projections, self._partitions, heads)
 
-    def changes(self, after_sequence: int, limit: int) -> Changes:
+    def changes(self, after: Sequence[int], limit: int) -> Changes:
         with self._read_tx() as conn:  # REPEATABLE READ: both statements see one snapshot
-            row = conn.execute(_IDENTITY_AND_HEAD).fetchone()
-            rows = conn.execute(
-                "SELECT seq, subject FROM ledger WHERE seq > %s ORDER BY seq LIMIT %s",
-                (after_sequence, max(limit, 0))).fetchall()
+            row = conn.execute(_IDENTITY_AND_HEADS).fetchone()
+            rows = conn.execute(_CHANGES, {"after": list(after),
+                                           "limit": max(limit, 0)}).fetchall()
         assert row is not None
-        return Changes(_identity(row[0]), int(row[1]),
-                       [(int(seq), str(subject)) for seq, subject in rows])
+        return Changes(_identity(row[0]), tuple(int(h) for h in row[1] or ()),
+                       [(int(p), int(seq), str(subject)) for p, seq, subject in rows])
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold APPEND_LOCK at session level on the writer connection across the block.
-        Appends inside it take the same lock per transaction, which succeeds at once
-        (advisory locks are re-entrant within a session); every other writer, in this
-        process or another replica, waits until the block ends."""
-        with self._write_lock:
-            with _translated():
-                conn = self._writer_connection()
-                conn.execute("SELECT pg_advisory_lock(%s)", (APPEND_LOCK,))  # one round trip
-            self._held += 1
+    def exclusive(self, partitions: Iterable[int]) -> Iterator[None]:
+        """Hold these partitions' locks at session level on a writer connection across the
+        block, and make it this thread's writer: appends inside it take the same locks per
+        transaction, which succeeds at once (advisory locks are re-entrant within a
+        session); every other writer to these partitions, in this process or another
+        replica, waits until the block ends. Others go on."""
+        keys = self._lock_keys(partitions)
+        self._check_open()
+        with _translated():
+            lease = self._writers.connection()
+            conn = lease.__enter__()
+        try:
+            try:
+                with _translated():
+                    conn.execute("SELECT pg_advisory_lock(k) FROM unnest(%s::bigint[]) k "
+                                 "ORDER BY k", (keys,))  # one round trip
+            except Unavailable:
+                # Timed out part-way: the locks it got are the session's, not the
+                # statement's; none may go back to the pool with the connection.
+                self._unlock(conn)
+                raise
+            self._bound.conn = conn
             try:
                 yield
             finally:
-                self._held -= 1
+                self._bound.conn = None
                 self._unlock(conn)
+        finally:
+            lease.__exit__(None, None, None)
 
-    def _unlock(self, conn: Conn) -> None:
+    @staticmethod
+    def _unlock(conn: Conn) -> None:
         try:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (APPEND_LOCK,))
+            conn.execute("SELECT pg_advisory_unlock_all()")
         except psycopg.Error:
             # Ending the session releases its locks for certain; the block's own outcome
             # (its appends are committed) stays what it was, so nothing is raised here.
             conn.close()
 
     def close(self) -> None:
-        with self._write_lock:
-            if self._closed:
-                return
-            self._closed = True
-            try:
-                self._pool.close()
-            finally:
-                self._writer.close()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._pool.close()
+        finally:
+            self._writers.close()

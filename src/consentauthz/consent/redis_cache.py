@@ -1,11 +1,13 @@
 """The consent-state cache every replica shares (Redis), and its invalidation channel.
 
-Layout (PREFIX defaults to `ca:`; F is consent/codec.py's FORMAT, now 3):
-- `PREFIX head` = `F.<generation>:<position>` (generation: 8 hex digits): every entry of
-  this generation is current as of ledger position `position`. Only ledger writers move
-  it, one at a time, in ledger order (they hold the ledger's global write order while
-  they do, `Ledger.exclusive`).
-- `PREFIX <10 bytes>` = format byte, generation (4 bytes), version (varint), sealed state:
+Layout (PREFIX defaults to `ca:`; F is consent/codec.py's FORMAT, now 3). Everything is
+per ledger partition (consent/ledger.py), and a partition's keys share the hash tag
+`{pN}`: in a Redis Cluster they live in one slot, so each script below touches one slot.
+- `PREFIX{pN}head` = `F.<generation>:<position>` (generation: 8 hex digits): every entry
+  of partition N of this generation is current as of position `position` of the
+  partition. Only ledger writers move it, one at a time, in the partition's order (they
+  hold its write order while they do, `Ledger.exclusive`).
+- `PREFIX{pN}<10 bytes>` = format byte, generation (4 bytes), version (varint), sealed state:
   one subject's state (consent/codec.py's compact form, no evidence, encrypted), current as
   of the head's position while its generation lasts. The key is the first 10 bytes of the
   subject's keyed HMAC pseudonym: short, because Redis keeps one per subject. Two subjects
@@ -13,8 +15,9 @@ Layout (PREFIX defaults to `ca:`; F is consent/codec.py's FORMAT, now 3):
   any two do) share a key and never an answer: the full pseudonym is the entry's
   associated data, so each one's entry fails to open for the other (a miss, read through
   to the ledger). Without an entry cipher (tests) the key holds the whole pseudonym.
-- channel `PREFIX inv`: `<sequence>:<pseudonym>` for each write, published by the same
-  script that writes it through, so replicas receive them in ledger order.
+- channel `PREFIX inv`: `<sequence>:<pseudonym>` for each write (the pseudonym names the
+  partition), published by the same script that writes it through, so replicas receive
+  a partition's writes in its order.
 
 A write whose write-through fails (Redis down, a timeout) leaves Redis behind the ledger.
 The next write-through sees `position < sequence - 1` and starts a new generation: the
@@ -45,6 +48,7 @@ dead Redis costs one timeout, not one per request.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -67,6 +71,7 @@ from redis.retry import Retry
 from ..domain import SubjectState
 from .cache import LocalCache
 from .codec import FORMAT, state_from_bytes, state_to_bytes
+from .ledger import partition_of
 
 log = logging.getLogger("consentauthz.consent")
 
@@ -165,16 +170,21 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class _Keys:
-    """The names under one prefix (changed together, read together)."""
+    """The names under one prefix (changed together, read together): per partition, the
+    prefix of its keys (with its hash tag) and its head."""
 
     prefix: bytes
-    head: bytes
+    parts: tuple[bytes, ...]
+    heads: tuple[bytes, ...]
     channel: bytes
 
     @classmethod
-    def of(cls, prefix: str) -> _Keys:
+    def of(cls, prefix: str, partitions: int) -> _Keys:
         raw = prefix.encode()
-        return cls(raw, raw + b"head", raw + b"inv")
+        if b"{" in raw or b"}" in raw:
+            raise ValueError("a redis prefix has no braces (they make hash tags)")
+        parts = tuple(raw + b"{p%d}" % p for p in range(partitions))
+        return cls(raw, parts, tuple(p + b"head" for p in parts), raw + b"inv")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,10 +268,11 @@ class RedisStateCache:
                  timeout: float = 0.05, max_ttl: float = 86_400.0,
                  retry_after: float = 1.0,
                  on_change: Callable[[bool], None] | None = None,
-                 cipher: EntryCipher | None = None) -> None:
+                 cipher: EntryCipher | None = None, partitions: int = 1) -> None:
         self._url = url
         self._clock = clock
-        self._keys = _Keys.of(prefix)
+        self._partitions = partitions
+        self._keys = _Keys.of(prefix, partitions)
         self._timeout = timeout
         self._max_ttl_ms = int(max_ttl * 1000)
         self._retry_after = retry_after
@@ -279,8 +290,8 @@ class RedisStateCache:
         #: before a fence or is checked against its epoch after it.
         self._fence_lock = threading.Lock()
         self._epoch = 0
-        #: The position of a new generation fence() could not write yet (Redis was down).
-        self._fence_pending: int | None = None
+        #: The heads of a new generation fence() could not write yet (Redis was down).
+        self._fence_pending: tuple[int, ...] | None = None
         self._notify_lock = threading.Lock()
         self._down_until = 0.0
         self._available = True
@@ -301,7 +312,14 @@ class RedisStateCache:
 
     @property
     def head_key(self) -> bytes:
-        return self._keys.head
+        """Partition 0's head (a ledger of one partition has no other)."""
+        return self._keys.heads[0]
+
+    def head_key_of(self, part: int) -> bytes:
+        return self._keys.heads[part]
+
+    def _part(self, subject: str) -> int:
+        return partition_of(subject, self._partitions)
 
     @property
     def channel(self) -> bytes:
@@ -314,8 +332,8 @@ class RedisStateCache:
         it to populate_soon() and write_through()."""
         return self._epoch
 
-    def entry_key(self, subject: str, prefix: bytes | None = None) -> bytes:
-        prefix = self._keys.prefix if prefix is None else prefix
+    def entry_key(self, subject: str, keys: _Keys | None = None) -> bytes:
+        prefix = (self._keys if keys is None else keys).parts[self._part(subject)]
         key_id, _, digest = subject.partition(":")
         if self._cipher is not None:
             return prefix + bytes.fromhex(digest[:2 * KEY_DIGEST_BYTES])
@@ -424,13 +442,14 @@ class RedisStateCache:
         if self._fence_pending is not None and not self._fenced():
             return None
         keys = self._keys
-        key = self.entry_key(subject, keys.prefix)
+        key = self.entry_key(subject, keys)
+        head_key = keys.heads[self._part(subject)]
 
         def run() -> RedisRead:
             conn = self._read_connection()
             try:
                 # One command, so head and entry are read at the same instant.
-                conn.send_command("MGET", keys.head, key)  # type: ignore[no-untyped-call]
+                conn.send_command("MGET", head_key, key)  # type: ignore[no-untyped-call]
                 raw_head, raw_entry = conn.read_response()
             except BaseException:
                 # A reply may still be on its way: it must never be read as the next one's.
@@ -461,7 +480,8 @@ class RedisStateCache:
                 self._tail(keys.prefix, subject, state_to_bytes(state), sequence),
                 self._ttl_ms(state), keys.channel, message]
             return self._call("write", lambda: self._write(
-                keys=[keys.head, self.entry_key(subject, keys.prefix)], args=args)) is not None
+                keys=[keys.heads[self._part(subject)], self.entry_key(subject, keys)],
+                args=args)) is not None
 
     def populate(self, subject: str, state: SubjectState, seen: RedisRead | None,
                  behind: bool, epoch: int | None = None) -> bool:
@@ -479,18 +499,22 @@ class RedisStateCache:
                 self._tail(keys.prefix, subject, state_to_bytes(state), state.version),
                 self._ttl_ms(state)]
             return bool(self._call("populate", lambda: self._populate(
-                keys=[keys.head, self.entry_key(subject, keys.prefix)], args=args)))
+                keys=[keys.heads[self._part(subject)], self.entry_key(subject, keys)],
+                args=args)))
 
-    def fence(self, position: int, prefix: str | None = None) -> None:
-        """The ledger went back or was replaced; it is at `position` now. Start a new
-        generation there (under `prefix`, the replacing ledger's, when given): no entry of
-        the old one is read again, and no populate or write-through begun before this
-        call is made."""
+    def fence(self, heads: int | tuple[int, ...], prefix: str | None = None) -> None:
+        """The ledger went back or was replaced; its partitions are at `heads` now (an
+        int: a ledger of one partition). Start a new generation there (under `prefix`, the
+        replacing ledger's, when given): no entry of the old one is read again, and no
+        populate or write-through begun before this call is made."""
+        heads = (heads,) if isinstance(heads, int) else tuple(heads)
+        if len(heads) != self._partitions:
+            raise ValueError(f"{len(heads)} heads for {self._partitions} partitions")
         with self._fence_lock:
             self._epoch += 1
             if prefix is not None:
-                self._keys = _Keys.of(prefix)
-            self._fence_pending = position
+                self._keys = _Keys.of(prefix, self._partitions)
+            self._fence_pending = heads
             if not self._fence_now():
                 log.warning("redis unavailable: its consent cache is not read again until a "
                             "new generation is written there")
@@ -508,12 +532,15 @@ class RedisStateCache:
 
     def _fence_now(self) -> bool:
         """(Fence lock held.) Write the pending new generation; whether it is written."""
-        position, head = self._fence_pending, self._keys.head
-        if position is None:
+        heads, keys = self._fence_pending, self._keys.heads
+        if heads is None:
             return True
-        value = head_value(secrets.token_hex(4), position)
-        if self._call("fence", lambda: self._client.set(head, value)) is None:
-            return False
+        generation = secrets.token_hex(4)
+        for key, position in zip(keys, heads, strict=True):
+            # One key per command: a cluster keeps each partition's head in its own slot.
+            put = functools.partial(self._client.set, key, head_value(generation, position))
+            if self._call("fence", put) is None:
+                return False
         self._fence_pending = None
         return True
 

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -551,8 +551,15 @@ class SealingLedger:
     def recorded_erasure(self, subject: str) -> datetime | None:
         return self._inner.load(subject).profile.erased_at
 
+    @property
+    def partitions(self) -> int:
+        return self._inner.partitions
+
     def head(self) -> int:
         return self._inner.head()
+
+    def heads(self) -> tuple[int, ...]:
+        return self._inner.heads()
 
     def identity(self) -> str:
         return self._inner.identity()
@@ -563,11 +570,11 @@ class SealingLedger:
     def verify(self) -> ChainReport:
         return self._inner.verify()
 
-    def changes(self, after_sequence: int, limit: int) -> Changes:
-        return self._inner.changes(after_sequence, limit)
+    def changes(self, after: Sequence[int], limit: int) -> Changes:
+        return self._inner.changes(after, limit)
 
-    def exclusive(self) -> contextlib.AbstractContextManager[None]:
-        return self._inner.exclusive()
+    def exclusive(self, partitions: Iterable[int]) -> contextlib.AbstractContextManager[None]:
+        return self._inner.exclusive(partitions)
 
     def meta(self, key: str) -> str | None:
         return self._inner.meta(key)

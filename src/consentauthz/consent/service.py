@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -25,7 +26,7 @@ from ..domain import (
     WriteResult,
     new_id,
 )
-from ..errors import Unavailable
+from ..errors import InvalidArgument, TokenAhead
 from ..metrics import NO_METRICS, CacheTier, Metrics
 from ..policy import Taxonomy
 from ..pseudonym import Pseudonymizer
@@ -33,6 +34,7 @@ from ..telemetry import ATTR_CACHE_TIER, child_span, tracer
 from ..validation import (
     CLOCK_SKEW,
     check_subject_only,
+    format_token,
     validate_history,
     validate_state_read,
     validate_upsert,
@@ -40,7 +42,7 @@ from ..validation import (
 )
 from .cache import LocalCache
 from .freshness import Freshness, SoleWriter
-from .ledger import AppendResult, Idempotency, Ledger
+from .ledger import AppendResult, Idempotency, Ledger, partition_of
 from .redis_cache import RedisStateCache
 
 log = logging.getLogger("consentauthz.consent")
@@ -91,14 +93,42 @@ class ConsentService:
         self._shredder = shredder
         #: How far in the future a record's collected_at may be (validation.CLOCK_SKEW).
         self.clock_skew = clock_skew
-        self._write_lock = threading.Lock()
+        self._partitions = ledger.partitions
+        if cache.partitions != self._partitions:
+            raise ValueError(f"the cache has {cache.partitions} partitions, the ledger "
+                             f"{self._partitions}")
+        #: This replica's write order per partition (the ledger's exclusive() holds it
+        #: across replicas).
+        self._part_locks = [threading.Lock() for _ in range(self._partitions)]
         self._resolved_lock = threading.Lock()  # never the write lock: checks must not wait
         #: current-key pseudonym -> the pseudonym the subject's records live under
         self._resolved: dict[str, str] = {}
         # An empty cache has applied every write made so far.
-        cache.clear(ledger.head())
+        cache.clear(ledger.heads())
 
-    # -- subjects -----------------------------------------------------------------------
+    # -- subjects and tokens -------------------------------------------------------------
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    def partition(self, subject: str) -> int:
+        """The ledger partition of a pseudonymised subject."""
+        return partition_of(subject, self._partitions)
+
+    def token_of(self, subject: str, position: int) -> str:
+        """The consistency token of a position of a pseudonymised subject's partition."""
+        return format_token(self.partition(subject), position, self._partitions)
+
+    def check_token(self, subject: str, part: int | None, position: int,
+                    field: str = "consistency_token") -> None:
+        """A token a caller sent for this (pseudonymised) subject must name the subject's
+        partition: positions of different partitions are not comparable. (That it names
+        one of the ledger's partitions, or is a bare position only where the ledger has
+        one partition, validation checks with the request's other fields.)"""
+        if part is not None and part != self.partition(subject):
+            raise InvalidArgument.single(
+                field, "names a position of another subject's ledger partition")
 
     def subject_key(self, subject_id: str) -> str:
         """The pseudonym a subject's records live under: of its pseudonyms under every key
@@ -129,9 +159,9 @@ class ConsentService:
     # -- reads ------------------------------------------------------------------------
 
     def state_of(self, subject: str, min_sequence: int = 0) -> SubjectState:
-        """State of a pseudonymised subject, current as of at least `min_sequence` and
-        missing no write older than the staleness bound."""
-        floor = self._freshness.floor()
+        """State of a pseudonymised subject, current as of at least `min_sequence` (of its
+        partition) and missing no write older than the staleness bound."""
+        floor = self._freshness.floor(self.partition(subject))
         need = max(min_sequence, floor) if floor is not None else None
         if need is not None:
             cached = self._cache.get(subject)
@@ -155,14 +185,14 @@ class ConsentService:
             # Never beyond what this replica knows the ledger to hold (its watermark, or
             # the caller's token): a Redis ahead of the ledger belongs to a ledger that
             # went back or was replaced, and is read through.
-            known = max(self._cache.watermark, min_sequence)
+            known = max(self._cache.watermark_of(self.partition(subject)), min_sequence)
             if (seen is not None and seen.state is not None
                     and need <= seen.position <= known):
                 self._cache.put(subject, seen.state, epoch)
                 return self._answer(span, "redis", seen.state)
         state = _without_evidence(self._ledger.load(subject))
         if state.sequence < min_sequence:
-            raise Unavailable("consistency_token is ahead of the consent ledger")
+            raise TokenAhead("consistency_token is ahead of the consent ledger")
         if self._redis is not None:
             # Redis behind the floor missed writes; Redis ahead of the ledger belongs to
             # a ledger that went back (a restore, a failover that lost commits, another
@@ -188,10 +218,12 @@ class ConsentService:
     def get_state(self, subject_id: str, token: str = "") -> SubjectState:
         """The whole recorded state, evidence included, from the ledger itself (the caches
         hold no evidence; this is a preference-centre read, not the hot path)."""
-        need = validate_state_read(subject_id, token)
-        state = self._ledger.load(self.subject_key(subject_id), evidence=True)
+        part, need = validate_state_read(subject_id, token, self._partitions)
+        subject = self.subject_key(subject_id)
+        self.check_token(subject, part, need)
+        state = self._ledger.load(subject, evidence=True)
         if state.sequence < need:
-            raise Unavailable("consistency_token is ahead of the consent ledger")
+            raise TokenAhead("consistency_token is ahead of the consent ledger")
         return state
 
     def history(self, subject_id: str, page_size: int,
@@ -214,12 +246,9 @@ class ConsentService:
             collected_at=write.collected_at or now, expires_at=write.expires_at,
             source=write.source, notice_version=write.notice_version, recorded_at=now,
             evidence=dict(write.evidence))
-        with tracer().start_as_current_span("consent.Record"), self._write_lock, \
-                self._ledger.exclusive():
+        with tracer().start_as_current_span("consent.Record"), \
+                self._write_order(write.subject_id) as subject:
             epochs = self._epochs()
-            # Inside the ledger's write order: no other replica records the subject's
-            # first entry under another key between the lookup and the append.
-            subject = self.subject_key(write.subject_id)
             idempotency = None
             if write.idempotency_key:
                 # Under every key of the ring: a retry after a key rotation is still a retry.
@@ -228,7 +257,7 @@ class ConsentService:
                                           keys[1:])
             result = self._ledger.append_consent(subject, event, idempotency)
             self._after_write(subject, result, epochs)
-        return WriteResult(result.record_id, result.sequence)
+        return self._written(subject, result.record_id, result.sequence)
 
     def remember_gpc(self, subject_id: str, jurisdiction: str) -> WriteResult:
         """Record a Global Privacy Control signal as the subject's opt-out of sale and
@@ -241,10 +270,9 @@ class ConsentService:
             data_categories=(), explicit=False, method=CollectionMethod.UNSPECIFIED,
             jurisdiction=jurisdiction, collected_at=now, expires_at=None, source=GPC_SOURCE,
             notice_version="", recorded_at=now, evidence={"signal": "Sec-GPC: 1"})
-        with tracer().start_as_current_span("consent.RememberGpc"), self._write_lock, \
-                self._ledger.exclusive():
+        with tracer().start_as_current_span("consent.RememberGpc"), \
+                self._write_order(subject_id) as subject:
             epochs = self._epochs()
-            subject = self.subject_key(subject_id)
             # Its own namespace, apart from callers' idempotency keys; the same request
             # every time (no time in it), so a repeat is a retry, never a conflict.
             keys = self._pseudonymize.all("gpc-opt-out:" + subject_id)
@@ -253,19 +281,18 @@ class ConsentService:
                 keys[1:])
             result = self._ledger.append_consent(subject, event, idempotency)
             self._after_write(subject, result, epochs)
-        return WriteResult(result.record_id, result.sequence)
+        return self._written(subject, result.record_id, result.sequence)
 
     def upsert_subject(self, upsert: SubjectUpsert) -> WriteResult:
         now = self._clock()
         validate_upsert(upsert, now.date())
         profile = SubjectProfile(jurisdiction=upsert.jurisdiction, birth_date=upsert.birth_date)
-        with tracer().start_as_current_span("consent.UpsertSubject"), self._write_lock, \
-                self._ledger.exclusive():
+        with tracer().start_as_current_span("consent.UpsertSubject"), \
+                self._write_order(upsert.subject_id) as subject:
             epochs = self._epochs()
-            subject = self.subject_key(upsert.subject_id)  # in the write order (record())
             result = self._ledger.append_profile(subject, profile, new_id(), now)
             self._after_write(subject, result, epochs)
-        return WriteResult(result.record_id, result.sequence)
+        return self._written(subject, result.record_id, result.sequence)
 
     def erase(self, subject_id: str) -> WriteResult:
         """GDPR Art. 17: destroy the subject's data key (their evidence and birth date can
@@ -274,9 +301,8 @@ class ConsentService:
         and nothing more is recorded about them. Erasing twice changes nothing."""
         check_subject_only(subject_id)
         now = self._clock()
-        with tracer().start_as_current_span("consent.EraseSubject"), self._write_lock, \
-                self._ledger.exclusive():
-            subject = self.subject_key(subject_id)  # in the write order (record())
+        with tracer().start_as_current_span("consent.EraseSubject"), \
+                self._write_order(subject_id) as subject:
             if self._shredder is not None:
                 # First: should recording the marker fail, nothing readable is left, and a
                 # retry completes the erasure.
@@ -286,12 +312,35 @@ class ConsentService:
             else:
                 recorded = self._ledger.load(subject).profile.erased_at
             if recorded is not None:
-                return WriteResult("", self._ledger.load(subject).version)
+                return self._written(subject, "", self._ledger.load(subject).version)
             epochs = self._epochs()
             result = self._ledger.append_profile(subject, SubjectProfile(erased_at=now),
                                                  new_id(), now)
             self._after_write(subject, result, epochs)
-        return WriteResult(result.record_id, result.sequence)
+        return self._written(subject, result.record_id, result.sequence)
+
+    def _written(self, subject: str, record_id: str, position: int) -> WriteResult:
+        return WriteResult(record_id, position, self.token_of(subject, position))
+
+    @contextmanager
+    def _write_order(self, subject_id: str) -> Iterator[str]:
+        """Hold the write order of the partition the subject's records live in, on every
+        replica, and yield the subject's pseudonym, resolved inside it: no other replica
+        records the subject's first entry under another key of the ring between the
+        lookup and the append. A subject not known yet during a key rotation may come to
+        live under any of its pseudonyms, so the partitions of all of them are held (in
+        order: never a deadlock); otherwise only its own. Other partitions go on."""
+        candidates = self._pseudonymize.all(subject_id)
+        known = candidates[0] if len(candidates) == 1 else self._resolved.get(candidates[0])
+        parts = sorted({self.partition(c) for c in ([known] if known else candidates)})
+        with ExitStack() as stack:
+            for part in parts:
+                stack.enter_context(self._part_locks[part])
+            stack.enter_context(self._ledger.exclusive(parts))
+            subject = self.subject_key(subject_id)
+            if self.partition(subject) not in parts:  # cannot be: it is one of candidates
+                raise AssertionError("a subject resolved outside the partitions held")
+            yield subject
 
     def _after_write(self, subject: str, result: AppendResult,
                      epochs: tuple[int, int]) -> None:
@@ -330,9 +379,10 @@ class ConsentService:
         return self._cache.epoch
 
     @property
-    def watermark(self) -> int:
-        """Every ledger write up to here has been applied to this replica's cache."""
-        return self._cache.watermark
+    def watermarks(self) -> tuple[int, ...]:
+        """Per partition: every ledger write up to here has been applied to this
+        replica's cache."""
+        return self._cache.watermarks
 
     def close(self) -> None:
         self._ledger.close()

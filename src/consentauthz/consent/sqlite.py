@@ -1,4 +1,8 @@
-"""The embedded consent ledger: one SQLite file, WAL, fsync on every commit."""
+"""The embedded consent ledger: one SQLite file, WAL, fsync on every commit.
+
+One partition: one process owns the file, and SQLite serialises its writes anyway. The
+`part` column (always 0) keeps the tables the same as PostgreSQL's.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,12 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..chain import ChainReport
+from ..chain import GENESIS, ChainReport
 from ..domain import ConsentEvent, SubjectState
 from ..errors import ConsentAuthzError, Unavailable
 from ..sqlite_files import open_database
@@ -26,6 +30,7 @@ from .tables import Connection, LedgerTables
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY,
+    part INTEGER NOT NULL DEFAULT 0 CHECK (part = 0),
     record_id TEXT NOT NULL UNIQUE,
     subject TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('consent', 'profile')),
@@ -45,6 +50,7 @@ INSERT INTO ledger_identity (id) SELECT lower(hex(randomblob(8)))
 WHERE NOT EXISTS (SELECT 1 FROM ledger_identity);
 CREATE TABLE IF NOT EXISTS subject_state (
     subject TEXT PRIMARY KEY,
+    part INTEGER NOT NULL DEFAULT 0 CHECK (part = 0),
     version INTEGER NOT NULL,
     state TEXT NOT NULL
 );
@@ -55,6 +61,15 @@ BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS subject_state_no_delete BEFORE DELETE ON subject_state
 BEGIN SELECT RAISE(ABORT, 'projections are only ever replaced, never deleted'); END;
 """
+
+
+def _add_partition_columns(conn: sqlite3.Connection) -> None:
+    """A file from before partitions: its tables get the (constant) partition column."""
+    for table in ("ledger", "subject_state"):
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if "part" not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN part INTEGER NOT NULL DEFAULT 0 "
+                         "CHECK (part = 0)")
 
 
 def _identity(conn: sqlite3.Connection) -> str:
@@ -78,7 +93,18 @@ class SqliteLedger(LedgerTables):
             raise Unavailable(f"consent ledger cannot be opened: {exc}") from exc
         if not read_only:
             with self._tx() as conn:
+                _add_partition_columns(conn)
                 self._refresh_projections(conn)
+
+    @property
+    def partitions(self) -> int:
+        return 1
+
+    def _last(self, conn: Connection, part: int) -> tuple[int, str]:
+        # Without the partition column: a file from before partitions opened read-only.
+        row = conn.execute("SELECT seq, entry_hash FROM ledger ORDER BY seq DESC LIMIT 1"
+                           ).fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
     @contextmanager
     def _tx(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
@@ -96,7 +122,7 @@ class SqliteLedger(LedgerTables):
             except sqlite3.Error as exc:
                 raise Unavailable("consent ledger unavailable") from exc
 
-    def _append_tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    def _append_tx(self, part: int | None) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return self._tx()
 
     def _retried(self, conn: Connection, keys: Sequence[str]) -> Any:
@@ -107,7 +133,7 @@ class SqliteLedger(LedgerTables):
 
     def load(self, subject: str, evidence: bool = False) -> SubjectState:
         with self._tx(immediate=False) as conn:
-            return self._state(conn, subject, self._last(conn)[0])
+            return self._state(conn, subject, self._last(conn, 0)[0])
 
     def first_recorded(self, subjects: Sequence[str]) -> str | None:
         marks = ", ".join("?" * len(subjects))  # only placeholders, never values
@@ -127,7 +153,10 @@ class SqliteLedger(LedgerTables):
 
     def head(self) -> int:
         with self._tx(immediate=False) as conn:
-            return self._last(conn)[0]
+            return self._last(conn, 0)[0]
+
+    def heads(self) -> tuple[int, ...]:
+        return (self.head(),)
 
     def state_at(self, subject: str, sequence: int) -> SubjectState:
         with self._tx(immediate=False) as conn:
@@ -148,21 +177,21 @@ class SqliteLedger(LedgerTables):
         projection is what decisions read, so a tampered projection is tampering too."""
         with self._tx(immediate=False) as conn:
             rows = conn.execute(
-                "SELECT seq, record_id, subject, kind, body, recorded_at, prev_hash, entry_hash "
-                "FROM ledger ORDER BY seq").fetchall()
+                "SELECT 0, seq, record_id, subject, kind, body, recorded_at, prev_hash, "
+                "entry_hash FROM ledger ORDER BY seq").fetchall()
             projections = dict(conn.execute("SELECT subject, state FROM subject_state"))
         return verify_entries(rows, projections)
 
-    def changes(self, after_sequence: int, limit: int) -> Changes:
+    def changes(self, after: Sequence[int], limit: int) -> Changes:
         with self._tx(immediate=False) as conn:
             identity = _identity(conn)
-            head = self._last(conn)[0]
+            head = self._last(conn, 0)[0]
             rows = conn.execute(
                 "SELECT seq, subject FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_sequence, max(limit, 0))).fetchall()
-        return Changes(identity, head, [(int(seq), str(subject)) for seq, subject in rows])
+                (after[0], max(limit, 0))).fetchall()
+        return Changes(identity, (head,), [(0, int(seq), str(subject)) for seq, subject in rows])
 
-    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+    def exclusive(self, partitions: Iterable[int]) -> contextlib.AbstractContextManager[None]:
         # One process owns the file, and the caller already serialises its writes.
         return contextlib.nullcontext()
 

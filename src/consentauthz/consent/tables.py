@@ -1,11 +1,11 @@
 """The ledger's write path over SQL, shared by the SQLite and PostgreSQL ledgers.
 
-Both keep the same tables (`ledger`, hash-chained; `subject_state`, the projection;
-`ledger_meta`, a small key/value table about the ledger as a whole) and
-record a write the same way: the retry check, the next sequence, the chained entry, the
-projection replaced, in one transaction. Only the placeholder style, the transaction
-(and how appends are serialised) and the retry lookup differ; the subclasses supply
-those.
+Both keep the same tables (`ledger`, hash-chained per partition; `subject_state`, the
+projection; `ledger_meta`, a small key/value table about the ledger as a whole) and
+record a write the same way: the retry check, the partition's next sequence, the chained
+entry, the projection replaced, in one transaction. Only the placeholder style, the
+transaction (and how a partition's appends are serialised), where a partition's tip is
+read and kept, and the retry lookup differ; the subclasses supply those.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from typing import Any, ClassVar, Protocol
 from ..chain import GENESIS, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from .codec import event_to_dict, profile_to_dict, state_from_json, state_to_json
-from .ledger import AppendResult, Idempotency, entry_payload, idempotency_conflict, replay
+from .ledger import (
+    AppendResult,
+    Idempotency,
+    entry_payload,
+    idempotency_conflict,
+    partition_of,
+    replay,
+)
 from .projection import PROJECTION_RULES, apply_event, apply_profile
 
 log = logging.getLogger("consentauthz.consent")
@@ -47,9 +54,28 @@ class LedgerTables(ABC):
     #: the driver's parameter placeholder: "?" (sqlite3) or "%s" (psycopg)
     PLACEHOLDER: ClassVar[str]
 
+    @property
     @abstractmethod
-    def _append_tx(self) -> AbstractContextManager[Any]:
-        """A transaction that holds the ledger's append order until it ends."""
+    def partitions(self) -> int: ...
+
+    def _part(self, subject: str) -> int:
+        return partition_of(subject, self.partitions)
+
+    @abstractmethod
+    def _append_tx(self, part: int | None) -> AbstractContextManager[Any]:
+        """A transaction that holds the append order of partition `part` (None: every
+        partition's) until it ends."""
+
+    def _last(self, conn: Connection, part: int) -> tuple[int, str]:
+        """(seq, entry_hash) of the partition's newest entry; the caller holds its order."""
+        row = conn.execute(self._sql("SELECT seq, entry_hash FROM ledger WHERE part = ? "
+                                     "ORDER BY seq DESC LIMIT 1"), (part,)).fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+    def _advance(self, conn: Connection, part: int, seq: int, entry_hash: str) -> None:
+        """The partition's tip is now (seq, entry_hash): for a ledger that keeps tips (the
+        SQLite file's tip is its last entry)."""
+        return None
 
     @abstractmethod
     def _retried(self, conn: Connection, keys: Sequence[str]) -> Any:
@@ -64,34 +90,31 @@ class LedgerTables(ABC):
                            (subject,)).fetchone()
         return state_from_json(row[0], head) if row else SubjectState(sequence=head)
 
-    @staticmethod
-    def _last(conn: Connection) -> tuple[int, str]:
-        row = conn.execute("SELECT seq, entry_hash FROM ledger ORDER BY seq DESC LIMIT 1"
-                           ).fetchone()
-        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
-
     def _insert(self, conn: Connection, subject: str, kind: str, record_id: str,
                 recorded_at: datetime, body: dict[str, Any],
                 idempotency: Idempotency | None) -> int:
-        last, prev = self._last(conn)
+        part = self._part(subject)
+        last, prev = self._last(conn, part)
         seq = last + 1
         stamp = recorded_at.isoformat()
         entry_hash = link(prev, entry_payload(seq, subject, kind, record_id, stamp, body))
         conn.execute(
-            self._sql("INSERT INTO ledger (seq, record_id, subject, kind, body, recorded_at, "
-                      "idempotency_key, request_hash, prev_hash, entry_hash) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-            (seq, record_id, subject, kind, json.dumps(body, sort_keys=True), stamp,
+            self._sql("INSERT INTO ledger (part, seq, record_id, subject, kind, body, "
+                      "recorded_at, idempotency_key, request_hash, prev_hash, entry_hash) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+            (part, seq, record_id, subject, kind, json.dumps(body, sort_keys=True), stamp,
              idempotency.key if idempotency else None,
              idempotency.request_hash if idempotency else None, prev, entry_hash))
+        self._advance(conn, part, seq, entry_hash)
         return seq
 
     def _save_state(self, conn: Connection, subject: str, state: SubjectState) -> None:
         conn.execute(
-            self._sql("INSERT INTO subject_state (subject, version, state) VALUES (?, ?, ?) "
+            self._sql("INSERT INTO subject_state (subject, part, version, state) "
+                      "VALUES (?, ?, ?, ?) "
                       "ON CONFLICT (subject) DO UPDATE SET version = excluded.version, "
                       "state = excluded.state"),
-            (subject, state.version, state_to_json(state)))
+            (subject, self._part(subject), state.version, state_to_json(state)))
 
     def _meta(self, conn: Connection, key: str) -> str | None:
         row = conn.execute(self._sql("SELECT value FROM ledger_meta WHERE key = ?"),
@@ -127,16 +150,17 @@ class LedgerTables(ABC):
 
     def append_consent(self, subject: str, event: ConsentEvent,
                        idempotency: Idempotency | None = None) -> AppendResult:
-        with self._append_tx() as conn:
+        part = self._part(subject)
+        with self._append_tx(part) as conn:
             if idempotency is not None:
                 row = self._retried(conn, idempotency.all_keys)
                 if row is not None:
                     if row[2] != idempotency.request_hash:
                         raise idempotency_conflict()
-                    head = self._last(conn)[0]
+                    head = self._last(conn, part)[0]
                     return AppendResult(row[0], int(row[1]), self._state(conn, subject, head),
                                         replayed=True)
-            seq = self._last(conn)[0] + 1
+            seq = self._last(conn, part)[0] + 1
             ev = replace(event, sequence=seq)
             self._insert(conn, subject, "consent", ev.record_id, ev.recorded_at,
                          event_to_dict(ev), idempotency)
@@ -146,7 +170,7 @@ class LedgerTables(ABC):
 
     def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
                        recorded_at: datetime) -> AppendResult:
-        with self._append_tx() as conn:
+        with self._append_tx(self._part(subject)) as conn:
             seq = self._insert(conn, subject, "profile", record_id, recorded_at,
                                profile_to_dict(profile), None)
             state = apply_profile(self._state(conn, subject, seq), profile, seq)
@@ -155,7 +179,7 @@ class LedgerTables(ABC):
 
     def swap_meta(self, key: str, expected: str | None, value: str) -> bool:
         # Under the append order: one replica's swap is over before another's begins.
-        with self._append_tx() as conn:
+        with self._append_tx(None) as conn:
             if expected is None:
                 cur = conn.execute(self._sql("INSERT INTO ledger_meta (key, value) VALUES "
                                              "(?, ?) ON CONFLICT (key) DO NOTHING"),

@@ -16,6 +16,7 @@ from google.protobuf import timestamp_pb2
 from ..auditing import Replay, Story, SubjectReport
 from ..auditing.report import PurposeUse
 from ..chain import ChainReport
+from ..consent.ledger import partition_of
 from ..decisionlog import Checkpoint
 from ..domain import (
     CheckRequest,
@@ -38,10 +39,11 @@ from ..validation import (
     check_query,
     check_upsert,
     check_write,
+    format_token,
+    parse_token,
     read_birth_date,
     read_page_size,
     read_token,
-    token_value,
 )
 
 _ACTIONS = {
@@ -95,20 +97,28 @@ def from_timestamp(msg: object, field: str) -> datetime | None:
 def check_request(msg: decision_pb2.CheckRequest, prefix: str = "") -> CheckRequest:
     """Never fails: the checker validates the request, the token included, and names
     every bad field (under the item's prefix in a batch; `prefix` is not needed here)."""
-    token = token_value(msg.consistency_token)
+    token = parse_token(msg.consistency_token)
     return CheckRequest(
         subject_id=msg.subject_id, purpose=msg.purpose, data_category=msg.data_category,
         jurisdiction=msg.jurisdiction, context=dict(msg.context),
-        consistency_token=NOT_A_TOKEN if token is None else token, explain=msg.explain)
+        consistency_token=NOT_A_TOKEN if token is None else token[1], explain=msg.explain,
+        token_partition=None if token is None else token[0])
 
 
-def check_response(decision: Decision, record: DecisionRecord) -> decision_pb2.CheckResponse:
+def _position(token: str) -> int:
+    parsed = parse_token(token)
+    return parsed[1] if parsed is not None else 0
+
+
+def check_response(decision: Decision, record: DecisionRecord,
+                   token: str | None = None) -> decision_pb2.CheckResponse:
     return decision_pb2.CheckResponse(
         decision=_EFFECTS_PB[decision.effect], reason=decision.reason.value,
         legal_basis=decision.legal_basis, decision_id=record.decision_id,
         policy_version=decision.policy_version, matched_rule=record.matched_rule,
         consent_record_ids=list(decision.consent_record_ids),
-        consistency_token=str(record.consistency_token), regime=decision.regime,
+        consistency_token=str(record.consistency_token) if token is None else token,
+        regime=decision.regime,
         jurisdiction=decision.jurisdiction, explanation=list(decision.explanation))
 
 
@@ -151,24 +161,30 @@ def subject_upsert(msg: consent_pb2.UpsertSubjectRequest) -> SubjectUpsert:
     return upsert
 
 
-def consent_record(ev: ConsentEvent) -> consent_pb2.ConsentRecord:
+def consent_record(ev: ConsentEvent, token: str | None = None) -> consent_pb2.ConsentRecord:
+    """`token`: the record's consistency token (its partition and position; by default
+    the bare position, as in a ledger of one partition)."""
     return consent_pb2.ConsentRecord(
         record_id=ev.record_id, purpose=ev.purpose, data_categories=list(ev.data_categories),
         action=_ACTIONS_PB[ev.action], explicit=ev.explicit, jurisdiction=ev.jurisdiction,
         collected_at=timestamp(ev.collected_at), expires_at=timestamp(ev.expires_at),
         source=ev.source, notice_version=ev.notice_version, method=_METHODS_PB[ev.method],
-        evidence=dict(ev.evidence), consistency_token=str(ev.sequence),
+        evidence=dict(ev.evidence),
+        consistency_token=str(ev.sequence) if token is None else token,
         recorded_at=timestamp(ev.recorded_at))
 
 
-def decision_record(r: DecisionRecord) -> audit_pb2.DecisionRecord:
+def decision_record(r: DecisionRecord, partitions: int = 1) -> audit_pb2.DecisionRecord:
+    """`partitions`: the consent ledger's, so that the token names the partition too."""
     return audit_pb2.DecisionRecord(
         decision_id=r.decision_id, time=timestamp(r.time), caller=r.caller,
         subject_pseudonym=r.subject, purpose=r.purpose, data_category=r.data_category,
         jurisdiction=r.jurisdiction, regime=r.regime, decision=_EFFECTS_PB[r.decision],
         reason=r.reason.value, legal_basis=r.legal_basis, matched_rule=r.matched_rule,
         policy_version=r.policy_version, consent_record_ids=list(r.consent_record_ids),
-        consistency_token=str(r.consistency_token), trace_id=r.trace_id, span_id=r.span_id,
+        consistency_token=format_token(partition_of(r.subject, partitions),
+                                       r.consistency_token, partitions),
+        trace_id=r.trace_id, span_id=r.span_id,
         context=dict(r.context), prev_hash=r.prev_hash, entry_hash=r.entry_hash,
         sequence=r.sequence)
 
@@ -257,7 +273,7 @@ def subject_report_from(msg: audit_pb2.SubjectReport) -> SubjectReport:
 def consent_event_from(c: consent_pb2.ConsentRecord) -> ConsentEvent:
     collected = from_timestamp(c, "collected_at") or datetime.fromtimestamp(0, UTC)
     return ConsentEvent(
-        record_id=c.record_id, sequence=int(c.consistency_token or 0),
+        record_id=c.record_id, sequence=_position(c.consistency_token),
         action=_ACTIONS[c.action], purpose=c.purpose, data_categories=tuple(c.data_categories),
         explicit=c.explicit, method=_METHODS[c.method], jurisdiction=c.jurisdiction,
         collected_at=collected, expires_at=from_timestamp(c, "expires_at"), source=c.source,

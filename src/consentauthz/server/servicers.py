@@ -82,7 +82,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
               context: grpc.ServicerContext) -> Any:
         with rpc(context, "Check") as caller:
             outcome = self._checker.check(convert.check_request(request), caller)
-            return convert.check_response(outcome.decision, outcome.record)
+            return convert.check_response(outcome.decision, outcome.record, outcome.token)
 
     def BatchCheck(self, request: decision_pb2.BatchCheckRequest,
                    context: grpc.ServicerContext) -> Any:
@@ -99,7 +99,8 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 if isinstance(result, ConsentAuthzError):
                     add(error=to_status(result))
                 else:
-                    add(response=convert.check_response(result.decision, result.record))
+                    add(response=convert.check_response(result.decision, result.record,
+                                                        result.token))
             return response
 
 
@@ -115,25 +116,27 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             result = self._consent.record(
                 convert.consent_write(request, self._consent.clock_skew))
             return consent_pb2.RecordConsentResponse(
-                record_id=result.record_id, consistency_token=str(result.consistency_token))
+                record_id=result.record_id, consistency_token=result.token)
 
     def UpsertSubject(self, request: consent_pb2.UpsertSubjectRequest,
                       context: grpc.ServicerContext) -> Any:
         with rpc(context, "UpsertSubject"):
             result = self._consent.upsert_subject(convert.subject_upsert(request))
-            return consent_pb2.UpsertSubjectResponse(
-                consistency_token=str(result.consistency_token))
+            return consent_pb2.UpsertSubjectResponse(consistency_token=result.token)
 
     def GetConsentState(self, request: consent_pb2.GetConsentStateRequest,
                         context: grpc.ServicerContext) -> Any:
         with rpc(context, "GetConsentState"):
             state = self._consent.get_state(request.subject_id, request.consistency_token)
+            subject = self._consent.subject_key(request.subject_id)
+            token = self._consent.token_of
             return consent_pb2.ConsentState(
                 jurisdiction=state.profile.jurisdiction,
                 birth_date=state.profile.birth_date.isoformat() if state.profile.birth_date
                 else "",
-                records=[convert.consent_record(e) for e in state.events],
-                consistency_token=str(state.sequence),
+                records=[convert.consent_record(e, token(subject, e.sequence))
+                         for e in state.events],
+                consistency_token=token(subject, state.sequence),
                 erased_at=convert.timestamp(state.profile.erased_at))
 
     def EraseSubject(self, request: consent_pb2.EraseSubjectRequest,
@@ -145,7 +148,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
                            self._consent.subject_key(request.subject_id), caller)
             state = self._consent.get_state(request.subject_id)
             return consent_pb2.EraseSubjectResponse(
-                consistency_token=str(result.consistency_token),
+                consistency_token=result.token,
                 erased_at=convert.timestamp(state.profile.erased_at))
 
     def ExportSubject(self, request: consent_pb2.ExportSubjectRequest,
@@ -163,8 +166,10 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         with rpc(context, "ListConsentEvents"):
             events, next_token = self._consent.history(
                 request.subject_id, request.page_size, request.page_token)
+            subject = self._consent.subject_key(request.subject_id)
             return consent_pb2.ListConsentEventsResponse(
-                events=[convert.consent_record(e) for e in events], next_page_token=next_token)
+                events=[convert.consent_record(e, self._consent.token_of(subject, e.sequence))
+                        for e in events], next_page_token=next_token)
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
@@ -201,7 +206,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def GetDecision(self, request: audit_pb2.GetDecisionRequest,
                     context: grpc.ServicerContext) -> Any:
         with rpc(context, "GetDecision"):
-            return convert.decision_record(self._reader.get(request.decision_id))
+            return convert.decision_record(self._reader.get(request.decision_id),
+                                           self._reader.partitions)
 
     def QueryDecisions(self, request: audit_pb2.QueryDecisionsRequest,
                        context: grpc.ServicerContext) -> Any:
@@ -210,7 +216,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 convert.decision_query(request), request.subject_id, request.page_size,
                 request.page_token)
             return audit_pb2.QueryDecisionsResponse(
-                decisions=[convert.decision_record(r) for r in found],
+                decisions=[convert.decision_record(r, self._reader.partitions) for r in found],
                 next_page_token=next_token)
 
 

@@ -1,0 +1,91 @@
+"""Consent writes against a PostgreSQL ledger of one partition and of many, side by side
+in the same run (issue 19; docs/performance.md, "Consent writes at scale").
+
+Two real `consentauthz serve` processes, each on a fresh database of its own on the local
+PostgreSQL (one made with `--ledger-partitions 1`, which is how a ledger from before
+partitions is opened, the other with the default), no Redis (the ledger is what is
+measured). For each number of clients the two are measured in interleaved rounds, so the
+machine's noise falls on both alike. Every client is a gRPC channel of its own in one
+load-generator process; each writes grants with evidence (as forms send them) for
+subjects of its own.
+
+    python -m benchmarks.writes [--clients 1,8,32] [--seconds 3] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import load
+from .run import Stubs
+from .services import start_serve
+from .subjects import create_database, drop_database
+
+DESIGNS = {"1 partition": "1", "16 partitions": "16"}
+
+
+def measure(target: str, pid: int, clients: int, seconds: float, run_id: str) -> load.Run:
+    stubs = Stubs.open(target, clients)
+    try:
+        parts = [[load.grant_request(f"w-{run_id}-{c}-{k}", k) for k in range(200)]
+                 for c in range(clients)]
+        cpu = load.cpu_seconds(pid)
+        run = load.concurrent(stubs.record, parts, seconds)
+        run.cpu = load.cpu_seconds(pid) - cpu
+        return run
+    finally:
+        stubs.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.writes")
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    ns = parser.parse_args(argv)
+    clients = [int(c) for c in ns.clients.split(",")]
+    names = {d: f"ca_bench_writes_{secrets.token_hex(4)}" for d in DESIGNS}
+    servers = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for design, partitions in DESIGNS.items():
+                url = create_database(names[design])
+                servers[design] = start_serve(
+                    design, Path(tmp) / partitions, ledger=url,
+                    extra=["--ledger-partitions", partitions, "--workers", "64"])
+            results: dict[tuple[str, int], load.Run] = {}
+            for n in clients:
+                for r in range(ns.rounds):
+                    for design, server in servers.items():
+                        run = measure(server.target, server.pid, n, ns.seconds,
+                                      f"{r}-{secrets.token_hex(2)}")
+                        results.setdefault((design, n), load.Run()).merge(run)
+                        print(f"  {design}, {n} clients, round {r + 1}: "
+                              f"{run.rate:,.0f} writes/s", file=sys.stderr)
+            print("| clients | " + " | ".join(DESIGNS) + " | ratio |")
+            print("|---|" + "---|" * (len(DESIGNS) + 1))
+            for n in clients:
+                cells = []
+                for design in DESIGNS:
+                    run = results[(design, n)]
+                    cells.append(f"{run.rate:,.0f} writes/s, p50 {run.p50:.1f} ms, "
+                                 f"p99 {run.p99:.1f} ms, server CPU "
+                                 f"{run.cpu_per_call_ms:.2f} ms/write"
+                                 + (f", {run.errors} errors" if run.errors else ""))
+                one, many = (results[(d, n)].rate for d in DESIGNS)
+                print(f"| {n} | " + " | ".join(cells) + f" | {many / one:.2f}x |")
+    finally:
+        for server in servers.values():
+            server.stop()
+        for name in names.values():
+            drop_database(name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
