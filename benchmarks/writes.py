@@ -23,21 +23,25 @@ from pathlib import Path
 
 from . import load
 from .run import Stubs
+from .scaling import machine_busy
 from .services import start_serve
 from .subjects import create_database, drop_database
 
 DESIGNS = {"1 partition": "1", "16 partitions": "16"}
 
 
-def measure(target: str, pid: int, clients: int, seconds: float, run_id: str) -> load.Run:
+def measure(target: str, pid: int, clients: int, seconds: float, run_id: str
+            ) -> tuple[load.Run, float]:
+    """The run (its `cpu`: the server's CPU seconds) and the machine's busy CPU seconds
+    meanwhile (all cores: server, PostgreSQL and the load generator)."""
     stubs = Stubs.open(target, clients)
     try:
         parts = [[load.grant_request(f"w-{run_id}-{c}-{k}", k) for k in range(200)]
                  for c in range(clients)]
-        cpu = load.cpu_seconds(pid)
+        cpu, busy = load.cpu_seconds(pid), machine_busy()
         run = load.concurrent(stubs.record, parts, seconds)
         run.cpu = load.cpu_seconds(pid) - cpu
-        return run
+        return run, machine_busy() - busy
     finally:
         stubs.close()
 
@@ -59,12 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     design, Path(tmp) / partitions, ledger=url,
                     extra=["--ledger-partitions", partitions, "--workers", "64"])
             results: dict[tuple[str, int], load.Run] = {}
+            busy: dict[tuple[str, int], float] = {}
             for n in clients:
                 for r in range(ns.rounds):
                     for design, server in servers.items():
-                        run = measure(server.target, server.pid, n, ns.seconds,
-                                      f"{r}-{secrets.token_hex(2)}")
+                        run, spent = measure(server.target, server.pid, n, ns.seconds,
+                                             f"{r}-{secrets.token_hex(2)}")
                         results.setdefault((design, n), load.Run()).merge(run)
+                        busy[(design, n)] = busy.get((design, n), 0.0) + spent
                         print(f"  {design}, {n} clients, round {r + 1}: "
                               f"{run.rate:,.0f} writes/s", file=sys.stderr)
             print("| clients | " + " | ".join(DESIGNS) + " | ratio |")
@@ -75,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run = results[(design, n)]
                     cells.append(f"{run.rate:,.0f} writes/s, p50 {run.p50:.1f} ms, "
                                  f"p99 {run.p99:.1f} ms, server CPU "
-                                 f"{run.cpu_per_call_ms:.2f} ms/write"
+                                 f"{run.cpu_per_call_ms:.2f} ms/write, machine "
+                                 f"{busy[(design, n)] / run.seconds:.1f} cores busy"
                                  + (f", {run.errors} errors" if run.errors else ""))
                 one, many = (results[(d, n)].rate for d in DESIGNS)
                 print(f"| {n} | " + " | ".join(cells) + f" | {many / one:.2f}x |")

@@ -113,10 +113,16 @@ def heads_digest(tips: Sequence[tuple[int, int, str]]) -> str:
 
 class Ledger(Protocol):
     def append_consent(self, subject: str, event: ConsentEvent,
-                       idempotency: Idempotency | None = None) -> AppendResult: ...
+                       idempotency: Idempotency | None = None, *,
+                       read: SubjectState | None = None) -> AppendResult:
+        """`read`: the subject's stored state as the caller has just read it from this
+        ledger (`load`), a hint: a ledger that appends against the state's version may use
+        it instead of reading again. A stale one costs a retry, never a wrong record."""
+        ...
 
     def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
-                       recorded_at: datetime) -> AppendResult: ...
+                       recorded_at: datetime, *,
+                       read: SubjectState | None = None) -> AppendResult: ...
 
     def load(self, subject: str, evidence: bool = False) -> SubjectState:
         """The subject's state, current as of the head. `evidence`: the caller will show
@@ -339,7 +345,8 @@ class MemoryLedger:
         return seq, entry_hash
 
     def append_consent(self, subject: str, event: ConsentEvent,
-                       idempotency: Idempotency | None = None) -> AppendResult:
+                       idempotency: Idempotency | None = None, *,
+                       read: SubjectState | None = None) -> AppendResult:
         with self._lock:
             seen = next((self._idempotency[k] for k in idempotency.all_keys
                          if k in self._idempotency), None) if idempotency else None
@@ -361,7 +368,8 @@ class MemoryLedger:
             return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
 
     def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
-                       recorded_at: datetime) -> AppendResult:
+                       recorded_at: datetime, *,
+                       read: SubjectState | None = None) -> AppendResult:
         with self._lock:
             seq, _ = self._append(subject, "profile", record_id, recorded_at,
                                   profile_to_dict(profile), profile)

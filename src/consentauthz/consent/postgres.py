@@ -479,32 +479,36 @@ class PostgresLedger(LedgerTables):
     # -- appends: one statement each (consentauthz_append_v2) ----------------------------
 
     def append_consent(self, subject: str, event: ConsentEvent,
-                       idempotency: Idempotency | None = None) -> AppendResult:
+                       idempotency: Idempotency | None = None, *,
+                       read: SubjectState | None = None) -> AppendResult:
         def build(state: SubjectState, nonce: int) -> tuple[dict[str, Any], SubjectState]:
             ev = replace(event, sequence=nonce)
             return event_to_dict(ev), apply_event(state, ev)
 
         return self._append_one(subject, "consent", event.record_id, event.recorded_at,
-                                build, idempotency) or super().append_consent(
+                                build, idempotency, read) or super().append_consent(
                                     subject, event, idempotency)
 
     def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
-                       recorded_at: datetime) -> AppendResult:
+                       recorded_at: datetime, *,
+                       read: SubjectState | None = None) -> AppendResult:
         def build(state: SubjectState, nonce: int) -> tuple[dict[str, Any], SubjectState]:
             return profile_to_dict(profile), apply_profile(state, profile, nonce)
 
         return self._append_one(subject, "profile", record_id, recorded_at, build,
-                                None) or super().append_profile(
+                                None, read) or super().append_profile(
                                     subject, profile, record_id, recorded_at)
 
     def _append_one(self, subject: str, kind: str, record_id: str, recorded_at: datetime,
-                    build: _Build, idempotency: Idempotency | None) -> AppendResult | None:
-        """Read the subject's state (one statement), compute the entry and the new state
-        with a nonce where the sequence goes, and append in one statement. None when
-        another writer changed the subject in between: the caller then appends the way
-        that reads the state under the lock (three more round trips, never retried)."""
+                    build: _Build, idempotency: Idempotency | None,
+                    read: SubjectState | None) -> AppendResult | None:
+        """Read the subject's state (one statement, unless the caller just did: `read`),
+        compute the entry and the new state with a nonce where the sequence goes, and
+        append in one statement. None when another writer changed the subject in between:
+        the caller then appends the way that reads the state under the lock (three more
+        round trips, never retried)."""
         stamp = recorded_at.isoformat()
-        current = self.load(subject)
+        current = read if read is not None else self.load(subject)
         nonce = _NONCE_FLOOR + secrets.randbits(96)
         body, state = build(current, nonce)
         part = self._part(subject)

@@ -285,10 +285,17 @@ class PostgresKeyStore:
 
     def create(self, subject: str, wrapped: str) -> KeyRecord:
         with self._translated(), self._pool.connection() as conn:
-            conn.execute("INSERT INTO subject_keys (subject, wrapped) VALUES (%s, %s) "
-                         "ON CONFLICT (subject) DO NOTHING", (subject, wrapped))
-            row = conn.execute("SELECT wrapped, destroyed_at FROM subject_keys "
-                               "WHERE subject = %s", (subject,)).fetchone()
+            # One statement: the new row, or the one already there (another writer's,
+            # or a destroyed key's).
+            row = conn.execute(
+                "WITH made AS (INSERT INTO subject_keys (subject, wrapped) VALUES (%(s)s, "
+                "%(w)s) ON CONFLICT (subject) DO NOTHING RETURNING wrapped, destroyed_at) "
+                "SELECT wrapped, destroyed_at FROM made UNION ALL "
+                "SELECT wrapped, destroyed_at FROM subject_keys WHERE subject = %(s)s",
+                {"s": subject, "w": wrapped}).fetchone()
+            if row is None:  # a concurrent writer's row, committed after this snapshot
+                row = conn.execute("SELECT wrapped, destroyed_at FROM subject_keys "
+                                   "WHERE subject = %s", (subject,)).fetchone()
         assert row is not None
         return KeyRecord(row[0], row[1])
 
@@ -429,7 +436,8 @@ class SealingLedger:
 
     # -- sealing on the way in ------------------------------------------------------------
 
-    def _write_key(self, subject: str) -> bytes:
+    def _write_key(self, subject: str) -> tuple[bytes, SubjectState]:
+        """The subject's key, and its stored state as read with it (for the append)."""
         record: KeyRecord | _Unread | None = _UNREAD
         if self._load_with_key is not None:
             # The state and the key's row in one statement (one round trip, not two).
@@ -440,11 +448,12 @@ class SealingLedger:
         if current.profile.erased_at is not None:
             self._sealer.destroy(subject)  # again: a restored key store may have it back
             raise SubjectErased("the subject was erased; nothing more is recorded about them")
-        return self._sealer.key_for_write(subject, _has_sealed(current), record)
+        return self._sealer.key_for_write(subject, _has_sealed(current), record), current
 
     def append_consent(self, subject: str, event: ConsentEvent,
-                       idempotency: Idempotency | None = None) -> AppendResult:
-        key = self._write_key(subject)
+                       idempotency: Idempotency | None = None, *,
+                       read: SubjectState | None = None) -> AppendResult:
+        key, read = self._write_key(subject)
         sealed = ""
         if event.evidence:
             plain = json.dumps(dict(event.evidence), sort_keys=True).encode()
@@ -455,21 +464,23 @@ class SealingLedger:
             idempotency = replace(idempotency, request_hash=Sealer.keyed_digest(
                 key, idempotency.request_hash))
         result = self._inner.append_consent(
-            subject, replace(event, evidence={}, sealed_evidence=sealed), idempotency)
+            subject, replace(event, evidence={}, sealed_evidence=sealed), idempotency,
+            read=read)
         return replace(result, state=self._open_state(subject, result.state, key))
 
     def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
-                       recorded_at: datetime) -> AppendResult:
+                       recorded_at: datetime, *,
+                       read: SubjectState | None = None) -> AppendResult:
         if profile.erased_at is not None:  # the erasure marker carries nothing to seal
             result = self._inner.append_profile(subject, profile, record_id, recorded_at)
             return replace(result, state=_stripped(result.state))
-        key = self._write_key(subject)
+        key, read = self._write_key(subject)
         sealed = profile.sealed_birth_date
         if profile.birth_date is not None:
             sealed = Sealer.seal(key, subject, _BIRTH, profile.birth_date.isoformat().encode())
         result = self._inner.append_profile(
             subject, replace(profile, birth_date=None, sealed_birth_date=sealed),
-            record_id, recorded_at)
+            record_id, recorded_at, read=read)
         return replace(result, state=self._open_state(subject, result.state, key))
 
     # -- opening on the way out -----------------------------------------------------------

@@ -329,14 +329,21 @@ class ConsentService:
         records the subject's first entry under another key of the ring between the
         lookup and the append. A subject not known yet during a key rotation may come to
         live under any of its pseudonyms, so the partitions of all of them are held (in
-        order: never a deadlock); otherwise only its own. Other partitions go on."""
+        order: never a deadlock); otherwise only its own. Other partitions go on.
+
+        The ledger's order across replicas (`exclusive`: two more round trips with
+        PostgreSQL) is taken only when something needs it: a Redis, whose heads move only
+        with writes in a partition's order, or a key ring of several keys (the lookup
+        above). Otherwise a partition's appends are ordered by the append itself, and this
+        replica's lock orders its own."""
         candidates = self._pseudonymize.all(subject_id)
         known = candidates[0] if len(candidates) == 1 else self._resolved.get(candidates[0])
         parts = sorted({self.partition(c) for c in ([known] if known else candidates)})
         with ExitStack() as stack:
             for part in parts:
                 stack.enter_context(self._part_locks[part])
-            stack.enter_context(self._ledger.exclusive(parts))
+            if self._redis is not None or len(candidates) > 1:
+                stack.enter_context(self._ledger.exclusive(parts))
             subject = self.subject_key(subject_id)
             if self.partition(subject) not in parts:  # cannot be: it is one of candidates
                 raise AssertionError("a subject resolved outside the partitions held")

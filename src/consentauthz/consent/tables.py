@@ -149,7 +149,9 @@ class LedgerTables(ABC):
         return len(per_subject)
 
     def append_consent(self, subject: str, event: ConsentEvent,
-                       idempotency: Idempotency | None = None) -> AppendResult:
+                       idempotency: Idempotency | None = None, *,
+                       read: SubjectState | None = None) -> AppendResult:
+        # `read` is not needed: the state is read under the partition's order here.
         part = self._part(subject)
         with self._append_tx(part) as conn:
             if idempotency is not None:
@@ -169,7 +171,8 @@ class LedgerTables(ABC):
             return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
 
     def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
-                       recorded_at: datetime) -> AppendResult:
+                       recorded_at: datetime, *,
+                       read: SubjectState | None = None) -> AppendResult:
         with self._append_tx(self._part(subject)) as conn:
             seq = self._insert(conn, subject, "profile", record_id, recorded_at,
                                profile_to_dict(profile), None)
