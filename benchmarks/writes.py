@@ -9,7 +9,12 @@ machine's noise falls on both alike. Every client is a gRPC channel of its own i
 load-generator process; each writes grants with evidence (as forms send them) for
 subjects of its own.
 
-    python -m benchmarks.writes [--clients 1,8,32] [--seconds 3] [--rounds 2]
+    python -m benchmarks.writes [--clients 1,8,32] [--seconds 3] [--rounds 2] [--bulk N]
+
+`--bulk N` measures the batch path instead, in-process (ConsentService.record_batch, as
+`consent import` and RecordSignal will call it): N new subjects' grants with evidence and
+idempotency keys, in batches of 1,000, against a sealed PostgreSQL ledger of 16
+partitions, and beside it the same writes one by one (`record`, as RecordConsent does).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import secrets
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,12 +52,68 @@ def measure(target: str, pid: int, clients: int, seconds: float, run_id: str
         stubs.close()
 
 
+def bulk(n: int, size: int = 1000) -> None:
+    """Events/s through ConsentService.record_batch and one by one, in-process."""
+    from datetime import UTC, datetime
+
+    from consentauthz.config import shipped_policies
+    from consentauthz.consent import ConsentService, LocalCache, PostgresLedger
+    from consentauthz.consent.sealing import MasterKeys, PostgresKeyStore, Sealer, SealingLedger
+    from consentauthz.domain import CollectionMethod, ConsentAction, ConsentWrite
+    from consentauthz.policy import load_policy_set
+    from consentauthz.pseudonym import Pseudonymizer
+
+    taxonomy = load_policy_set(shipped_policies()).taxonomy
+    name = f"ca_bench_bulk_{secrets.token_hex(4)}"
+    url = create_database(name)
+    try:
+        ledger = SealingLedger(PostgresLedger(url, partitions=16),
+                               Sealer(MasterKeys([("m1", b"m" * 32)]), PostgresKeyStore(url)))
+        svc = ConsentService(ledger, LocalCache(10_000, watermark=ledger.heads()),
+                             Pseudonymizer(b"p" * 32), lambda: taxonomy,
+                             lambda: datetime.now(UTC))
+        run = secrets.token_hex(3)
+
+        def writes(kind: str, count: int) -> list[ConsentWrite]:
+            return [ConsentWrite(
+                f"{kind}-{run}-{i}@example.com", ConsentAction.GRANT,
+                purpose="marketing.communications.email",
+                data_categories=("user.contact.email",), method=CollectionMethod.AFFIRMATIVE,
+                source="crm-import", notice_version="2026-01",
+                idempotency_key=f"{kind}-{run}-{i}",
+                evidence={"row": str(i), "file": "crm-export.csv"}) for i in range(count)]
+
+        one = writes("single", max(n // 10, 200))
+        started = time.perf_counter()
+        for w in one:
+            svc.record(w)
+        single = len(one) / (time.perf_counter() - started)
+        batch = writes("bulk", n)
+        started = time.perf_counter()
+        for lo in range(0, n, size):
+            svc.record_batch(batch[lo:lo + size])
+        many = n / (time.perf_counter() - started)
+        assert ledger.verify().ok
+        ledger.close()
+        print("| path | events/s |\n|---|---|")
+        print(f"| one by one (`record`, {len(one):,} writes) | {single:,.0f} |")
+        print(f"| batches of {size:,} (`record_batch`, {n:,} writes) | {many:,.0f} "
+              f"({many / single:.1f}x) |")
+    finally:
+        drop_database(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.writes")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--bulk", type=int, default=0, metavar="N")
+    parser.add_argument("--batch", type=int, default=1000, metavar="SIZE")
     ns = parser.parse_args(argv)
+    if ns.bulk:
+        bulk(ns.bulk, ns.batch)
+        return 0
     clients = [int(c) for c in ns.clients.split(",")]
     names = {d: f"ca_bench_writes_{secrets.token_hex(4)}" for d in DESIGNS}
     servers = {}

@@ -20,6 +20,7 @@ from consentauthz.consent import Idempotency, MemoryLedger, PostgresLedger
 from consentauthz.consent.codec import event_to_dict
 from consentauthz.consent.ledger import entry_payload, heads_digest, partition_of
 from consentauthz.consent.postgres import DEFAULT_PARTITIONS, PART_LOCK
+from consentauthz.domain import ConsentAction
 from consentauthz.errors import ConfigError, InvalidArgument, Unavailable
 from tests.unit.test_ledger_contract import T0, _run_threads, event
 
@@ -160,6 +161,24 @@ def test_a_removed_tail_of_one_partition_is_caught(ledger: PostgresLedger,
     report = ledger.verify()
     assert not report.ok
     assert report.problem.startswith("partition 2: ")
+
+
+def test_projections_are_rebuilt_per_partition(ledger: PostgresLedger,
+                                              postgres_dsn: str) -> None:
+    subjects = [*subjects_in(0, 4, 2, "a"), *subjects_in(3, 4, 2, "b")]
+    for i, s in enumerate(subjects):
+        ledger.append_consent(s, event(f"r{i}"))
+        ledger.append_consent(s, event(f"w{i}", ConsentAction.WITHDRAW, minutes=1))
+    before = {s: ledger.load(s) for s in subjects}
+    ledger.close()
+    with _admin(postgres_dsn) as conn:  # as if written under other projection rules
+        conn.execute("DELETE FROM ledger_meta WHERE key = 'projection_rules'")
+    again = PostgresLedger(postgres_dsn, partitions=4)
+    try:
+        assert {s: again.load(s) for s in subjects} == before
+        assert again.verify().ok
+    finally:
+        again.close()
 
 
 def test_a_partitions_head_only_moves_on(ledger: PostgresLedger, postgres_dsn: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from ..chain import GENESIS, ChainReport, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
-from ..errors import InvalidArgument
+from ..errors import ConsentAuthzError, InvalidArgument
 from .codec import (
     event_from_dict,
     event_to_dict,
@@ -55,6 +55,20 @@ class AppendResult:
     state: SubjectState
     #: True when the idempotency key matched an earlier write (nothing was appended).
     replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One consent event of a batch (Ledger.append_batch)."""
+
+    subject: str
+    event: ConsentEvent
+    idempotency: Idempotency | None = None
+
+
+#: What a batch gives back for each item: its append, or why it was not made (its
+#: idempotency key was used for another request; the subject was erased).
+BatchResult = AppendResult | ConsentAuthzError
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +138,13 @@ class Ledger(Protocol):
                        recorded_at: datetime, *,
                        read: SubjectState | None = None) -> AppendResult: ...
 
+    def append_batch(self, items: Sequence[BatchItem]) -> list[BatchResult]:
+        """Many consent events of subjects of one partition, in order, in one transaction:
+        all of them are recorded or none (an error of the ledger), except an item that
+        cannot be (its result says why: an idempotency key already used for another
+        request), which changes nothing. A retried item returns its earlier record."""
+        ...
+
     def load(self, subject: str, evidence: bool = False) -> SubjectState:
         """The subject's state, current as of the head. `evidence`: the caller will show
         the evidence (a ledger that seals it opens it only then)."""
@@ -191,6 +212,14 @@ class Ledger(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def check_one_partition(items: Sequence[BatchItem], partitions: int) -> int:
+    """The one partition a batch's subjects are in (ValueError: several)."""
+    parts = {partition_of(item.subject, partitions) for item in items}
+    if len(parts) != 1:
+        raise ValueError("a batch holds the events of one ledger partition")
+    return parts.pop()
 
 
 def entry_payload(seq: int, subject: str, kind: str, record_id: str, recorded_at: str,
@@ -366,6 +395,19 @@ class MemoryLedger:
                 self._idempotency[idempotency.key] = (
                     ev.record_id, seq, idempotency.request_hash)
             return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
+
+    def append_batch(self, items: Sequence[BatchItem]) -> list[BatchResult]:
+        if not items:
+            return []
+        check_one_partition(items, self._partitions)
+        results: list[BatchResult] = []
+        for item in items:  # the caller holds the partition's order: nothing comes between
+            try:
+                results.append(self.append_consent(item.subject, item.event,
+                                                   item.idempotency))
+            except InvalidArgument as exc:
+                results.append(exc)
+        return results
 
     def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
                        recorded_at: datetime, *,

@@ -28,14 +28,17 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from ..chain import GENESIS, ChainReport, canonical_json
+from ..chain import GENESIS, ChainReport, canonical_json, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import Unavailable
 from .codec import event_from_dict, event_to_dict, profile_to_dict, state_from_json, state_to_json
 from .ledger import (
     AppendResult,
+    BatchItem,
+    BatchResult,
     Changes,
     Idempotency,
+    check_one_partition,
     check_partitions,
     entry_payload,
     idempotency_conflict,
@@ -123,12 +126,17 @@ LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'projections are only ever replaced, never deleted';
 END $$;
--- A partition's head only ever moves on by one (each append's), and is never removed.
+-- A partition's head only ever moves on, to the partition's newest entry (the chain's
+-- tip: its position and hash), and is never removed.
 CREATE OR REPLACE FUNCTION consentauthz_head_moves_on() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP <> 'UPDATE' OR NEW.part <> OLD.part OR NEW.seq <> OLD.seq + 1 THEN
-        RAISE EXCEPTION 'a ledger partition''s head only moves on';
+    IF TG_OP <> 'UPDATE' OR NEW.part <> OLD.part OR NEW.seq <= OLD.seq
+            OR NOT EXISTS (SELECT 1 FROM ledger l WHERE l.part = NEW.part
+                           AND l.seq = NEW.seq AND l.entry_hash = NEW.entry_hash)
+            OR EXISTS (SELECT 1 FROM ledger l WHERE l.part = NEW.part AND l.seq > NEW.seq)
+    THEN
+        RAISE EXCEPTION 'a ledger partition''s head only moves on, to its newest entry';
     END IF;
     RETURN NEW;
 END $$;
@@ -536,6 +544,76 @@ class PostgresLedger(LedgerTables):
             return AppendResult(str(got_record), seq, self.load(subject), replayed=True)
         return AppendResult(record_id, seq, _settled(state, nonce, seq))
 
+    def append_batch(self, items: Sequence[BatchItem]) -> list[BatchResult]:
+        """One transaction and a handful of statements for the whole batch: the retry
+        lookup for every key, the partition's head and the subjects' states (read under
+        the partition's lock), then every entry (COPY), the head moved on, and every
+        projection replaced; the chain is linked here, as chain.link does for one."""
+        if not items:
+            return []
+        part = check_one_partition(items, self._partitions)
+        results: list[BatchResult | None] = [None] * len(items)
+        replays: list[tuple[int, str, str, int]] = []
+        with self._append_tx(part) as conn:
+            keys = [k for item in items if item.idempotency
+                    for k in item.idempotency.all_keys]
+            seen: dict[str, tuple[str, int, str]] = {
+                str(k): (str(rid), int(seq), str(rh)) for k, rid, seq, rh in conn.execute(
+                    "SELECT idempotency_key, record_id, seq, request_hash FROM ledger "
+                    "WHERE idempotency_key = ANY(%s)", (keys,))} if keys else {}
+            seq, prev = self._last(conn, part)
+            states = {str(s): state_from_json(st, 0) for s, st in conn.execute(
+                "SELECT subject, state FROM subject_state WHERE subject = ANY(%s)",
+                (sorted({item.subject for item in items}),))}
+            rows: list[tuple[Any, ...]] = []
+            changed: set[str] = set()
+            for i, item in enumerate(items):
+                idem = item.idempotency
+                hit = next((seen[k] for k in idem.all_keys if k in seen), None) \
+                    if idem else None
+                if hit is not None:
+                    assert idem is not None
+                    if hit[2] != idem.request_hash:
+                        results[i] = idempotency_conflict()
+                    else:
+                        replays.append((i, item.subject, hit[0], hit[1]))
+                    continue
+                seq += 1
+                ev = replace(item.event, sequence=seq)
+                body = event_to_dict(ev)
+                stamp = ev.recorded_at.isoformat()
+                entry_hash = link(prev, entry_payload(seq, item.subject, "consent",
+                                                      ev.record_id, stamp, body))
+                rows.append((part, seq, ev.record_id, item.subject, "consent",
+                             json.dumps(body, sort_keys=True), stamp,
+                             idem.key if idem else None,
+                             idem.request_hash if idem else None, prev, entry_hash))
+                prev = entry_hash
+                state = apply_event(states.get(item.subject, SubjectState()), ev)
+                states[item.subject] = state
+                changed.add(item.subject)
+                if idem is not None:  # a retry later in the same batch
+                    seen[idem.key] = (ev.record_id, seq, idem.request_hash)
+                results[i] = AppendResult(ev.record_id, seq, replace(state, sequence=seq))
+            if rows:
+                with conn.cursor().copy(
+                        "COPY ledger (part, seq, record_id, subject, kind, body, "
+                        "recorded_at, idempotency_key, request_hash, prev_hash, entry_hash) "
+                        "FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                self._advance(conn, part, seq, prev)
+                conn.cursor().executemany(
+                    "INSERT INTO subject_state (subject, part, version, state) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (subject) DO UPDATE "
+                    "SET version = excluded.version, state = excluded.state",
+                    [(s, part, states[s].version, state_to_json(states[s]))
+                     for s in sorted(changed)])
+        for i, subject, record_id, at in replays:
+            results[i] = AppendResult(record_id, at, replace(
+                states.get(subject, SubjectState()), sequence=seq), replayed=True)
+        return [r for r in results if r is not None]
+
     def _call_append(self, args: tuple[Any, ...]) -> Any:
         with _translated_except_conflict(), self._writer() as conn:
             # One statement, its own transaction (the writer is in autocommit): one round
@@ -578,6 +656,27 @@ class PostgresLedger(LedgerTables):
         state = state_from_json(stored, int(head)) if stored is not None else SubjectState(
             sequence=int(head))
         return state, ((wrapped, destroyed_at) if has_key else None)
+
+    def load_many_with_key_records(
+            self, subjects: Sequence[str]
+    ) -> dict[str, tuple[SubjectState, tuple[str | None, datetime | None] | None]]:
+        """load_with_key_record for many subjects, in one statement (one snapshot)."""
+        with self._read_one() as conn:
+            rows = conn.execute(
+                "SELECT u.s, h.seq, st.state, k.subject IS NOT NULL, k.wrapped, "
+                "k.destroyed_at FROM unnest(%s::text[], %s::int[]) AS u(s, p) "
+                "JOIN ledger_head h ON h.part = u.p "
+                "LEFT JOIN subject_state st ON st.subject = u.s "
+                "LEFT JOIN subject_keys k ON k.subject = u.s",
+                (list(subjects), [self._part(s) for s in subjects])).fetchall()
+        out: dict[str, tuple[SubjectState, tuple[str | None, datetime | None] | None]] = {}
+        for subject, head, stored, has_key, wrapped, destroyed_at in rows:
+            state = state_from_json(stored, int(head)) if stored is not None else SubjectState(
+                sequence=int(head))
+            out[str(subject)] = (state, (wrapped, destroyed_at) if has_key else None)
+        if len(out) != len(set(subjects)):
+            raise Unavailable("the consent ledger has no such partition")
+        return out
 
     @property
     def conninfo(self) -> str:

@@ -41,7 +41,7 @@ from ..domain import ConsentEvent, SubjectProfile, SubjectState
 from ..errors import SubjectErased, Unavailable
 from ..pseudonym import key_fingerprint
 from ..sqlite_files import open_database
-from .ledger import AppendResult, Changes, Idempotency, Ledger
+from .ledger import AppendResult, BatchItem, BatchResult, Changes, Idempotency, Ledger
 
 log = logging.getLogger("consentauthz.consent")
 
@@ -145,6 +145,10 @@ class KeyStore(Protocol):
         """Store `wrapped` unless the subject has a record already; return what is stored."""
         ...
 
+    def create_many(self, wrapped: Mapping[str, str]) -> dict[str, KeyRecord]:
+        """create() for many subjects at once (one transaction where the store has them)."""
+        ...
+
     def destroy(self, subject: str) -> None:
         """Forget the subject's key for good (and remember that it was destroyed)."""
         ...
@@ -164,6 +168,9 @@ class MemoryKeyStore:
     def create(self, subject: str, wrapped: str) -> KeyRecord:
         with self._lock:
             return self._keys.setdefault(subject, KeyRecord(wrapped))
+
+    def create_many(self, wrapped: Mapping[str, str]) -> dict[str, KeyRecord]:
+        return {s: self.create(s, w) for s, w in wrapped.items()}
 
     def destroy(self, subject: str) -> None:
         with self._lock:
@@ -217,12 +224,22 @@ class SqliteKeyStore:
         return _sqlite_record(row) if row else None
 
     def create(self, subject: str, wrapped: str) -> KeyRecord:
+        return self.create_many({subject: wrapped})[subject]
+
+    def create_many(self, wrapped: Mapping[str, str]) -> dict[str, KeyRecord]:
         with self._locked() as conn:
-            conn.execute("INSERT OR IGNORE INTO subject_keys (subject, wrapped) VALUES (?, ?)",
-                         (subject, wrapped))
-            row = conn.execute("SELECT wrapped, destroyed_at FROM subject_keys "
-                               "WHERE subject = ?", (subject,)).fetchone()
-        return _sqlite_record(row)
+            conn.execute("BEGIN IMMEDIATE")  # one commit (one fsync) for them all
+            try:
+                conn.executemany("INSERT OR IGNORE INTO subject_keys (subject, wrapped) "
+                                 "VALUES (?, ?)", list(wrapped.items()))
+                found = {s: _sqlite_record(conn.execute(
+                    "SELECT wrapped, destroyed_at FROM subject_keys WHERE subject = ?",
+                    (s,)).fetchone()) for s in wrapped}
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return found
 
     def destroy(self, subject: str) -> None:
         now = datetime.now(UTC).isoformat()
@@ -299,6 +316,18 @@ class PostgresKeyStore:
         assert row is not None
         return KeyRecord(row[0], row[1])
 
+    def create_many(self, wrapped: Mapping[str, str]) -> dict[str, KeyRecord]:
+        subjects = list(wrapped)
+        with self._translated(), self._pool.connection() as conn:
+            conn.execute("INSERT INTO subject_keys (subject, wrapped) "
+                         "SELECT * FROM unnest(%s::text[], %s::text[]) "
+                         "ON CONFLICT (subject) DO NOTHING",
+                         (subjects, [wrapped[s] for s in subjects]))
+            # Its own statement, so its snapshot holds the rows other writers made first.
+            rows = conn.execute("SELECT subject, wrapped, destroyed_at FROM subject_keys "
+                                "WHERE subject = ANY(%s)", (subjects,)).fetchall()
+        return {str(s): KeyRecord(w, d) for s, w, d in rows}
+
     def destroy(self, subject: str) -> None:
         with self._translated(), self._pool.connection() as conn:
             conn.execute(
@@ -347,6 +376,13 @@ class Sealer:
 
     def record(self, subject: str) -> KeyRecord | None:
         return self._store.get(subject)
+
+    def create_keys(self, subjects: Sequence[str]) -> dict[str, KeyRecord]:
+        """New keys for subjects without one (one store transaction); what is stored."""
+        if not subjects:
+            return {}
+        return self._store.create_many(
+            {s: self._master.wrap(os.urandom(32), s) for s in subjects})
 
     @property
     def store(self) -> KeyStore:
@@ -428,11 +464,17 @@ class SealingLedger:
         #: every ledger read of a check (and both from one snapshot).
         self._load_with_key: Callable[
             [str], tuple[SubjectState, tuple[str | None, datetime | None] | None]] | None = None
+        #: The same for many subjects at once (batches).
+        self._load_many_with_key: Callable[
+            [Sequence[str]],
+            dict[str, tuple[SubjectState, tuple[str | None, datetime | None] | None]]
+        ] | None = None
         store = sealer.store
         joined = getattr(inner, "load_with_key_record", None)
         if (joined is not None and isinstance(store, PostgresKeyStore)
                 and getattr(inner, "conninfo", None) == store.conninfo):
             self._load_with_key = joined
+            self._load_many_with_key = getattr(inner, "load_many_with_key_records", None)
 
     # -- sealing on the way in ------------------------------------------------------------
 
@@ -454,19 +496,78 @@ class SealingLedger:
                        idempotency: Idempotency | None = None, *,
                        read: SubjectState | None = None) -> AppendResult:
         key, read = self._write_key(subject)
+        item = self._sealed(BatchItem(subject, event, idempotency), key)
+        result = self._inner.append_consent(subject, item.event, item.idempotency, read=read)
+        return replace(result, state=self._open_state(subject, result.state, key))
+
+    @staticmethod
+    def _sealed(item: BatchItem, key: bytes) -> BatchItem:
+        """The event with its evidence sealed under the subject's key."""
+        event, idempotency = item.event, item.idempotency
         sealed = ""
         if event.evidence:
             plain = json.dumps(dict(event.evidence), sort_keys=True).encode()
-            sealed = Sealer.seal(key, subject, _EVIDENCE, plain)
+            sealed = Sealer.seal(key, item.subject, _EVIDENCE, plain)
         if idempotency is not None:
             # The request hash covers the evidence: keyed by the subject's key, it cannot be
             # used to guess the evidence, and it is gone with the key.
             idempotency = replace(idempotency, request_hash=Sealer.keyed_digest(
                 key, idempotency.request_hash))
-        result = self._inner.append_consent(
-            subject, replace(event, evidence={}, sealed_evidence=sealed), idempotency,
-            read=read)
-        return replace(result, state=self._open_state(subject, result.state, key))
+        return BatchItem(item.subject, replace(event, evidence={}, sealed_evidence=sealed),
+                         idempotency)
+
+    def _write_keys(self, subjects: Sequence[str]) -> dict[str, bytes | SubjectErased]:
+        """_write_key for many subjects: their states and key records in one statement
+        where the ledger and the store share a database, and the missing keys made in one
+        (a subject erased gets its SubjectErased instead of a key)."""
+        if self._load_many_with_key is None:
+            out: dict[str, bytes | SubjectErased] = {}
+            for s in subjects:
+                try:
+                    out[s] = self._write_key(s)[0]
+                except SubjectErased as exc:
+                    out[s] = exc
+            return out
+        erased = SubjectErased("the subject was erased; nothing more is recorded about them")
+        keys: dict[str, bytes | SubjectErased] = {}
+        records: dict[str, KeyRecord] = {}
+        missing: list[str] = []
+        for s, (state, row) in self._load_many_with_key(subjects).items():
+            if state.profile.erased_at is not None:
+                self._sealer.destroy(s)  # again: a restored key store may have it back
+                keys[s] = erased
+            elif row is not None:
+                records[s] = KeyRecord(row[0], row[1])
+            elif _has_sealed(state):
+                raise Unavailable("the subject's key is missing from the key store")
+            else:
+                missing.append(s)
+        records.update(self._sealer.create_keys(missing))
+        for s, record in records.items():
+            keys[s] = erased if record.wrapped is None else self._sealer.unwrap(s, record)
+        return keys
+
+    def append_batch(self, items: Sequence[BatchItem]) -> list[BatchResult]:
+        """Each subject's key once; an erased subject's items are refused, the rest go on."""
+        keys = self._write_keys(sorted({item.subject for item in items}))
+        results: list[BatchResult | None] = [None] * len(items)
+        sealed: list[BatchItem] = []
+        where: list[int] = []
+        for i, item in enumerate(items):
+            key = keys[item.subject]
+            if isinstance(key, SubjectErased):
+                results[i] = key
+                continue
+            sealed.append(self._sealed(item, key))
+            where.append(i)
+        appended = self._inner.append_batch(sealed) if sealed else []
+        for i, result in zip(where, appended, strict=True):
+            key = keys[items[i].subject]
+            assert isinstance(key, bytes)
+            results[i] = (replace(result, state=self._open_state(items[i].subject,
+                                                                  result.state, key))
+                          if isinstance(result, AppendResult) else result)
+        return [r for r in results if r is not None]
 
     def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
                        recorded_at: datetime, *,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -26,7 +26,7 @@ from ..domain import (
     WriteResult,
     new_id,
 )
-from ..errors import InvalidArgument, TokenAhead
+from ..errors import ConsentAuthzError, InvalidArgument, SubjectErased, TokenAhead, Unavailable
 from ..metrics import NO_METRICS, CacheTier, Metrics
 from ..policy import Taxonomy
 from ..pseudonym import Pseudonymizer
@@ -42,11 +42,13 @@ from ..validation import (
 )
 from .cache import LocalCache
 from .freshness import Freshness, SoleWriter
-from .ledger import AppendResult, Idempotency, Ledger, partition_of
+from .ledger import AppendResult, BatchItem, Idempotency, Ledger, partition_of
 from .redis_cache import RedisStateCache
 
 log = logging.getLogger("consentauthz.consent")
 
+#: Writes of one partition recorded in one ledger transaction by record_batch.
+BATCH_CHUNK = 500
 #: Bound on remembered key-ring resolutions (stable, so forgetting only costs a lookup).
 _MAX_RESOLVED = 100_000
 
@@ -239,25 +241,80 @@ class ConsentService:
     def record(self, write: ConsentWrite) -> WriteResult:
         now = self._clock()
         validate_write(write, self._taxonomy(), now, self.clock_skew)
-        event = ConsentEvent(
+        event = self._event(write, now)
+        with tracer().start_as_current_span("consent.Record"), \
+                self._write_order(write.subject_id) as subject:
+            epochs = self._epochs()
+            result = self._ledger.append_consent(subject, event,
+                                                 self._idempotency(subject, write))
+            self._after_write(subject, result, epochs)
+        return self._written(subject, result.record_id, result.sequence)
+
+    def record_batch(self, writes: Sequence[ConsentWrite]
+                     ) -> list[WriteResult | ConsentAuthzError]:
+        """Many consent writes (an import, the events of one signal), one result each in
+        their order: a bad write gets its InvalidArgument (its fields named), a write
+        for an erased subject its SubjectErased, and the rest are recorded. Writes are
+        grouped by ledger partition; each group (up to BATCH_CHUNK writes) is one ledger
+        transaction under the partition's write order, then written through to the caches
+        in order. A subject whose pseudonym is not settled (a key rotation) is recorded
+        on its own, as record() does."""
+        now = self._clock()
+        taxonomy = self._taxonomy()
+        results: list[WriteResult | ConsentAuthzError | None] = [None] * len(writes)
+        groups: dict[int, list[tuple[int, BatchItem]]] = {}
+        for i, write in enumerate(writes):
+            try:
+                validate_write(write, taxonomy, now, self.clock_skew)
+                candidates = self._pseudonymize.all(write.subject_id)
+                if len(candidates) > 1:
+                    results[i] = self.record(write)
+                    continue
+            except (InvalidArgument, SubjectErased) as exc:
+                results[i] = exc
+                continue
+            subject = candidates[0]
+            item = BatchItem(subject, self._event(write, now), self._idempotency(subject, write))
+            groups.setdefault(self.partition(subject), []).append((i, item))
+        chunks = [group[lo:lo + BATCH_CHUNK] for _, group in sorted(groups.items())
+                  for lo in range(0, len(group), BATCH_CHUNK)]
+
+        def record_chunk(chunk: list[tuple[int, BatchItem]]) -> None:
+            part = self.partition(chunk[0][1].subject)
+            with self._holding([part], ordered=self._redis is not None):
+                epochs = self._epochs()
+                appended = self._ledger.append_batch([item for _, item in chunk])
+                for (i, item), result in zip(chunk, appended, strict=True):
+                    if isinstance(result, AppendResult):
+                        self._after_write(item.subject, result, epochs)
+                        results[i] = self._written(item.subject, result.record_id,
+                                                   result.sequence)
+                    else:
+                        results[i] = result
+
+        with tracer().start_as_current_span("consent.RecordBatch"):
+            for chunk in chunks:
+                record_chunk(chunk)
+        done = [r for r in results if r is not None]
+        if len(done) != len(writes):
+            raise Unavailable("a batch write was left without a result")
+        return done
+
+    def _event(self, write: ConsentWrite, now: datetime) -> ConsentEvent:
+        return ConsentEvent(
             record_id=new_id(), sequence=0, action=write.action, purpose=write.purpose,
             data_categories=tuple(write.data_categories), explicit=write.explicit,
             method=write.method, jurisdiction=write.jurisdiction,
             collected_at=write.collected_at or now, expires_at=write.expires_at,
             source=write.source, notice_version=write.notice_version, recorded_at=now,
             evidence=dict(write.evidence))
-        with tracer().start_as_current_span("consent.Record"), \
-                self._write_order(write.subject_id) as subject:
-            epochs = self._epochs()
-            idempotency = None
-            if write.idempotency_key:
-                # Under every key of the ring: a retry after a key rotation is still a retry.
-                keys = self._pseudonymize.all("idempotency:" + write.idempotency_key)
-                idempotency = Idempotency(keys[0], self._request_hash(subject, write),
-                                          keys[1:])
-            result = self._ledger.append_consent(subject, event, idempotency)
-            self._after_write(subject, result, epochs)
-        return self._written(subject, result.record_id, result.sequence)
+
+    def _idempotency(self, subject: str, write: ConsentWrite) -> Idempotency | None:
+        if not write.idempotency_key:
+            return None
+        # Under every key of the ring: a retry after a key rotation is still a retry.
+        keys = self._pseudonymize.all("idempotency:" + write.idempotency_key)
+        return Idempotency(keys[0], self._request_hash(subject, write), keys[1:])
 
     def remember_gpc(self, subject_id: str, jurisdiction: str) -> WriteResult:
         """Record a Global Privacy Control signal as the subject's opt-out of sale and
@@ -339,15 +396,22 @@ class ConsentService:
         candidates = self._pseudonymize.all(subject_id)
         known = candidates[0] if len(candidates) == 1 else self._resolved.get(candidates[0])
         parts = sorted({self.partition(c) for c in ([known] if known else candidates)})
-        with ExitStack() as stack:
-            for part in parts:
-                stack.enter_context(self._part_locks[part])
-            if self._redis is not None or len(candidates) > 1:
-                stack.enter_context(self._ledger.exclusive(parts))
+        with self._holding(parts, ordered=self._redis is not None or len(candidates) > 1):
             subject = self.subject_key(subject_id)
             if self.partition(subject) not in parts:  # cannot be: it is one of candidates
                 raise AssertionError("a subject resolved outside the partitions held")
             yield subject
+
+    @contextmanager
+    def _holding(self, parts: Sequence[int], ordered: bool) -> Iterator[None]:
+        """This replica's locks of these partitions (sorted), and with `ordered` the
+        ledger's order of them across replicas too."""
+        with ExitStack() as stack:
+            for part in sorted(parts):
+                stack.enter_context(self._part_locks[part])
+            if ordered:
+                stack.enter_context(self._ledger.exclusive(sorted(parts)))
+            yield
 
     def _after_write(self, subject: str, result: AppendResult,
                      epochs: tuple[int, int]) -> None:

@@ -21,10 +21,14 @@ from typing import Any, ClassVar, Protocol
 
 from ..chain import GENESIS, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
+from ..errors import InvalidArgument
 from .codec import event_to_dict, profile_to_dict, state_from_json, state_to_json
 from .ledger import (
     AppendResult,
+    BatchItem,
+    BatchResult,
     Idempotency,
+    check_one_partition,
     entry_payload,
     idempotency_conflict,
     partition_of,
@@ -133,14 +137,15 @@ class LedgerTables(ABC):
         were rebuilt. The records are the truth, so this is always safe to do."""
         if self._meta(conn, "projection_rules") == PROJECTION_RULES:
             return 0
-        rows = conn.execute("SELECT seq, subject, kind, body FROM ledger ORDER BY seq"
-                            ).fetchall()
-        head = int(rows[-1][0]) if rows else 0
+        rows = conn.execute("SELECT part, seq, subject, kind, body FROM ledger "
+                            "ORDER BY part, seq").fetchall()
+        heads: dict[int, int] = {}
         per_subject: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
-        for seq, subject, kind, body in rows:
+        for part, seq, subject, kind, body in rows:
+            heads[int(part)] = int(seq)
             per_subject.setdefault(str(subject), []).append((int(seq), kind, json.loads(body)))
         for subject, entries in per_subject.items():
-            self._save_state(conn, subject, replay(entries, head))
+            self._save_state(conn, subject, replay(entries, heads[self._part(subject)]))
         self._put_meta(conn, "projection_rules", PROJECTION_RULES)
         if per_subject:
             log.warning("consent ledger: rebuilt the projections of %d subjects under the "
@@ -154,21 +159,40 @@ class LedgerTables(ABC):
         # `read` is not needed: the state is read under the partition's order here.
         part = self._part(subject)
         with self._append_tx(part) as conn:
-            if idempotency is not None:
-                row = self._retried(conn, idempotency.all_keys)
-                if row is not None:
-                    if row[2] != idempotency.request_hash:
-                        raise idempotency_conflict()
-                    head = self._last(conn, part)[0]
-                    return AppendResult(row[0], int(row[1]), self._state(conn, subject, head),
-                                        replayed=True)
-            seq = self._last(conn, part)[0] + 1
-            ev = replace(event, sequence=seq)
-            self._insert(conn, subject, "consent", ev.record_id, ev.recorded_at,
-                         event_to_dict(ev), idempotency)
-            state = apply_event(self._state(conn, subject, seq), ev)
-            self._save_state(conn, subject, state)
-            return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
+            return self._append_in(conn, part, subject, event, idempotency)
+
+    def append_batch(self, items: Sequence[BatchItem]) -> list[BatchResult]:
+        if not items:
+            return []
+        part = check_one_partition(items, self.partitions)
+        results: list[BatchResult] = []
+        with self._append_tx(part) as conn:
+            for item in items:
+                try:
+                    results.append(self._append_in(conn, part, item.subject, item.event,
+                                                   item.idempotency))
+                except InvalidArgument as exc:  # raised before the item wrote anything
+                    results.append(exc)
+        return results
+
+    def _append_in(self, conn: Connection, part: int, subject: str, event: ConsentEvent,
+                   idempotency: Idempotency | None) -> AppendResult:
+        """One consent event, inside a transaction that holds the partition's order."""
+        if idempotency is not None:
+            row = self._retried(conn, idempotency.all_keys)
+            if row is not None:
+                if row[2] != idempotency.request_hash:
+                    raise idempotency_conflict()
+                head = self._last(conn, part)[0]
+                return AppendResult(row[0], int(row[1]), self._state(conn, subject, head),
+                                    replayed=True)
+        seq = self._last(conn, part)[0] + 1
+        ev = replace(event, sequence=seq)
+        self._insert(conn, subject, "consent", ev.record_id, ev.recorded_at,
+                     event_to_dict(ev), idempotency)
+        state = apply_event(self._state(conn, subject, seq), ev)
+        self._save_state(conn, subject, state)
+        return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
 
     def append_profile(self, subject: str, profile: SubjectProfile, record_id: str,
                        recorded_at: datetime, *,
