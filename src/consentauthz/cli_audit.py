@@ -204,7 +204,8 @@ def cmd_checkpoint(ns: argparse.Namespace) -> int:
     finally:
         close()
     when = msg.time.ToDatetime(tzinfo=UTC) if msg.HasField("time") else None
-    line = Checkpoint(msg.sequence, msg.entry_hash, msg.count, when).to_json()
+    ledger = tuple((h.partition, h.position, h.entry_hash) for h in msg.consent_ledger)
+    line = Checkpoint(msg.sequence, msg.entry_hash, msg.count, when, ledger).to_json()
     if ns.append:
         with Path(ns.append).open("a", encoding="utf-8") as f:
             f.write(line + "\n")

@@ -181,7 +181,10 @@ def test_decision_log_tamper_and_held_checkpoints(live: tuple[Running, Path],
     held = tmp_path / "held.jsonl"
     cp = audit("checkpoint", "--append", str(held), target=target(s))
     assert cp.returncode == 0, cp.stderr
-    assert json.loads(held.read_text())["sequence"] == 5
+    kept = json.loads(held.read_text())
+    assert kept["sequence"] == 5
+    # And the consent ledger's head (one partition: the embedded ledger).
+    assert [h[:2] for h in kept["consent_ledger"]] == [[0, 1]]
     ok = audit("verify", "--checkpoint", str(held), target=target(s))
     assert ok.returncode == 0 and "decision log: ok, 5 entries" in ok.stdout, ok.stdout
     s.app.stop(grace=None)

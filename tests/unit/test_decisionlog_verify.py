@@ -257,6 +257,21 @@ def test_checkpoint_json_round_trip_and_rejects() -> None:
             Checkpoint.from_json(bad)
 
 
+def test_a_checkpoint_keeps_the_consent_ledgers_heads() -> None:
+    heads = ((0, 3, "a" * 64), (1, 0, GENESIS))
+    cp = Checkpoint(1, "b" * 64, 1, None, heads)
+    assert json.loads(cp.to_json())["consent_ledger"] == [[0, 3, "a" * 64], [1, 0, GENESIS]]
+    assert Checkpoint.from_json(cp.to_json()) == cp
+    # One from before the heads were kept still reads (and holds none).
+    old = '{"sequence": 1, "entry_hash": "' + "b" * 64 + '", "count": 1, "time": null}'
+    assert Checkpoint.from_json(old).ledger == ()
+    for bad in ([[1, 3, "a" * 64]], [[0, -1, "a" * 64]], [[0, 3, "A" * 64]], [[0, 3]],
+                [[0, 1, "a" * 64], [0, 1, "a" * 64]]):
+        text = json.dumps({**json.loads(old), "consent_ledger": bad})
+        with pytest.raises(ValueError, match="checkpoint"):
+            Checkpoint.from_json(text)
+
+
 def test_memory_log_verifies_checkpoints_too() -> None:
     dlog = MemoryDecisionLog()
     dlog.append([record(f"d{i}", i) for i in range(5)])

@@ -181,6 +181,34 @@ def test_projections_are_rebuilt_per_partition(ledger: PostgresLedger,
         again.close()
 
 
+def test_a_partition_cut_short_with_its_head_is_caught_by_a_held_checkpoint(
+        ledger: PostgresLedger, postgres_dsn: str) -> None:
+    subjects = subjects_in(2, 4, 3, "t")
+    for i, s in enumerate(subjects):
+        ledger.append_consent(s, event(f"r{i}"))
+    ledger.append_consent(subjects_in(1, 4, 1, "o")[0], event("other"))
+    held = ledger.tips()
+    assert held[2][:2] == (2, 3) and held[1][:2] == (1, 1) and held[0][:2] == (0, 0)
+    assert ledger.verify(held).ok
+    ledger.append_consent(subjects_in(0, 4, 1, "n")[0], event("later"))
+    assert ledger.verify(held).ok  # a later write is no tampering
+    with _admin(postgres_dsn) as conn:  # a DBA cuts partition 2 short, head row and all
+        conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
+        conn.execute("ALTER TABLE ledger_head DISABLE TRIGGER ledger_head_moves_on")
+        conn.execute("ALTER TABLE subject_state DISABLE TRIGGER subject_state_no_delete")
+        conn.execute("DELETE FROM ledger WHERE part = 2 AND seq = 3")
+        conn.execute("DELETE FROM subject_state WHERE subject = %s", (subjects[2],))
+        conn.execute("UPDATE ledger_head SET seq = 2, entry_hash = (SELECT entry_hash FROM "
+                     "ledger WHERE part = 2 AND seq = 2) WHERE part = 2")
+    assert ledger.verify().ok  # every chain is whole: only the held checkpoint knows
+    report = ledger.verify(held)
+    assert not report.ok
+    assert report.problem == ("partition 2: a held checkpoint is at position 3, beyond the "
+                              "head 2 (entries removed?)")
+    forged = ((0, 0, GENESIS), (1, 1, "f" * 64), *held[2:])
+    assert "partition 1: the held checkpoint says position 1" in ledger.verify(forged).problem
+
+
 def test_a_partitions_head_only_moves_on(ledger: PostgresLedger, postgres_dsn: str) -> None:
     ledger.append_consent(subjects_in(1, 4, 1)[0], event("r1"))
     with _admin(postgres_dsn) as conn:

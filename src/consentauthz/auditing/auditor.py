@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -46,10 +47,11 @@ class Auditor(AuditReader):
 
     def verify(self, checkpoints: Sequence[Checkpoint] = ()) -> list[ChainReport]:
         return [self._store.verify(checkpoints).to_chain_report("decision log"),
-                self._ledger.verify()]
+                self._ledger.verify([head for c in checkpoints for head in c.ledger])]
 
     def checkpoint(self) -> Checkpoint:
-        return self._store.checkpoint()
+        """The decision log's head and every consent-ledger partition's head."""
+        return replace(self._store.checkpoint(), ledger=self._ledger.tips())
 
     def _all_decisions(self, subject: str) -> Iterator[DecisionRecord]:
         before = 0

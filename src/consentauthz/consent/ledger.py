@@ -183,9 +183,17 @@ class Ledger(Protocol):
         (replay)."""
         ...
 
-    def verify(self) -> ChainReport:
+    def tips(self) -> tuple[tuple[int, int, str], ...]:
+        """(partition, head, the head entry's hash) of every partition, in order: what a
+        checkpoint holds of the ledger."""
+        ...
+
+    def verify(self, held: Sequence[tuple[int, int, str]] = ()) -> ChainReport:
         """Recompute every partition's hash chain; report the first entry that does not
-        verify. The report's head hash covers every partition's head (heads_digest)."""
+        verify. The report's head hash covers every partition's head (heads_digest).
+        `held`: (partition, position, entry hash) from checkpoints a third party kept:
+        each must still be in its partition's chain, so a partition cut short (its head
+        row moved back with it) is caught."""
         ...
 
     def changes(self, after: Sequence[int], limit: int) -> Changes:
@@ -242,7 +250,8 @@ def replay(entries: Iterable[tuple[int, str, dict[str, Any]]], sequence: int) ->
 
 def verify_entries(rows: Sequence[Sequence[Any]], projections: Mapping[str, str],
                    partitions: int = 1,
-                   stored_heads: Mapping[int, tuple[int, str]] | None = None) -> ChainReport:
+                   stored_heads: Mapping[int, tuple[int, str]] | None = None,
+                   held: Sequence[tuple[int, int, str]] = ()) -> ChainReport:
     """Check stored ledger rows (part, seq, record_id, subject, kind, body, recorded_at,
     prev_hash, entry_hash; by partition, oldest first), the partitions' stored heads
     (part -> (seq, entry_hash), where the ledger keeps them) and the stored projections
@@ -281,6 +290,10 @@ def verify_entries(rows: Sequence[Sequence[Any]], projections: Mapping[str, str]
             heads[subject] = head
     total = sum(h for _, h, _ in tips)
     digest = heads_digest(tips)
+    hashes = {part: [str(r[8]) for r in part_rows] for part, part_rows in by_part.items()}
+    for problem in held_problems(held, hashes, partitions):
+        return ChainReport("consent ledger", False, len(rows), total, digest, None, "",
+                           problem)
     missing = sorted(set(per_subject) - set(projections))
     if missing:
         last_seq = per_subject[missing[0]][-1][0]
@@ -300,6 +313,26 @@ def verify_entries(rows: Sequence[Sequence[Any]], projections: Mapping[str, str]
             return ChainReport("consent ledger", False, len(rows), total, digest, last_seq,
                                "", "the projection of a subject differs from its records")
     return ChainReport("consent ledger", True, len(rows), total, digest)
+
+
+def held_problems(held: Sequence[tuple[int, int, str]], hashes: Mapping[int, Sequence[str]],
+                  partitions: int) -> list[str]:
+    """What is wrong with held checkpoint heads against the partitions' entry hashes
+    (by position, from 1)."""
+    problems = []
+    for part, position, entry_hash in held:
+        where = f"partition {part}: " if partitions > 1 else ""
+        chain = hashes.get(part)
+        if chain is None:
+            problems.append(f"a held checkpoint names partition {part}, which the ledger "
+                            "does not have")
+        elif position > len(chain):
+            problems.append(f"{where}a held checkpoint is at position {position}, beyond "
+                            f"the head {len(chain)} (entries removed?)")
+        elif position and chain[position - 1] != entry_hash:
+            problems.append(f"{where}the held checkpoint says position {position} is "
+                            f"{entry_hash[:16]}..., the chain has {chain[position - 1][:16]}...")
+    return problems
 
 
 def _broken_at(rows: Sequence[Sequence[Any]], found: str) -> tuple[int, str, str]:
@@ -475,9 +508,19 @@ class MemoryLedger:
             self._meta[key] = value
             return True
 
-    def verify(self) -> ChainReport:
+    def tips(self) -> tuple[tuple[int, int, str], ...]:
+        with self._lock:
+            return tuple((p, len(e), e[-1][3] if e else GENESIS)
+                         for p, e in enumerate(self._entries))
+
+    def verify(self, held: Sequence[tuple[int, int, str]] = ()) -> ChainReport:
         with self._lock:
             parts = [list(e) for e in self._entries]
+        for problem in held_problems(held, {p: [e[3] for e in entries]
+                                            for p, entries in enumerate(parts)},
+                                     self._partitions):
+            return ChainReport("consent ledger", False, self._count, self._count, "", None,
+                               "", problem)
         tips: list[tuple[int, int, str]] = []
         for part, entries in enumerate(parts):
             prev = GENESIS

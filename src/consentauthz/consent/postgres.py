@@ -738,9 +738,15 @@ class PostgresLedger(LedgerTables):
                 "ORDER BY seq LIMIT %s", (subject, after_sequence, max(limit, 0))).fetchall()
         return [event_from_dict(json.loads(r[0])) for r in rows]
 
-    def verify(self) -> ChainReport:
-        """Recompute every partition's chain, check it ends at the partition's stored head,
-        and check the projections still match the records."""
+    def tips(self) -> tuple[tuple[int, int, str], ...]:
+        with self._read_one() as conn:
+            return tuple((int(p), int(s), str(h)) for p, s, h in conn.execute(
+                "SELECT part, seq, entry_hash FROM ledger_head ORDER BY part"))
+
+    def verify(self, held: Sequence[tuple[int, int, str]] = ()) -> ChainReport:
+        """Recompute every partition's chain, check it ends at the partition's stored head
+        and holds every held checkpoint's head, and check the projections still match the
+        records."""
         with self._read_tx() as conn:
             rows = conn.execute(
                 "SELECT part, seq, record_id, subject, kind, body, recorded_at, prev_hash, "
@@ -749,7 +755,7 @@ class PostgresLedger(LedgerTables):
                 "SELECT part, seq, entry_hash FROM ledger_head")}
             projections = {str(s): str(state) for s, state in conn.execute(
                 "SELECT subject, state FROM subject_state")}
-        return verify_entries(rows, projections, self._partitions, heads)
+        return verify_entries(rows, projections, self._partitions, heads, held)
 
     def changes(self, after: Sequence[int], limit: int) -> Changes:
         with self._read_tx() as conn:  # REPEATABLE READ: both statements see one snapshot

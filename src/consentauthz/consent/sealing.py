@@ -679,8 +679,11 @@ class SealingLedger:
     def first_recorded(self, subjects: Sequence[str]) -> str | None:
         return self._inner.first_recorded(subjects)
 
-    def verify(self) -> ChainReport:
-        return self._inner.verify()
+    def tips(self) -> tuple[tuple[int, int, str], ...]:
+        return self._inner.tips()
+
+    def verify(self, held: Sequence[tuple[int, int, str]] = ()) -> ChainReport:
+        return self._inner.verify(held)
 
     def changes(self, after: Sequence[int], limit: int) -> Changes:
         return self._inner.changes(after, limit)

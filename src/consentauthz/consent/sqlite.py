@@ -172,7 +172,11 @@ class SqliteLedger(LedgerTables):
                 "ORDER BY seq LIMIT ?", (subject, after_sequence, limit)).fetchall()
         return [event_from_dict(json.loads(r[0])) for r in rows]
 
-    def verify(self) -> ChainReport:
+    def tips(self) -> tuple[tuple[int, int, str], ...]:
+        with self._tx(immediate=False) as conn:
+            return ((0, *self._last(conn, 0)),)
+
+    def verify(self, held: Sequence[tuple[int, int, str]] = ()) -> ChainReport:
         """Recompute the chain, and check the projection still matches the records: the
         projection is what decisions read, so a tampered projection is tampering too."""
         with self._tx(immediate=False) as conn:
@@ -180,7 +184,7 @@ class SqliteLedger(LedgerTables):
                 "SELECT 0, seq, record_id, subject, kind, body, recorded_at, prev_hash, "
                 "entry_hash FROM ledger ORDER BY seq").fetchall()
             projections = dict(conn.execute("SELECT subject, state FROM subject_state"))
-        return verify_entries(rows, projections)
+        return verify_entries(rows, projections, held=held)
 
     def changes(self, after: Sequence[int], limit: int) -> Changes:
         with self._tx(immediate=False) as conn:

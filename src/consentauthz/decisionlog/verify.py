@@ -54,6 +54,13 @@ class BrokenEntry:
     detail: str
 
 
+def ledger_heads_ok(heads: Sequence[tuple[int, int, str]]) -> bool:
+    """Consent-ledger heads as a checkpoint holds them: partitions 0.. in order, positions
+    not negative, hashes of 64 hex digits."""
+    return all(p == i and s >= 0 and len(h) == 64 and all(c in "0123456789abcdef" for c in h)
+               for i, (p, s, h) in enumerate(heads))
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """A log head as a third party keeps it: later verification proves the entry at
@@ -65,11 +72,17 @@ class Checkpoint:
     count: int
     #: Decision time of the entry at `sequence`; None for an empty log.
     time: datetime | None
+    #: The consent ledger's (partition, position, entry hash) of every partition's head
+    #: when the checkpoint was taken (empty: a checkpoint from before they were kept).
+    ledger: tuple[tuple[int, int, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sequence": self.sequence, "entry_hash": self.entry_hash,
-                "count": self.count,
-                "time": self.time.isoformat(timespec="microseconds") if self.time else None}
+        d: dict[str, Any] = {
+            "sequence": self.sequence, "entry_hash": self.entry_hash, "count": self.count,
+            "time": self.time.isoformat(timespec="microseconds") if self.time else None}
+        if self.ledger:
+            d["consent_ledger"] = [list(head) for head in self.ledger]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Checkpoint:
@@ -77,11 +90,14 @@ class Checkpoint:
             sequence, count = int(d["sequence"]), int(d["count"])
             entry_hash = str(d["entry_hash"])
             time = datetime.fromisoformat(d["time"]) if d.get("time") else None
+            ledger = tuple((int(p), int(s), str(h)) for p, s, h in d.get("consent_ledger", ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a decision-log checkpoint: {exc}") from exc
         if sequence < 0 or len(entry_hash) != 64:
             raise ValueError("not a decision-log checkpoint: bad sequence or entry_hash")
-        return cls(sequence, entry_hash, count, time)
+        if not ledger_heads_ok(ledger):
+            raise ValueError("not a checkpoint: a bad consent-ledger head")
+        return cls(sequence, entry_hash, count, time, ledger)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -17,7 +17,7 @@ from ..auditing import Replay, Story, SubjectReport
 from ..auditing.report import PurposeUse
 from ..chain import ChainReport
 from ..consent.ledger import partition_of
-from ..decisionlog import Checkpoint
+from ..decisionlog.verify import Checkpoint, ledger_heads_ok
 from ..domain import (
     CheckRequest,
     CollectionMethod,
@@ -282,8 +282,10 @@ def consent_event_from(c: consent_pb2.ConsentRecord) -> ConsentEvent:
 
 
 def checkpoint(c: Checkpoint) -> audit_pb2.Checkpoint:
-    return audit_pb2.Checkpoint(sequence=c.sequence, entry_hash=c.entry_hash, count=c.count,
-                                time=timestamp(c.time))
+    return audit_pb2.Checkpoint(
+        sequence=c.sequence, entry_hash=c.entry_hash, count=c.count, time=timestamp(c.time),
+        consent_ledger=[audit_pb2.LedgerHead(partition=p, position=s, entry_hash=h)
+                        for p, s, h in c.ledger])
 
 
 def checkpoint_from(msg: audit_pb2.Checkpoint, field: str = "checkpoints") -> Checkpoint:
@@ -308,4 +310,7 @@ def _read_checkpoint(v: Violations, msg: audit_pb2.Checkpoint, field: str,
     if msg.sequence < 0 or len(msg.entry_hash) != 64:
         v.add(field, "is not a decision-log checkpoint")
     time = read_time(v, msg, "time", time_field)
-    return Checkpoint(msg.sequence, msg.entry_hash, msg.count, time)
+    ledger = tuple((h.partition, h.position, h.entry_hash) for h in msg.consent_ledger)
+    if not ledger_heads_ok(ledger):
+        v.add(f"{field}.consent_ledger", "is not every ledger partition's head, in order")
+    return Checkpoint(msg.sequence, msg.entry_hash, msg.count, time, ledger)

@@ -113,16 +113,28 @@ class GetCheckpointRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Checkpoint(_message.Message):
-    __slots__ = ("sequence", "entry_hash", "count", "time")
+    __slots__ = ("sequence", "entry_hash", "count", "time", "consent_ledger")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_LEDGER_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     entry_hash: str
     count: int
     time: _timestamp_pb2.Timestamp
-    def __init__(self, sequence: _Optional[int] = ..., entry_hash: _Optional[str] = ..., count: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    consent_ledger: _containers.RepeatedCompositeFieldContainer[LedgerHead]
+    def __init__(self, sequence: _Optional[int] = ..., entry_hash: _Optional[str] = ..., count: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., consent_ledger: _Optional[_Iterable[_Union[LedgerHead, _Mapping]]] = ...) -> None: ...
+
+class LedgerHead(_message.Message):
+    __slots__ = ("partition", "position", "entry_hash")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    position: int
+    entry_hash: str
+    def __init__(self, partition: _Optional[int] = ..., position: _Optional[int] = ..., entry_hash: _Optional[str] = ...) -> None: ...
 
 class ChainReport(_message.Message):
     __slots__ = ("name", "ok", "entries", "head_sequence", "head_hash", "broken_sequence", "broken_id", "problem")
