@@ -35,13 +35,13 @@ from consentauthz.v1 import consent_pb2, consent_pb2_grpc, decision_pb2, decisio
 
 from . import engine as eng
 from . import inprocess as inproc
-from . import load, packs, report, scaling, subjects
+from . import load, packs, report, scaling, subjects, writes
 from . import profile as prof
 from .report import Row, met, ms, rate, us, x
 from .services import ROOT, RedisProcess, Server, start_noop, start_serve, start_variant
 
 POLICIES = ROOT / "policies"
-SECTIONS = ("engine", "startup", "inprocess", "grpc")
+SECTIONS = ("engine", "startup", "inprocess", "grpc", "writes")
 WORK = ROOT / "var" / "bench"
 DOC = ROOT / "docs" / "performance.md"
 
@@ -828,6 +828,33 @@ def generated(res: Results) -> str:
     return "\n".join(lines)
 
 
+def run_writes_at_scale(plan: Plan, res: Results) -> None:
+    """Issue 19's targets: RecordConsent on a ledger of 16 partitions beside one of one
+    partition (the design before partitions) in the same run, and the batch path."""
+    clients = (1, 8) if plan.quick else (1, 8, 32)
+    log(f"consent writes at scale: {', '.join(map(str, clients))} clients, 1 vs 16 "
+        "partitions")
+    measured = writes.side_by_side(clients, 1.0 if plan.quick else 3.0,
+                                   1 if plan.quick else 3)
+    for n in clients:
+        one, _ = measured[("1 partition", n)]
+        many, busy = measured[("16 partitions", n)]
+        target = ">= 2,000 writes/s" if n == 32 else ""
+        res.rows.append(Row(
+            "Consent writes at scale", f"RecordConsent, {n} clients, 16 partitions",
+            writes.describe(many, busy), f"{one.rate:,.0f} writes/s (1 partition)",
+            f"{many.rate / one.rate:.2f}x" if one.rate else "", target,
+            ("met" if many.rate >= 2_000 else "missed") if target else ""))
+    events = 2_000 if plan.quick else 20_000
+    log(f"consent writes in batches: {events:,} events")
+    single, batched = writes.bulk(events)
+    res.rows.append(Row(
+        "Consent writes at scale", "record_batch of 1,000 (in-process, sealed, 16 partitions)",
+        f"{batched:,.0f} events/s", f"{single:,.0f} writes/s one by one",
+        f"{batched / single:.1f}x", ">= 10,000 events/s",
+        "met" if batched >= 10_000 else "missed"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -887,6 +914,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             noop.stop()
             redis.stop()
+    if "writes" in only:
+        run_writes_at_scale(plan, res)
     took = time.perf_counter() - started
     res.machine["load_average_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     gen = [d.generated_seconds for d in datasets if d.generated_seconds]

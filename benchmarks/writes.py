@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import load
-from .run import Stubs
 from .scaling import machine_busy
 from .services import start_serve
 from .subjects import create_database, drop_database
@@ -40,6 +39,8 @@ def measure(target: str, pid: int, clients: int, seconds: float, run_id: str
             ) -> tuple[load.Run, float]:
     """The run (its `cpu`: the server's CPU seconds) and the machine's busy CPU seconds
     meanwhile (all cores: server, PostgreSQL and the load generator)."""
+    from .run import Stubs  # run imports this module
+
     stubs = Stubs.open(target, clients)
     try:
         parts = [[load.grant_request(f"w-{run_id}-{c}-{k}", k) for k in range(200)]
@@ -52,8 +53,9 @@ def measure(target: str, pid: int, clients: int, seconds: float, run_id: str
         stubs.close()
 
 
-def bulk(n: int, size: int = 1000) -> None:
-    """Events/s through ConsentService.record_batch and one by one, in-process."""
+def bulk(n: int, size: int = 1000) -> tuple[float, float]:
+    """Events/s through ConsentService.record_batch and one by one, in-process:
+    (one by one, in batches)."""
     from datetime import UTC, datetime
 
     from consentauthz.config import shipped_policies
@@ -95,12 +97,49 @@ def bulk(n: int, size: int = 1000) -> None:
         many = n / (time.perf_counter() - started)
         assert ledger.verify().ok
         ledger.close()
-        print("| path | events/s |\n|---|---|")
-        print(f"| one by one (`record`, {len(one):,} writes) | {single:,.0f} |")
-        print(f"| batches of {size:,} (`record_batch`, {n:,} writes) | {many:,.0f} "
-              f"({many / single:.1f}x) |")
+        return single, many
     finally:
         drop_database(name)
+
+
+Measured = dict[tuple[str, int], tuple[load.Run, float]]
+
+
+def side_by_side(clients: Sequence[int], seconds: float, rounds: int) -> Measured:
+    """(design, clients) -> (the merged runs, the machine's busy CPU seconds), the designs
+    measured in interleaved rounds against `serve` processes of their own."""
+    names = {d: f"ca_bench_writes_{secrets.token_hex(4)}" for d in DESIGNS}
+    servers = {}
+    results: Measured = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for design, partitions in DESIGNS.items():
+                url = create_database(names[design])
+                servers[design] = start_serve(
+                    design, Path(tmp) / partitions, ledger=url,
+                    extra=["--ledger-partitions", partitions, "--workers", "64"])
+            for n in clients:
+                for r in range(rounds):
+                    for design, server in servers.items():
+                        run, spent = measure(server.target, server.pid, n, seconds,
+                                             f"{r}-{secrets.token_hex(2)}")
+                        merged, busy = results.get((design, n), (load.Run(), 0.0))
+                        merged.merge(run)
+                        results[(design, n)] = (merged, busy + spent)
+                        print(f"  {design}, {n} clients, round {r + 1}: "
+                              f"{run.rate:,.0f} writes/s", file=sys.stderr)
+    finally:
+        for server in servers.values():
+            server.stop()
+        for name in names.values():
+            drop_database(name)
+    return results
+
+
+def describe(run: load.Run, busy: float) -> str:
+    return (f"{run.rate:,.0f} writes/s, p50 {run.p50:.1f} ms, p99 {run.p99:.1f} ms, server "
+            f"CPU {run.cpu_per_call_ms:.2f} ms/write, machine {busy / run.seconds:.1f} "
+            "cores busy" + (f", {run.errors} errors" if run.errors else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,47 +151,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1000, metavar="SIZE")
     ns = parser.parse_args(argv)
     if ns.bulk:
-        bulk(ns.bulk, ns.batch)
+        single, many = bulk(ns.bulk, ns.batch)
+        print("| path | events/s |\n|---|---|")
+        print(f"| one by one (`record`) | {single:,.0f} |")
+        print(f"| batches of {ns.batch:,} (`record_batch`, {ns.bulk:,} writes) | "
+              f"{many:,.0f} ({many / single:.1f}x) |")
         return 0
     clients = [int(c) for c in ns.clients.split(",")]
-    names = {d: f"ca_bench_writes_{secrets.token_hex(4)}" for d in DESIGNS}
-    servers = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for design, partitions in DESIGNS.items():
-                url = create_database(names[design])
-                servers[design] = start_serve(
-                    design, Path(tmp) / partitions, ledger=url,
-                    extra=["--ledger-partitions", partitions, "--workers", "64"])
-            results: dict[tuple[str, int], load.Run] = {}
-            busy: dict[tuple[str, int], float] = {}
-            for n in clients:
-                for r in range(ns.rounds):
-                    for design, server in servers.items():
-                        run, spent = measure(server.target, server.pid, n, ns.seconds,
-                                             f"{r}-{secrets.token_hex(2)}")
-                        results.setdefault((design, n), load.Run()).merge(run)
-                        busy[(design, n)] = busy.get((design, n), 0.0) + spent
-                        print(f"  {design}, {n} clients, round {r + 1}: "
-                              f"{run.rate:,.0f} writes/s", file=sys.stderr)
-            print("| clients | " + " | ".join(DESIGNS) + " | ratio |")
-            print("|---|" + "---|" * (len(DESIGNS) + 1))
-            for n in clients:
-                cells = []
-                for design in DESIGNS:
-                    run = results[(design, n)]
-                    cells.append(f"{run.rate:,.0f} writes/s, p50 {run.p50:.1f} ms, "
-                                 f"p99 {run.p99:.1f} ms, server CPU "
-                                 f"{run.cpu_per_call_ms:.2f} ms/write, machine "
-                                 f"{busy[(design, n)] / run.seconds:.1f} cores busy"
-                                 + (f", {run.errors} errors" if run.errors else ""))
-                one, many = (results[(d, n)].rate for d in DESIGNS)
-                print(f"| {n} | " + " | ".join(cells) + f" | {many / one:.2f}x |")
-    finally:
-        for server in servers.values():
-            server.stop()
-        for name in names.values():
-            drop_database(name)
+    results = side_by_side(clients, ns.seconds, ns.rounds)
+    print("| clients | " + " | ".join(DESIGNS) + " | ratio |")
+    print("|---|" + "---|" * (len(DESIGNS) + 1))
+    for n in clients:
+        cells = [describe(*results[(design, n)]) for design in DESIGNS]
+        one, many = (results[(d, n)][0].rate for d in DESIGNS)
+        print(f"| {n} | " + " | ".join(cells) + f" | {many / one:.2f}x |")
     return 0
 
 

@@ -279,7 +279,8 @@ class App:
                                       config.redis_timeout,
                                       on_change=self._component(COMPONENT_REDIS),
                                       cipher=EntryCipher(master.derive(b"redis-cache/v1")),
-                                      partitions=self.ledger.partitions)
+                                      partitions=self.ledger.partitions,
+                                      cluster=config.redis_cluster)
                       if config.redis_url else None)
         # A shared ledger has writers elsewhere: bound staleness by polling it, and hear
         # of writes at once through Redis when there is one. Each poll also notices a

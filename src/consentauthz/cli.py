@@ -345,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-url", metavar="URL",
                        help="redis://... consent cache shared by replicas (env "
                             "CONSENTAUTHZ_REDIS_URL)")
+    serve.add_argument("--redis-cluster", action="store_true",
+                       help="--redis-url names a node of a Redis Cluster (env "
+                            "CONSENTAUTHZ_REDIS_CLUSTER=1; docs/operations.md)")
     serve.add_argument("--redis-prefix", metavar="PREFIX",
                        help="key prefix, e.g. 'ca:' (default), to share one Redis")
     serve.add_argument("--redis-timeout-ms", type=float, default=50,

@@ -58,6 +58,8 @@ class ServeConfig:
     #: redis://... (or rediss://) shared by every replica; None: no shared cache.
     redis_url: str | None = field(default=None, repr=False)
     redis_prefix: str = "ca:"
+    #: --redis-url names a node of a Redis Cluster.
+    redis_cluster: bool = False
     #: Seconds a Redis call may take before the replica answers from the ledger instead.
     redis_timeout: float = 0.05
     #: Without a consistency token, a check may miss writes at most this many seconds old
@@ -164,6 +166,11 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         raise ConfigError("--decision-log-segment-mb and --decision-log-retention-days must "
                           "be positive")
     redis_prefix = getattr(ns, "redis_prefix", None) or _env(env, "REDIS_PREFIX") or "ca:"
+    cluster_env = (_env(env, "REDIS_CLUSTER") or "").lower()
+    if cluster_env not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise ConfigError("CONSENTAUTHZ_REDIS_CLUSTER must be 1 (a Redis Cluster) or 0")
+    redis_cluster = bool(getattr(ns, "redis_cluster", False)) or cluster_env in (
+        "1", "true", "yes")
     if not _PREFIX_RE.match(redis_prefix):
         raise ConfigError("--redis-prefix must be 1-32 letters, digits, '_', '.' or '-' "
                           "followed by ':'")
@@ -228,6 +235,7 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         ledger_partitions=partitions,
         redis_url=_redis_url(getattr(ns, "redis_url", None) or _env(env, "REDIS_URL")),
         redis_prefix=redis_prefix,
+        redis_cluster=redis_cluster,
         redis_timeout=redis_timeout_ms / 1000,
         max_staleness=max_staleness,
         clock_skew=clock_skew,

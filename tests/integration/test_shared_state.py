@@ -87,13 +87,14 @@ def make_replica(postgres_dsn: str, shipped_policy: CompiledPolicy
 
     def make(redis_url: str | None = None, *, listen: bool = True,
              clock: Callable[[], float] = time.monotonic, max_staleness: float = 1.0,
-             timeout: float = 0.2, partitions: int = 1) -> Replica:
+             timeout: float = 0.2, partitions: int = 1, cluster: bool = False) -> Replica:
         # One partition unless a test asks for more: these tests reason about positions
         # of one sequence (test_partitioned_replicas.py has the partitioned ones).
         ledger = PostgresLedger(postgres_dsn, partitions=partitions)
         cache = LocalCache(1000, watermark=ledger.heads())
         shared = (RedisStateCache(redis_url, utc_now, timeout=timeout, retry_after=0.2,
-                                  cipher=EntryCipher(b"e" * 32), partitions=partitions)
+                                  cipher=EntryCipher(b"e" * 32), partitions=partitions,
+                                  cluster=cluster)
                   if redis_url else None)
         poller = LedgerPoller(ledger, cache, max_staleness, clock=clock)
         listener = (InvalidationListener(redis_url, shared.channel, cache)

@@ -43,6 +43,12 @@ is dropped. Until the new generation is in Redis (it was down), nothing is read 
 
 Every call has a short timeout; a failure opens a breaker for `retry_after` seconds so a
 dead Redis costs one timeout, not one per request.
+
+With `cluster` the client is a Redis Cluster client (made on first use, so a cluster that
+is down when the server starts costs hits, not the start): each script's keys share a
+partition's hash tag and run on that slot's node, a read is one MGET there, and the
+invalidations published on any node reach a listener subscribed to any other (Redis
+Cluster broadcasts PUBLISH), so the listener subscribes on the node the URL names.
 """
 
 from __future__ import annotations
@@ -66,6 +72,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.backoff import NoBackoff
 from redis.client import PubSub
+from redis.cluster import RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from ..domain import SubjectState
@@ -268,7 +277,8 @@ class RedisStateCache:
                  timeout: float = 0.05, max_ttl: float = 86_400.0,
                  retry_after: float = 1.0,
                  on_change: Callable[[bool], None] | None = None,
-                 cipher: EntryCipher | None = None, partitions: int = 1) -> None:
+                 cipher: EntryCipher | None = None, partitions: int = 1,
+                 cluster: bool = False) -> None:
         self._url = url
         self._clock = clock
         self._partitions = partitions
@@ -278,14 +288,12 @@ class RedisStateCache:
         self._retry_after = retry_after
         self._on_change = on_change
         self._cipher = cipher
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            # No retries: the breaker decides when to try again, and a retry would double
-            # the time a request waits on a dead Redis.
-            retry=Retry(NoBackoff(), 0))
-        self._write = self._client.register_script(_WRITE_THROUGH)
-        self._populate = self._client.register_script(_POPULATE)
+        self._cluster = cluster
+        self._client: redis.Redis | RedisCluster | None = None
+        self._scripts: tuple[Script, Script] | None = None
         self._lock = threading.Lock()
+        if not cluster:
+            self._connected()  # lazy anyway: connects on its first command
         #: Held by fence() and around every populate and write-through: each runs wholly
         #: before a fence or is checked against its epoch after it.
         self._fence_lock = threading.Lock()
@@ -307,6 +315,32 @@ class RedisStateCache:
         self._read_connections: list[redis.connection.AbstractConnection] = []
         #: populate_soon() calls dropped because too many were waiting
         self.dropped_populates = 0
+
+    def _connected(self) -> redis.Redis | RedisCluster:
+        """The client, made now if it was not yet (a cluster client asks a node for the
+        slots as it is made, which fails while the cluster is down)."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                options: dict[str, Any] = dict(
+                    socket_timeout=self._timeout, socket_connect_timeout=self._timeout,
+                    # No retries: the breaker decides when to try again, and a retry would
+                    # double the time a request waits on a dead Redis.
+                    retry=Retry(NoBackoff(), 0))
+                made: redis.Redis | RedisCluster = (
+                    RedisCluster.from_url(self._url, **options) if self._cluster
+                    else redis.Redis.from_url(self._url, **options))
+                self._scripts = (made.register_script(_WRITE_THROUGH),
+                                 made.register_script(_POPULATE))
+                self._client = made
+            return self._client
+
+    def _script(self, which: int) -> Script:
+        self._connected()
+        assert self._scripts is not None
+        return self._scripts[which]
 
     # -- keys and state ---------------------------------------------------------------
 
@@ -385,7 +419,7 @@ class RedisStateCache:
             return None
         try:
             result = fn()
-        except (redis.RedisError, OSError, ValueError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError, ValueError) as exc:
             with self._lock:
                 self._down_until = time.monotonic() + self._retry_after
             self._set_available(False, f"{what}: {type(exc).__name__}")
@@ -411,7 +445,7 @@ class RedisStateCache:
         """Probe Redis even while the breaker is open (the health loop calls this)."""
         with self._lock:
             self._down_until = 0.0
-        return bool(self._call("ping", self._client.ping))
+        return bool(self._call("ping", lambda: self._connected().ping()))
 
     # -- operations -------------------------------------------------------------------
 
@@ -422,7 +456,9 @@ class RedisStateCache:
         as much again as the round trip itself."""
         conn: redis.connection.AbstractConnection | None = getattr(self._local, "conn", None)
         if conn is None:
-            pool = self._client.connection_pool
+            client = self._connected()
+            assert isinstance(client, redis.Redis)
+            pool = client.connection_pool
             conn = pool.connection_class(**pool.connection_kwargs)
             with self._lock:
                 self._read_connections.append(conn)
@@ -446,15 +482,21 @@ class RedisStateCache:
         head_key = keys.heads[self._part(subject)]
 
         def run() -> RedisRead:
-            conn = self._read_connection()
-            try:
-                # One command, so head and entry are read at the same instant.
-                conn.send_command("MGET", head_key, key)  # type: ignore[no-untyped-call]
-                raw_head, raw_entry = conn.read_response()
-            except BaseException:
-                # A reply may still be on its way: it must never be read as the next one's.
-                conn.disconnect()  # type: ignore[no-untyped-call]
-                raise
+            if self._cluster:
+                # One command on the node of the partition's slot (its keys share a tag).
+                got: list[Any] = self._connected().mget(head_key, key)
+                raw_head, raw_entry = got
+            else:
+                conn = self._read_connection()
+                try:
+                    # One command, so head and entry are read at the same instant.
+                    conn.send_command("MGET", head_key, key)  # type: ignore[no-untyped-call]
+                    raw_head, raw_entry = conn.read_response()
+                except BaseException:
+                    # A reply may still be on its way: it must never be read as the next
+                    # one's.
+                    conn.disconnect()  # type: ignore[no-untyped-call]
+                    raise
             head, gen, position = _parse_head(raw_head)
             state = None
             if raw_entry is not None and position >= 0:
@@ -479,7 +521,7 @@ class RedisStateCache:
                 secrets.token_hex(4), sequence,
                 self._tail(keys.prefix, subject, state_to_bytes(state), sequence),
                 self._ttl_ms(state), keys.channel, message]
-            return self._call("write", lambda: self._write(
+            return self._call("write", lambda: self._script(0)(
                 keys=[keys.heads[self._part(subject)], self.entry_key(subject, keys)],
                 args=args)) is not None
 
@@ -498,7 +540,7 @@ class RedisStateCache:
                 state.sequence, state.version,
                 self._tail(keys.prefix, subject, state_to_bytes(state), state.version),
                 self._ttl_ms(state)]
-            return bool(self._call("populate", lambda: self._populate(
+            return bool(self._call("populate", lambda: self._script(1)(
                 keys=[keys.heads[self._part(subject)], self.entry_key(subject, keys)],
                 args=args)))
 
@@ -538,11 +580,14 @@ class RedisStateCache:
         generation = secrets.token_hex(4)
         for key, position in zip(keys, heads, strict=True):
             # One key per command: a cluster keeps each partition's head in its own slot.
-            put = functools.partial(self._client.set, key, head_value(generation, position))
+            put = functools.partial(self._set, key, head_value(generation, position))
             if self._call("fence", put) is None:
                 return False
         self._fence_pending = None
         return True
+
+    def _set(self, key: bytes, value: str) -> Any:
+        return self._connected().set(key, value)
 
     def populate_soon(self, subject: str, state: SubjectState, seen: RedisRead | None,
                       behind: bool, epoch: int | None = None) -> None:
@@ -602,7 +647,9 @@ class RedisStateCache:
                 self.ping()
 
     def used_memory(self) -> int:
-        info = self._client.info("memory")
+        info = self._connected().info("memory")
+        if self._cluster:  # one reply per node
+            return sum(int(node["used_memory"]) for node in info.values())
         return int(info["used_memory"])
 
     def close(self) -> None:
@@ -617,7 +664,8 @@ class RedisStateCache:
             connections, self._read_connections = self._read_connections, []
         for conn in connections:
             conn.disconnect()  # type: ignore[no-untyped-call]
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 class InvalidationListener:
