@@ -29,10 +29,14 @@ from pathlib import Path
 
 from . import load
 from .scaling import machine_busy
-from .services import start_serve
+from .services import RedisProcess, start_serve
 from .subjects import create_database, drop_database
 
-DESIGNS = {"1 partition": "1", "16 partitions": "16"}
+#: name -> (partitions, with a Redis): the design before partitions, the partitioned one,
+#: and the partitioned one with the shared cache a deployment of replicas has (its writes
+#: hold the partition's order across the write-through: two more round trips).
+DESIGNS = {"1 partition": ("1", False), "16 partitions": ("16", False),
+           "16 partitions + Redis": ("16", True)}
 
 
 def measure(target: str, pid: int, clients: int, seconds: float, run_id: str
@@ -111,12 +115,16 @@ def side_by_side(clients: Sequence[int], seconds: float, rounds: int) -> Measure
     names = {d: f"ca_bench_writes_{secrets.token_hex(4)}" for d in DESIGNS}
     servers = {}
     results: Measured = {}
+    redis: RedisProcess | None = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for design, partitions in DESIGNS.items():
+            for k, (design, (partitions, shared)) in enumerate(DESIGNS.items()):
                 url = create_database(names[design])
+                if shared and redis is None:
+                    redis = RedisProcess(Path(tmp) / "redis")
                 servers[design] = start_serve(
-                    design, Path(tmp) / partitions, ledger=url,
+                    design, Path(tmp) / str(k), ledger=url,
+                    redis_url=redis.url if shared and redis is not None else None,
                     extra=["--ledger-partitions", partitions, "--workers", "64"])
             for n in clients:
                 for r in range(rounds):
@@ -131,6 +139,8 @@ def side_by_side(clients: Sequence[int], seconds: float, rounds: int) -> Measure
     finally:
         for server in servers.values():
             server.stop()
+        if redis is not None:
+            redis.stop()
         for name in names.values():
             drop_database(name)
     return results
@@ -159,11 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     clients = [int(c) for c in ns.clients.split(",")]
     results = side_by_side(clients, ns.seconds, ns.rounds)
-    print("| clients | " + " | ".join(DESIGNS) + " | ratio |")
+    print("| clients | " + " | ".join(DESIGNS) + " | 16 vs 1 partition |")
     print("|---|" + "---|" * (len(DESIGNS) + 1))
     for n in clients:
         cells = [describe(*results[(design, n)]) for design in DESIGNS]
-        one, many = (results[(d, n)][0].rate for d in DESIGNS)
+        one, many = (results[(d, n)][0].rate for d in ("1 partition", "16 partitions"))
         print(f"| {n} | " + " | ".join(cells) + f" | {many / one:.2f}x |")
     return 0
 

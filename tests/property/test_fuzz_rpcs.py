@@ -681,8 +681,8 @@ def _check_response(fz: Fuzz, req: decision_pb2.CheckRequest,
     assert bool(resp.legal_basis) == (resp.decision == decision_pb2.DECISION_ALLOW), resp
     assert resp.decision_id and resp.decision_id not in fz.known_ids
     assert token_value(resp.consistency_token) is not None
-    assert (token_value(resp.consistency_token) or 0) >= (token_value(req.consistency_token)
-                                                          or 0)
+    got = token_value(resp.consistency_token)
+    assert got is not None and got >= (token_value(req.consistency_token) or 0)
     assert bool(resp.explanation) == req.explain
     fz.decided += 1
     fz.known_ids.add(resp.decision_id)
@@ -1096,7 +1096,8 @@ def test_get_consent_state(fuzz: Fuzz, reads: list[tuple[str, str]]) -> None:
     for (_, token), resp in zip(reads, call_all(
             fuzz, "GetConsentState", fuzz.s.consent.GetConsentState, calls), strict=True):
         if resp is not None:
-            assert (token_value(resp.consistency_token) or 0) >= (token_value(token) or 0)
+            got = token_value(resp.consistency_token)
+            assert got is not None and got >= (token_value(token) or 0)
             assert all(r.record_id for r in resp.records)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from consentauthz.consent import (
     PostgresLedger,
     SqliteLedger,
 )
+from consentauthz.consent.freshness import LedgerPoller
 from consentauthz.consent.ledger import BatchItem, Ledger
 from consentauthz.consent.sealing import (
     MasterKeys,
@@ -134,6 +136,52 @@ def test_an_erased_subjects_rows_are_refused_and_the_rest_recorded(
         led.close()
 
 
+def _sealed_replica(dsn: str, policy: CompiledPolicy) -> tuple[SealingLedger, ConsentService]:
+    """A replica of a shared ledger without Redis (its writes take no cross-replica
+    order: issue 19)."""
+    led = SealingLedger(PostgresLedger(dsn, partitions=4),
+                        Sealer(MasterKeys([("m1", b"m" * 32)]), PostgresKeyStore(dsn)))
+    cache = LocalCache(1000, watermark=led.heads())
+    return led, ConsentService(led, cache, PSEUDONYMS, lambda: policy.policy.taxonomy,
+                               lambda: NOW, freshness=LedgerPoller(led, cache, 5.0),
+                               shredder=led)
+
+
+@pytest.mark.parametrize("how", ["one", "batch"])
+def test_nothing_is_recorded_after_an_erasure_another_replica_made_meanwhile(
+        postgres_dsn: str, shipped_policy: CompiledPolicy, how: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replica A reads the subject (not erased), replica B erases it, then A appends:
+    refused, from what A reads under the partition's order."""
+    la, a = _sealed_replica(postgres_dsn, shipped_policy)
+    lb, b = _sealed_replica(postgres_dsn, shipped_policy)
+    try:
+        a.record(write("x@example.com"))
+        for name in ("_write_key", "_write_keys"):
+            original = getattr(la, name)
+
+            def racing(arg: Any, original: Any = original) -> Any:
+                got = original(arg)
+                b.erase("x@example.com")  # between A's read and A's append
+                return got
+
+            monkeypatch.setattr(la, name, racing)
+        if how == "one":
+            with pytest.raises(SubjectErased):
+                a.record(write("x@example.com", key="late"))
+        else:
+            (result,) = a.record_batch([write("x@example.com", key="late")])
+            assert isinstance(result, SubjectErased)
+        subject = a.subject_key("x@example.com")
+        kinds = [e.action for e in lb.history(subject, 0, 10)]
+        assert kinds == [ConsentAction.GRANT]  # and the erasure marker: nothing after it
+        assert lb.load(subject).profile.erased_at is not None
+        assert lb.verify().ok
+    finally:
+        la.close()
+        lb.close()
+
+
 def test_a_row_repeated_in_one_batch_is_recorded_once(ledger: Ledger,
                                                       shipped_policy: CompiledPolicy) -> None:
     svc = service(ledger, shipped_policy)
@@ -162,3 +210,30 @@ def test_a_batch_is_one_transaction_per_partition(postgres_dsn: str,
         assert led.load(PSEUDONYMS("b@example.com")).version == 0
     finally:
         led.close()
+
+
+def test_when_the_ledger_fails_part_way_each_unrecorded_write_says_so(
+        shipped_policy: CompiledPolicy, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = MemoryLedger(partitions=4)
+    svc = service(ledger, shipped_policy)
+    calls = []
+    original = ledger.append_batch
+
+    def failing(items: Any) -> Any:
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise Unavailable("consent ledger unavailable")
+        return original(items)
+
+    monkeypatch.setattr(ledger, "append_batch", failing)
+    writes = [write(f"p-{i}@example.com", key=f"row-{i}") for i in range(40)]
+    results = svc.record_batch(writes)
+    recorded = [r for r in results if isinstance(r, WriteResult)]
+    refused = [r for r in results if isinstance(r, Unavailable)]
+    assert len(calls) == 2  # nothing more tried once the ledger failed
+    assert len(recorded) == calls[0] == ledger.head()
+    assert len(recorded) + len(refused) == 40
+    # Sent again, the refused ones are recorded and the others recognised as retries.
+    monkeypatch.setattr(ledger, "append_batch", original)
+    again = svc.record_batch(writes)
+    assert all(isinstance(r, WriteResult) for r in again) and ledger.head() == 40

@@ -148,6 +148,31 @@ def test_an_idempotency_key_is_one_request_across_partitions(ledger: PostgresLed
     assert ledger.heads() == (1, 0, 0, 0)
 
 
+def test_an_idempotency_key_taken_meanwhile_in_another_partition_is_a_conflict(
+        ledger: PostgresLedger, postgres_dsn: str) -> None:
+    """Another partition's writer holds the key uncommitted when this append looks it up:
+    the append waits on the key's index, and is refused as a conflict once that commits
+    (not reported as an outage)."""
+    (a,) = subjects_in(0, 4, 1, "a")
+    (b,) = subjects_in(3, 4, 1, "b")
+    ledger.append_consent(b, event("b1"))  # so that the admin's row below has a chain
+    with _admin(postgres_dsn) as other:
+        other.execute("BEGIN")
+        row = other.execute("SELECT seq, entry_hash FROM ledger_head WHERE part = 3"
+                            ).fetchone()
+        assert row is not None
+        other.execute("ALTER TABLE ledger_head DISABLE TRIGGER ledger_head_moves_on")
+        other.execute(
+            "INSERT INTO ledger (part, seq, record_id, subject, kind, body, recorded_at, "
+            "idempotency_key, request_hash, prev_hash, entry_hash) VALUES (3, 2, 'other', "
+            "%s, 'consent', '{}', %s, 'key', 'hash-b', %s, %s)",
+            (b, T0.isoformat(), row[1], "e" * 64))
+        threading.Timer(0.5, other.execute, ("COMMIT",)).start()
+        with pytest.raises(InvalidArgument, match="idempotency_key"):
+            ledger.append_consent(a, event("a1"), Idempotency("key", "hash-a"))
+    assert ledger.heads()[0] == 0
+
+
 def test_a_removed_tail_of_one_partition_is_caught(ledger: PostgresLedger,
                                                    postgres_dsn: str) -> None:
     subjects = subjects_in(2, 4, 3, "t")
@@ -207,6 +232,15 @@ def test_a_partition_cut_short_with_its_head_is_caught_by_a_held_checkpoint(
                               "head 2 (entries removed?)")
     forged = ((0, 0, GENESIS), (1, 1, "f" * 64), *held[2:])
     assert "partition 1: the held checkpoint says position 1" in ledger.verify(forged).problem
+
+
+def test_a_head_row_added_later_is_refused_not_taken_for_a_partition(
+        ledger: PostgresLedger, postgres_dsn: str) -> None:
+    with _admin(postgres_dsn) as conn:
+        conn.execute("INSERT INTO ledger_head (part, seq, entry_hash) VALUES (4, 0, %s)",
+                     (GENESIS,))
+    with pytest.raises(Unavailable, match="made with 4 partitions and has 5"):
+        PostgresLedger(postgres_dsn)
 
 
 def test_a_partitions_head_only_moves_on(ledger: PostgresLedger, postgres_dsn: str) -> None:
@@ -315,6 +349,21 @@ CREATE TABLE subject_state (subject TEXT PRIMARY KEY, version BIGINT NOT NULL,
 CREATE TABLE ledger_identity (id TEXT NOT NULL);
 CREATE TABLE ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT INTO ledger_identity VALUES ('0123456789abcdef');
+CREATE FUNCTION consentauthz_ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the consent ledger is append-only'; END $$;
+CREATE FUNCTION consentauthz_projection_no_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'projections are only ever replaced, never deleted'; END $$;
+CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger
+FOR EACH STATEMENT EXECUTE FUNCTION consentauthz_ledger_append_only();
+CREATE TRIGGER subject_state_no_delete BEFORE DELETE OR TRUNCATE ON subject_state
+FOR EACH STATEMENT EXECUTE FUNCTION consentauthz_projection_no_delete();
+-- The previous release's append (its signature; what it did does not matter here).
+CREATE FUNCTION consentauthz_append_v1(
+    p_lock BIGINT, p_subject TEXT, p_kind TEXT, p_record_id TEXT, p_body TEXT,
+    p_recorded_at TEXT, p_retry_keys TEXT[], p_idempotency_key TEXT, p_request_hash TEXT,
+    p_payload TEXT, p_state TEXT, p_expected BIGINT, p_nonce TEXT)
+RETURNS TABLE (seq BIGINT, record_id TEXT, request_hash TEXT, replayed BOOLEAN)
+LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the previous release'; END $$;
 """
 
 
@@ -349,7 +398,11 @@ def test_a_ledger_from_before_partitions_becomes_one_of_one_partition(
         assert [e.record_id for e in led.load("alice").events] == ["r2"]
         assert led.append_consent("bob", event("r3", minutes=5)).sequence == 4
         assert led.verify().ok
-        # The previous release can no longer write: its insert names no partition.
+        # The previous release can no longer write: its append function is gone, and its
+        # insert names no partition.
+        with _admin(postgres_dsn) as conn:
+            assert conn.execute("SELECT to_regproc('consentauthz_append_v1')").fetchone() \
+                == (None,)
         with _admin(postgres_dsn) as conn, pytest.raises(psycopg.errors.NotNullViolation):
             conn.execute("INSERT INTO ledger (seq, record_id, subject, kind, body, "
                          "recorded_at, prev_hash, entry_hash) VALUES (9, 'x', 'alice', "

@@ -7,9 +7,10 @@ takes the partition's advisory lock and moves the partition's head row (`ledger_
 one, which makes a partition's sequence order equal its commit order. A reader that sees
 position s of a partition therefore sees every position below s of it, which is what
 consistency tokens rely on. Appends to different partitions never wait for each other,
-and no statement or transaction spans partitions: `part` is every table's distribution
-column for a PostgreSQL that shards by one (docs/operations.md). An append is one
-statement (the function `consentauthz_append_v2`): one round trip.
+and no write spans partitions (the idempotency lookup and `first_recorded` still read all
+of them, and two columns are unique across partitions: docs/design/partitioned-ledger.md
+lists what a database sharded by `part` still needs). An append is one statement (the
+function `consentauthz_append_v2`): one round trip.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from psycopg_pool import ConnectionPool
 
 from ..chain import GENESIS, ChainReport, canonical_json, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
-from ..errors import Unavailable
+from ..errors import SubjectErased, Unavailable
 from .codec import event_from_dict, event_to_dict, profile_to_dict, state_from_json, state_to_json
 from .ledger import (
     AppendResult,
@@ -268,10 +269,12 @@ def _translated() -> Iterator[None]:
 @contextmanager
 def _translated_except_conflict() -> Iterator[None]:
     """As _translated, but a serialisation failure (the append function's "the subject
-    changed since its state was read") passes through for the writer to retry."""
+    changed since its state was read") passes through for the writer to retry, and a
+    unique violation (an idempotency key another partition's writer took meanwhile) for
+    it to name."""
     try:
         yield
-    except psycopg.errors.SerializationFailure:
+    except (psycopg.errors.SerializationFailure, psycopg.errors.UniqueViolation):
         raise
     except psycopg.Error as exc:
         raise Unavailable("consent ledger unavailable") from exc
@@ -404,8 +407,18 @@ class PostgresLedger(LedgerTables):
                             count = 1
                         conn.execute(_EMPTY_HEADS, (GENESIS, count))
                 conn.execute(_IDENTIFY, (secrets.token_hex(8),))
-            found = conn.execute("SELECT count(*) FROM ledger_head").fetchone()
+                # What the heads must number from now on (a head row added or removed
+                # later is refused at the next start, not taken for a new partition).
+                conn.execute("INSERT INTO ledger_meta (key, value) SELECT 'partitions', "
+                             "count(*)::text FROM ledger_head ON CONFLICT (key) DO NOTHING")
+            found = conn.execute(
+                "SELECT count(*), (SELECT value FROM ledger_meta WHERE key = 'partitions') "
+                "FROM ledger_head").fetchone()
         have = int(found[0]) if found else 0
+        made = found[1] if found else None
+        if made is not None and str(made) != str(have):
+            raise Unavailable(f"the consent ledger was made with {made} partitions and has "
+                              f"{have} partition heads: its ledger_head table was changed")
         if partitions is not None and have != partitions:
             raise Unavailable(f"the consent ledger has {have} partitions, not {partitions}: "
                               "the number is fixed when a ledger is made")
@@ -568,6 +581,11 @@ class PostgresLedger(LedgerTables):
             rows: list[tuple[Any, ...]] = []
             changed: set[str] = set()
             for i, item in enumerate(items):
+                if item.subject in states and states[item.subject].profile.erased_at:
+                    # Erased since the caller read it (the read under this lock says so).
+                    results[i] = SubjectErased(
+                        "the subject was erased; nothing more is recorded about them")
+                    continue
                 idem = item.idempotency
                 hit = next((seen[k] for k in idem.all_keys if k in seen), None) \
                     if idem else None
@@ -684,6 +702,12 @@ class PostgresLedger(LedgerTables):
         return self._conninfo
 
     def first_recorded(self, subjects: Sequence[str]) -> str | None:
+        """Within one partition the position decides. Across partitions there is no
+        commit order, so the earliest `recorded_at` does (replicas' clocks may differ);
+        but ConsentService holds the write order of every candidate's partition while it
+        records a subject not yet in the ledger, so only one of a subject's pseudonyms
+        ever gets records, and this only decides between pseudonyms of a subject split
+        before that (all in the one partition of a ledger from before partitions)."""
         with self._read_one() as conn:
             rows = conn.execute(
                 "SELECT subject, min(part), min(seq), min(recorded_at) FROM ledger "

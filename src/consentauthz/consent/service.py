@@ -258,7 +258,9 @@ class ConsentService:
         grouped by ledger partition; each group (up to BATCH_CHUNK writes) is one ledger
         transaction under the partition's write order, then written through to the caches
         in order. A subject whose pseudonym is not settled (a key rotation) is recorded
-        on its own, as record() does."""
+        on its own, as record() does. Should the ledger become unavailable, the writes it
+        had not recorded get that Unavailable (none of them was written; those before
+        were), and no more is tried: a caller retries exactly those."""
         now = self._clock()
         taxonomy = self._taxonomy()
         results: list[WriteResult | ConsentAuthzError | None] = [None] * len(writes)
@@ -270,7 +272,7 @@ class ConsentService:
                 if len(candidates) > 1:
                     results[i] = self.record(write)
                     continue
-            except (InvalidArgument, SubjectErased) as exc:
+            except (InvalidArgument, SubjectErased, Unavailable) as exc:
                 results[i] = exc
                 continue
             subject = candidates[0]
@@ -293,8 +295,14 @@ class ConsentService:
                         results[i] = result
 
         with tracer().start_as_current_span("consent.RecordBatch"):
-            for chunk in chunks:
-                record_chunk(chunk)
+            for k, chunk in enumerate(chunks):
+                try:
+                    record_chunk(chunk)
+                except Unavailable as exc:
+                    for rest in chunks[k:]:
+                        for i, _ in rest:
+                            results[i] = exc
+                    break
         done = [r for r in results if r is not None]
         if len(done) != len(writes):
             raise Unavailable("a batch write was left without a result")

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 
 from ..chain import GENESIS, link
 from ..domain import ConsentEvent, SubjectProfile, SubjectState
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, SubjectErased
 from .codec import event_to_dict, profile_to_dict, state_from_json, state_to_json
 from .ledger import (
     AppendResult,
@@ -37,6 +37,14 @@ from .ledger import (
 from .projection import PROJECTION_RULES, apply_event, apply_profile
 
 log = logging.getLogger("consentauthz.consent")
+
+
+def refuse_if_erased(state: SubjectState) -> None:
+    """Nothing more is recorded about an erased subject. Checked again under the
+    partition's order: the erasure may have been recorded (by another replica) after the
+    caller last read the subject."""
+    if state.profile.erased_at is not None:
+        raise SubjectErased("the subject was erased; nothing more is recorded about them")
 
 
 class Cursor(Protocol):
@@ -171,8 +179,8 @@ class LedgerTables(ABC):
                 try:
                     results.append(self._append_in(conn, part, item.subject, item.event,
                                                    item.idempotency))
-                except InvalidArgument as exc:  # raised before the item wrote anything
-                    results.append(exc)
+                except (InvalidArgument, SubjectErased) as exc:
+                    results.append(exc)  # raised before the item wrote anything
         return results
 
     def _append_in(self, conn: Connection, part: int, subject: str, event: ConsentEvent,
@@ -187,10 +195,12 @@ class LedgerTables(ABC):
                 return AppendResult(row[0], int(row[1]), self._state(conn, subject, head),
                                     replayed=True)
         seq = self._last(conn, part)[0] + 1
+        current = self._state(conn, subject, seq)
+        refuse_if_erased(current)
         ev = replace(event, sequence=seq)
         self._insert(conn, subject, "consent", ev.record_id, ev.recorded_at,
                      event_to_dict(ev), idempotency)
-        state = apply_event(self._state(conn, subject, seq), ev)
+        state = apply_event(current, ev)
         self._save_state(conn, subject, state)
         return AppendResult(ev.record_id, seq, replace(state, sequence=seq))
 
@@ -198,9 +208,12 @@ class LedgerTables(ABC):
                        recorded_at: datetime, *,
                        read: SubjectState | None = None) -> AppendResult:
         with self._append_tx(self._part(subject)) as conn:
+            current = self._state(conn, subject, 0)
+            if profile.erased_at is None:  # a second erasure marker changes nothing
+                refuse_if_erased(current)
             seq = self._insert(conn, subject, "profile", record_id, recorded_at,
                                profile_to_dict(profile), None)
-            state = apply_profile(self._state(conn, subject, seq), profile, seq)
+            state = apply_profile(current, profile, seq)
             self._save_state(conn, subject, state)
             return AppendResult(record_id, seq, replace(state, sequence=seq))
 
