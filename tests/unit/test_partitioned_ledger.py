@@ -18,7 +18,13 @@ from consentauthz.cli import build_parser
 from consentauthz.config import serve_config
 from consentauthz.consent import Idempotency, MemoryLedger, PostgresLedger
 from consentauthz.consent.codec import event_to_dict
-from consentauthz.consent.ledger import entry_payload, heads_digest, partition_of
+from consentauthz.consent.ledger import (
+    AppendResult,
+    BatchItem,
+    entry_payload,
+    heads_digest,
+    partition_of,
+)
 from consentauthz.consent.postgres import DEFAULT_PARTITIONS, PART_LOCK
 from consentauthz.domain import ConsentAction
 from consentauthz.errors import ConfigError, InvalidArgument, Unavailable
@@ -279,6 +285,44 @@ def test_writers_to_different_partitions_never_wait_for_each_other(
         thread.join(5)
         assert done.is_set()
         assert [e.record_id for e in two.history(a, 0, 10)] == ["a1", "a2"]
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.mark.parametrize("first", ["append", "batch"])
+def test_a_lazy_block_holds_its_partition_from_its_first_append(
+        postgres_dsn: str, first: str) -> None:
+    one = PostgresLedger(postgres_dsn, partitions=4)
+    two = PostgresLedger(postgres_dsn, partitions=4, statement_timeout=3)
+    a, b = subjects_in(0, 4, 2, "z")
+    try:
+        with one.exclusive([0], lazy=True):
+            # Before the block's first append nothing is held: another replica goes on.
+            assert two.append_consent(b, event("b1")).sequence == 1
+            if first == "append":
+                one.append_consent(a, event("a1"))
+            else:
+                (done_a,) = one.append_batch([BatchItem(a, event("a1"))])
+                assert isinstance(done_a, AppendResult)
+            # From the first append to the block's end, another replica's append waits.
+            done = threading.Event()
+
+            def blocked() -> None:
+                two.append_consent(b, event("b2", minutes=1))
+                done.set()
+
+            thread = threading.Thread(target=blocked)
+            thread.start()
+            assert not done.wait(0.5)
+            # (what the block does now, e.g. the Redis write-through, is still ordered)
+            assert one.heads()[0] == 2
+        thread.join(5)
+        assert done.is_set() and one.heads()[0] == 3
+        with _admin(postgres_dsn) as conn:  # and the lock did not go back to the pool
+            assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                ).fetchone() == (0,)
+        assert one.verify().ok
     finally:
         one.close()
         two.close()

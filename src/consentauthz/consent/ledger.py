@@ -202,11 +202,15 @@ class Ledger(Protocol):
         from one consistent snapshot."""
         ...
 
-    def exclusive(self, partitions: Iterable[int]) -> contextlib.AbstractContextManager[None]:
+    def exclusive(self, partitions: Iterable[int],
+                  lazy: bool = False) -> contextlib.AbstractContextManager[None]:
         """Hold these partitions' write order across the block: appends to them made inside
         it and whatever the caller does after them inside it (the Redis write-through)
         happen before any other writer's append to them, on every replica sharing this
-        ledger. Other partitions are not held up. Not re-entrant per thread by contract."""
+        ledger. Other partitions are not held up. `lazy`: the order need only hold from
+        the block's first append on (nothing the block does before it needs the order; a
+        ledger may then take it with that append). Not re-entrant per thread by
+        contract."""
         ...
 
     def meta(self, key: str) -> str | None:
@@ -493,7 +497,8 @@ class MemoryLedger:
                     found.append((part, seq, entry[0]))
             return Changes(self._identity, tuple(len(e) for e in self._entries), found)
 
-    def exclusive(self, partitions: Iterable[int]) -> contextlib.AbstractContextManager[None]:
+    def exclusive(self, partitions: Iterable[int],
+                  lazy: bool = False) -> contextlib.AbstractContextManager[None]:
         # One process, and the caller already orders its writes per partition.
         return contextlib.nullcontext()
 

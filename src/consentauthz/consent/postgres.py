@@ -10,7 +10,7 @@ consistency tokens rely on. Appends to different partitions never wait for each 
 and no write spans partitions (the idempotency lookup and `first_recorded` still read all
 of them, and two columns are unique across partitions: docs/design/partitioned-ledger.md
 lists what a database sharded by `part` still needs). An append is one statement (the
-function `consentauthz_append_v2`): one round trip.
+function `consentauthz_append_v3`): one round trip.
 """
 
 from __future__ import annotations
@@ -148,10 +148,14 @@ END $$;
 -- goes (in the hashed payload, the body and the state) with a random nonce that no
 -- subject data can forge; the hash is chain.link over the payload with the nonce
 -- replaced, exactly as Python computes it.
-CREATE OR REPLACE FUNCTION consentauthz_append_v2(
-    p_lock BIGINT, p_part INT, p_subject TEXT, p_kind TEXT, p_record_id TEXT, p_body TEXT,
-    p_recorded_at TEXT, p_retry_keys TEXT[], p_idempotency_key TEXT, p_request_hash TEXT,
-    p_payload TEXT, p_state TEXT, p_expected BIGINT, p_nonce TEXT)
+-- p_hold: also take the partition's lock at session level, for the writer to keep across
+-- what it does after the append (exclusive(..., lazy=True): one round trip fewer).
+DROP FUNCTION IF EXISTS consentauthz_append_v2;
+CREATE OR REPLACE FUNCTION consentauthz_append_v3(
+    p_lock BIGINT, p_hold BOOLEAN, p_part INT, p_subject TEXT, p_kind TEXT,
+    p_record_id TEXT, p_body TEXT, p_recorded_at TEXT, p_retry_keys TEXT[],
+    p_idempotency_key TEXT, p_request_hash TEXT, p_payload TEXT, p_state TEXT,
+    p_expected BIGINT, p_nonce TEXT)
 RETURNS TABLE (seq BIGINT, record_id TEXT, request_hash TEXT, replayed BOOLEAN)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -160,6 +164,9 @@ DECLARE
     h TEXT;
     n INT;
 BEGIN
+    IF p_hold THEN
+        PERFORM pg_advisory_lock(p_lock);
+    END IF;
     PERFORM pg_advisory_xact_lock(p_lock);
     IF p_retry_keys IS NOT NULL THEN
         RETURN QUERY SELECT l.seq, l.record_id, l.request_hash, TRUE FROM ledger l
@@ -229,7 +236,7 @@ INSERT INTO ledger_identity (id) SELECT %s WHERE NOT EXISTS (SELECT 1 FROM ledge
 _SCHEMA_READY = """
 SELECT count(*) = 4 AND to_regclass('ledger_identity') IS NOT NULL
     AND to_regclass('ledger_meta') IS NOT NULL
-    AND to_regproc('consentauthz_append_v2') IS NOT NULL FROM pg_trigger
+    AND to_regproc('consentauthz_append_v3') IS NOT NULL FROM pg_trigger
 WHERE NOT tgisinternal AND (tgrelid, tgname) IN (
     (to_regclass('ledger'), 'ledger_append_only'),
     (to_regclass('subject_state'), 'subject_state_no_delete'),
@@ -454,15 +461,29 @@ class PostgresLedger(LedgerTables):
         with self._writers.connection() as conn:
             yield conn
 
+    def _take_pending(self, key: int) -> bool:
+        """Inside a lazy exclusive() of partition lock `key` not taken yet: it is to be
+        taken now, by the statement about to run (and is held from here on, whatever that
+        statement's outcome: a session lock survives its transaction's rollback)."""
+        if getattr(self._bound, "conn", None) is None or self._bound.pending != key:
+            return False
+        self._bound.pending = None
+        self._bound.held = True
+        return True
+
     @contextmanager
     def _append_tx(self, part: int | None) -> Iterator[Conn]:
-        with _translated(), self._writer() as conn, conn.transaction():
-            # READ COMMITTED: each statement after the lock sees every earlier append.
-            if part is None:
-                self._lock_all(conn, xact=True)
-            else:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (PART_LOCK + part,))
-            yield conn
+        with _translated(), self._writer() as conn:
+            if part is not None and self._take_pending(PART_LOCK + part):
+                # A lazy exclusive() block's first append: its lock, kept past the commit.
+                conn.execute("SELECT pg_advisory_lock(%s)", (PART_LOCK + part,))
+            with conn.transaction():
+                # READ COMMITTED: each statement after the lock sees every earlier append.
+                if part is None:
+                    self._lock_all(conn, xact=True)
+                else:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (PART_LOCK + part,))
+                yield conn
 
     def _last(self, conn: Connection, part: int) -> tuple[int, str]:
         row = conn.execute("SELECT seq, entry_hash FROM ledger_head WHERE part = %s",
@@ -497,7 +518,7 @@ class PostgresLedger(LedgerTables):
             "WHERE idempotency_key = ANY(%s) ORDER BY part, seq LIMIT 1",
             (list(keys),)).fetchone()
 
-    # -- appends: one statement each (consentauthz_append_v2) ----------------------------
+    # -- appends: one statement each (consentauthz_append_v3) ----------------------------
 
     def append_consent(self, subject: str, event: ConsentEvent,
                        idempotency: Idempotency | None = None, *,
@@ -534,7 +555,7 @@ class PostgresLedger(LedgerTables):
         body, state = build(current, nonce)
         part = self._part(subject)
         payload = canonical_json(entry_payload(nonce, subject, kind, record_id, stamp, body))
-        args = (PART_LOCK + part, part, subject, kind, record_id,
+        args = (PART_LOCK + part, part, subject, kind, record_id,  # p_hold: _call_append
                 json.dumps(body, sort_keys=True), stamp,
                 list(idempotency.all_keys) if idempotency else None,
                 idempotency.key if idempotency else None,
@@ -636,10 +657,11 @@ class PostgresLedger(LedgerTables):
         with _translated_except_conflict(), self._writer() as conn:
             # One statement, its own transaction (the writer is in autocommit): one round
             # trip. Inside exclusive() the session lock this connection holds makes the
-            # function's lock re-entrant.
+            # function's lock re-entrant; inside a lazy one the function takes it.
+            hold = self._take_pending(args[0])
             row = conn.execute(
-                "SELECT * FROM consentauthz_append_v2(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s, %s)", args).fetchone()
+                "SELECT * FROM consentauthz_append_v3(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s, %s)", (args[0], hold, *args[1:])).fetchone()
         assert row is not None
         return row
 
@@ -791,33 +813,40 @@ class PostgresLedger(LedgerTables):
                        [(int(p), int(seq), str(subject)) for p, seq, subject in rows])
 
     @contextmanager
-    def exclusive(self, partitions: Iterable[int]) -> Iterator[None]:
+    def exclusive(self, partitions: Iterable[int], lazy: bool = False) -> Iterator[None]:
         """Hold these partitions' locks at session level on a writer connection across the
         block, and make it this thread's writer: appends inside it take the same locks per
         transaction, which succeeds at once (advisory locks are re-entrant within a
         session); every other writer to these partitions, in this process or another
-        replica, waits until the block ends. Others go on."""
+        replica, waits until the block ends. Others go on. `lazy` (one partition): the
+        block's first append takes the lock (in its own statement, one round trip fewer),
+        so the order holds from that append to the block's end."""
         keys = self._lock_keys(partitions)
         self._check_open()
         with _translated():
             lease = self._writers.connection()
             conn = lease.__enter__()
         try:
-            try:
-                with _translated():
-                    conn.execute("SELECT pg_advisory_lock(k) FROM unnest(%s::bigint[]) k "
-                                 "ORDER BY k", (keys,))  # one round trip
-            except Unavailable:
-                # Timed out part-way: the locks it got are the session's, not the
-                # statement's; none may go back to the pool with the connection.
-                self._unlock(conn)
-                raise
+            self._bound.held = not (lazy and len(keys) == 1)
+            self._bound.pending = None if self._bound.held else keys[0]
+            if self._bound.held:
+                try:
+                    with _translated():
+                        conn.execute("SELECT pg_advisory_lock(k) FROM unnest(%s::bigint[]) "
+                                     "k ORDER BY k", (keys,))  # one round trip
+                except Unavailable:
+                    # Timed out part-way: the locks it got are the session's, not the
+                    # statement's; none may go back to the pool with the connection.
+                    self._unlock(conn)
+                    raise
             self._bound.conn = conn
             try:
                 yield
             finally:
                 self._bound.conn = None
-                self._unlock(conn)
+                self._bound.pending = None
+                if self._bound.held:
+                    self._unlock(conn)
         finally:
             lease.__exit__(None, None, None)
 

@@ -688,8 +688,9 @@ class SealingLedger:
     def changes(self, after: Sequence[int], limit: int) -> Changes:
         return self._inner.changes(after, limit)
 
-    def exclusive(self, partitions: Iterable[int]) -> contextlib.AbstractContextManager[None]:
-        return self._inner.exclusive(partitions)
+    def exclusive(self, partitions: Iterable[int],
+                  lazy: bool = False) -> contextlib.AbstractContextManager[None]:
+        return self._inner.exclusive(partitions, lazy)
 
     def meta(self, key: str) -> str | None:
         return self._inner.meta(key)

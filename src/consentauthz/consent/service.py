@@ -283,7 +283,7 @@ class ConsentService:
 
         def record_chunk(chunk: list[tuple[int, BatchItem]]) -> None:
             part = self.partition(chunk[0][1].subject)
-            with self._holding([part], ordered=self._redis is not None):
+            with self._holding([part], ordered=self._redis is not None, lazy=True):
                 epochs = self._epochs()
                 appended = self._ledger.append_batch([item for _, item in chunk])
                 for (i, item), result in zip(chunk, appended, strict=True):
@@ -404,21 +404,24 @@ class ConsentService:
         candidates = self._pseudonymize.all(subject_id)
         known = candidates[0] if len(candidates) == 1 else self._resolved.get(candidates[0])
         parts = sorted({self.partition(c) for c in ([known] if known else candidates)})
-        with self._holding(parts, ordered=self._redis is not None or len(candidates) > 1):
+        # With one key there is no lookup to order: the order may begin at the append.
+        with self._holding(parts, ordered=self._redis is not None or len(candidates) > 1,
+                           lazy=len(candidates) == 1):
             subject = self.subject_key(subject_id)
             if self.partition(subject) not in parts:  # cannot be: it is one of candidates
                 raise AssertionError("a subject resolved outside the partitions held")
             yield subject
 
     @contextmanager
-    def _holding(self, parts: Sequence[int], ordered: bool) -> Iterator[None]:
+    def _holding(self, parts: Sequence[int], ordered: bool, lazy: bool = False
+                 ) -> Iterator[None]:
         """This replica's locks of these partitions (sorted), and with `ordered` the
-        ledger's order of them across replicas too."""
+        ledger's order of them across replicas too (`lazy`: from the first append on)."""
         with ExitStack() as stack:
             for part in sorted(parts):
                 stack.enter_context(self._part_locks[part])
             if ordered:
-                stack.enter_context(self._ledger.exclusive(sorted(parts)))
+                stack.enter_context(self._ledger.exclusive(sorted(parts), lazy))
             yield
 
     def _after_write(self, subject: str, result: AppendResult,

@@ -195,7 +195,8 @@ class SqliteLedger(LedgerTables):
                 (after[0], max(limit, 0))).fetchall()
         return Changes(identity, (head,), [(0, int(seq), str(subject)) for seq, subject in rows])
 
-    def exclusive(self, partitions: Iterable[int]) -> contextlib.AbstractContextManager[None]:
+    def exclusive(self, partitions: Iterable[int],
+                  lazy: bool = False) -> contextlib.AbstractContextManager[None]:
         # One process owns the file, and the caller already serialises its writes.
         return contextlib.nullcontext()
 
