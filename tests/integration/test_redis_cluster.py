@@ -5,6 +5,7 @@ replica; a node that dies costs cache hits, never a stale answer."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from consentauthz.cli import build_parser
 from consentauthz.config import serve_config
 from consentauthz.domain import ConsentAction
 from consentauthz.errors import ConfigError
-from consentauthz.v1 import decision_pb2
+from consentauthz.v1 import consent_pb2, decision_pb2
 from consentauthz.validation import parse_token
 from tests.conftest import start_server
 from tests.integration import test_shared_state
@@ -101,6 +102,7 @@ def test_two_servers_on_a_partitioned_ledger_and_a_cluster_over_grpc(
     try:
         assert a.app.ledger.partitions == 16
         tokens = {}
+        written: dict[str, list[str]] = {}
         for subject in ("ann@example.com", "ben@example.com", "cat@example.com"):
             granted = record(a, subject, "grant", EMAIL, categories=(CATEGORY,))
             part, dot, at = granted.consistency_token.partition(".")
@@ -112,6 +114,12 @@ def test_two_servers_on_a_partitioned_ledger_and_a_cluster_over_grpc(
             withdrawn = record(b, subject, "withdraw", EMAIL, categories=(CATEGORY,))
             resp = a.decisions.Check(item(subject, withdrawn.consistency_token))
             assert decision_name(resp) == "DENY"
+            written[subject] = [granted.consistency_token, withdrawn.consistency_token]
+        # The subject's export names each record's token as its writes returned it.
+        doc = json.loads(a.consent.ExportSubject(consent_pb2.ExportSubjectRequest(
+            subject_id="ben@example.com")).json)
+        assert [r["consistency_token"] for r in doc["consent_records"]] \
+            == written["ben@example.com"]
         parts = {t.partition(".")[0] for t in tokens.values()}
         ann, other = "ann@example.com", next(
             s for s, t in tokens.items() if t.partition(".")[0] != tokens["ann@example.com"]

@@ -11,11 +11,12 @@ from typing import Any
 
 from ..chain import ChainReport
 from ..consent import Ledger
+from ..consent.ledger import partition_of
 from ..decisionlog import Checkpoint, VerifiableLog
 from ..domain import ConsentEvent, DecisionQuery, DecisionRecord
 from ..policy import PolicyStore
 from ..pseudonym import Pseudonymizer
-from ..validation import check_subject_only
+from ..validation import check_subject_only, format_token
 from .export import export_document
 from .reader import AuditReader
 from .replay import Replay, Replayer
@@ -70,21 +71,34 @@ class Auditor(AuditReader):
         held = [(p, self._ledger.load(p)) for p in pseudonyms]
         decisions = sorted((d for p in pseudonyms for d in self._all_decisions(p)),
                            key=lambda r: r.sequence)
-        return export_document(subject_id, held, self._history(pseudonyms), decisions,
-                               self._clock())
+        parts = self._ledger.partitions
+        records = self._records(pseudonyms)
+        # Each record's consistency token names its pseudonym's ledger partition.
+        tokens = {e.record_id: format_token(partition_of(p, parts), e.sequence, parts)
+                  for p, e in records}
+        return export_document(subject_id, held, [e for _, e in records], decisions,
+                               self._clock(), tokens)
 
-    def _history(self, pseudonyms: Sequence[str]) -> list[ConsentEvent]:
-        history: list[ConsentEvent] = []
+    def _records(self, pseudonyms: Sequence[str]) -> list[tuple[str, ConsentEvent]]:
+        """Every consent record under these pseudonyms, with its pseudonym, in the order
+        they were recorded (positions of different partitions are not comparable)."""
+        found: list[tuple[str, ConsentEvent]] = []
         for p in pseudonyms:
             after = 0
             while True:
                 page = self._ledger.history(p, after, _PAGE)
-                history.extend(page)
+                found.extend((p, e) for e in page)
                 if len(page) < _PAGE:
                     break
                 after = page[-1].sequence
-        history.sort(key=lambda e: e.sequence)
-        return history
+        if self._ledger.partitions == 1:
+            found.sort(key=lambda pe: pe[1].sequence)
+        else:
+            found.sort(key=lambda pe: (pe[1].recorded_at, pe[1].sequence))
+        return found
+
+    def _history(self, pseudonyms: Sequence[str]) -> list[ConsentEvent]:
+        return [e for _, e in self._records(pseudonyms)]
 
     def subject_report(self, subject_id: str) -> SubjectReport:
         check_subject_only(subject_id)

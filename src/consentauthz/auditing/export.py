@@ -4,7 +4,7 @@ evidence while the subject's key exists, and every decision made about them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -18,9 +18,9 @@ def _ts(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _record(e: ConsentEvent, erased: bool) -> dict[str, Any]:
+def _record(e: ConsentEvent, erased: bool, token: str) -> dict[str, Any]:
     return {
-        "record_id": e.record_id, "consistency_token": str(e.sequence),
+        "record_id": e.record_id, "consistency_token": token,
         "action": e.action.value, "purpose": e.purpose,
         "data_categories": list(e.data_categories), "explicit": e.explicit,
         "method": e.method.value, "jurisdiction": e.jurisdiction,
@@ -34,7 +34,10 @@ def _record(e: ConsentEvent, erased: bool) -> dict[str, Any]:
 
 def export_document(subject_id: str, held: Iterable[tuple[str, SubjectState]],
                     events: Iterable[ConsentEvent], decisions: Iterable[DecisionRecord],
-                    now: datetime) -> dict[str, Any]:
+                    now: datetime, tokens: Mapping[str, str] | None = None
+                    ) -> dict[str, Any]:
+    """`tokens`: record id -> its consistency token (partition and position); by default
+    the bare position, as in a ledger of one partition."""
     held = list(held)
     erased_at = next((s.profile.erased_at for _, s in held if s.profile.erased_at), None)
     current = next((s for _, s in held if s.version), None)
@@ -51,7 +54,9 @@ def export_document(subject_id: str, held: Iterable[tuple[str, SubjectState]],
             else None,
             "erased_at": _ts(erased_at),
         },
-        "consent_records": [_record(e, erased_at is not None) for e in events],
+        "consent_records": [_record(e, erased_at is not None,
+                                    (tokens or {}).get(e.record_id, str(e.sequence)))
+                            for e in events],
         "records_in_effect": in_effect,
         "decisions": [{k: v for k, v in record_to_dict(d).items()
                        if k not in ("prev_hash", "entry_hash")} for d in decisions],
