@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,16 +40,20 @@ class RedisClusterProcesses:
                                    (i + 1) * SLOTS // n - 1)
         for node, bus in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
             clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
-        deadline = time.monotonic() + 20
-        while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
+        # Up when every node says so and every node maps every slot to the same node (a
+        # client may start from any of them). Gossip settles within seconds.
+        deadline = time.monotonic() + 60
+        while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients) \
+                or len({self._slot_map(c) for c in clients}) != 1:
             if time.monotonic() > deadline:
                 pytest.fail("the local Redis Cluster did not come up")
             time.sleep(0.05)
-        # Every node knows every other (a client may start from any of them).
-        while not all(len(c.cluster("nodes")) == n for c in clients):
-            if time.monotonic() > deadline:
-                pytest.fail("the local Redis Cluster's nodes did not meet")
-            time.sleep(0.05)
+
+    @staticmethod
+    def _slot_map(client: Any) -> tuple[tuple[int, int, int], ...]:
+        """(first slot, last slot, port) of every range, as this node sees them."""
+        ranges = client.execute_command("CLUSTER", "SLOTS")
+        return tuple(sorted((int(r[0]), int(r[1]), int(r[2][1])) for r in ranges))
 
     def node_of(self, key: bytes) -> RedisServer:
         """The node that serves `key`'s slot."""

@@ -179,6 +179,30 @@ def test_an_idempotency_key_taken_meanwhile_in_another_partition_is_a_conflict(
     assert ledger.heads()[0] == 0
 
 
+def test_a_batch_whose_key_is_taken_meanwhile_names_that_item_and_records_the_rest(
+        ledger: PostgresLedger, postgres_dsn: str) -> None:
+    a1, a2 = subjects_in(0, 4, 2, "a")
+    (b,) = subjects_in(3, 4, 1, "b")
+    ledger.append_consent(b, event("b1"))
+    with _admin(postgres_dsn) as other:
+        other.execute("BEGIN")
+        row = other.execute("SELECT entry_hash FROM ledger_head WHERE part = 3").fetchone()
+        assert row is not None
+        other.execute(
+            "INSERT INTO ledger (part, seq, record_id, subject, kind, body, recorded_at, "
+            "idempotency_key, request_hash, prev_hash, entry_hash) VALUES (3, 2, 'other', "
+            "%s, 'consent', '{}', %s, 'key', 'hash-b', %s, %s)",
+            (b, T0.isoformat(), row[0], "e" * 64))
+        threading.Timer(0.5, other.execute, ("COMMIT",)).start()
+        results = ledger.append_batch([
+            BatchItem(a1, event("a1"), Idempotency("key", "hash-a")),
+            BatchItem(a2, event("a2"), Idempotency("key-2", "hash-a2"))])
+    assert isinstance(results[0], InvalidArgument)
+    assert results[0].violations[0].field == "idempotency_key"
+    assert isinstance(results[1], AppendResult) and results[1].sequence == 1
+    assert ledger.heads()[0] == 1
+
+
 def test_a_removed_tail_of_one_partition_is_caught(ledger: PostgresLedger,
                                                    postgres_dsn: str) -> None:
     subjects = subjects_in(2, 4, 3, "t")

@@ -582,7 +582,19 @@ class PostgresLedger(LedgerTables):
         """One transaction and a handful of statements for the whole batch: the retry
         lookup for every key, the partition's head and the subjects' states (read under
         the partition's lock), then every entry (COPY), the head moved on, and every
-        projection replaced; the chain is linked here, as chain.link does for one."""
+        projection replaced; the chain is linked here, as chain.link does for one.
+
+        Should another partition's writer take one of the batch's idempotency keys
+        between the lookup and the COPY (nothing was written then), the batch is made
+        again item by item, which names that item's conflict and records the rest."""
+        try:
+            return self._append_batch_at_once(items)
+        except Unavailable as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise
+            return super().append_batch(items)
+
+    def _append_batch_at_once(self, items: Sequence[BatchItem]) -> list[BatchResult]:
         if not items:
             return []
         part = check_one_partition(items, self._partitions)
