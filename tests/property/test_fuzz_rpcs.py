@@ -136,7 +136,7 @@ class Fuzz:
 
     @property
     def watermark(self) -> int:
-        return self.s.app.consent.watermarks[0]  # one partition (SQLite)
+        return self.s.app.cache.watermark_of(0)  # one partition (SQLite)
 
 
 #: Filled by the fixture; the strategies sample taxonomy keys from the live policy.

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -154,36 +155,13 @@ def test_an_idempotency_key_is_one_request_across_partitions(ledger: PostgresLed
     assert ledger.heads() == (1, 0, 0, 0)
 
 
-def test_an_idempotency_key_taken_meanwhile_in_another_partition_is_a_conflict(
-        ledger: PostgresLedger, postgres_dsn: str) -> None:
-    """Another partition's writer holds the key uncommitted when this append looks it up:
-    the append waits on the key's index, and is refused as a conflict once that commits
-    (not reported as an outage)."""
-    (a,) = subjects_in(0, 4, 1, "a")
+@contextmanager
+def key_taken_meanwhile(ledger: PostgresLedger, postgres_dsn: str, key: str) -> Iterator[None]:
+    """Another partition's writer (an admin session, partition 3) holds an entry under
+    `key` uncommitted while the block runs, and commits it half a second in: the block's
+    appends look the key up before that, and meet it in the key's index after."""
     (b,) = subjects_in(3, 4, 1, "b")
-    ledger.append_consent(b, event("b1"))  # so that the admin's row below has a chain
-    with _admin(postgres_dsn) as other:
-        other.execute("BEGIN")
-        row = other.execute("SELECT seq, entry_hash FROM ledger_head WHERE part = 3"
-                            ).fetchone()
-        assert row is not None
-        other.execute("ALTER TABLE ledger_head DISABLE TRIGGER ledger_head_moves_on")
-        other.execute(
-            "INSERT INTO ledger (part, seq, record_id, subject, kind, body, recorded_at, "
-            "idempotency_key, request_hash, prev_hash, entry_hash) VALUES (3, 2, 'other', "
-            "%s, 'consent', '{}', %s, 'key', 'hash-b', %s, %s)",
-            (b, T0.isoformat(), row[1], "e" * 64))
-        threading.Timer(0.5, other.execute, ("COMMIT",)).start()
-        with pytest.raises(InvalidArgument, match="idempotency_key"):
-            ledger.append_consent(a, event("a1"), Idempotency("key", "hash-a"))
-    assert ledger.heads()[0] == 0
-
-
-def test_a_batch_whose_key_is_taken_meanwhile_names_that_item_and_records_the_rest(
-        ledger: PostgresLedger, postgres_dsn: str) -> None:
-    a1, a2 = subjects_in(0, 4, 2, "a")
-    (b,) = subjects_in(3, 4, 1, "b")
-    ledger.append_consent(b, event("b1"))
+    ledger.append_consent(b, event("b1"))  # a chain for the row below to follow
     with _admin(postgres_dsn) as other:
         other.execute("BEGIN")
         row = other.execute("SELECT entry_hash FROM ledger_head WHERE part = 3").fetchone()
@@ -191,9 +169,32 @@ def test_a_batch_whose_key_is_taken_meanwhile_names_that_item_and_records_the_re
         other.execute(
             "INSERT INTO ledger (part, seq, record_id, subject, kind, body, recorded_at, "
             "idempotency_key, request_hash, prev_hash, entry_hash) VALUES (3, 2, 'other', "
-            "%s, 'consent', '{}', %s, 'key', 'hash-b', %s, %s)",
-            (b, T0.isoformat(), row[0], "e" * 64))
-        threading.Timer(0.5, other.execute, ("COMMIT",)).start()
+            "%s, 'consent', '{}', %s, %s, 'hash-b', %s, %s)",
+            (b, T0.isoformat(), key, row[0], "e" * 64))
+        commit = threading.Timer(0.5, other.execute, ("COMMIT",))
+        commit.start()
+        try:
+            yield
+        finally:
+            commit.join()
+
+
+def test_an_idempotency_key_taken_meanwhile_in_another_partition_is_a_conflict(
+        ledger: PostgresLedger, postgres_dsn: str) -> None:
+    """Another partition's writer holds the key uncommitted when this append looks it up:
+    the append waits on the key's index, and is refused as a conflict once that commits
+    (not reported as an outage)."""
+    (a,) = subjects_in(0, 4, 1, "a")
+    with key_taken_meanwhile(ledger, postgres_dsn, "key"), \
+            pytest.raises(InvalidArgument, match="idempotency_key"):
+        ledger.append_consent(a, event("a1"), Idempotency("key", "hash-a"))
+    assert ledger.heads()[0] == 0
+
+
+def test_a_batch_whose_key_is_taken_meanwhile_names_that_item_and_records_the_rest(
+        ledger: PostgresLedger, postgres_dsn: str) -> None:
+    a1, a2 = subjects_in(0, 4, 2, "a")
+    with key_taken_meanwhile(ledger, postgres_dsn, "key"):
         results = ledger.append_batch([
             BatchItem(a1, event("a1"), Idempotency("key", "hash-a")),
             BatchItem(a2, event("a2"), Idempotency("key-2", "hash-a2"))])

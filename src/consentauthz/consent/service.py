@@ -460,11 +460,6 @@ class ConsentService:
         replaced: what was learnt about the ledger before is to be learnt again."""
         return self._cache.epoch
 
-    @property
-    def watermarks(self) -> tuple[int, ...]:
-        """Per partition: every ledger write up to here has been applied to this
-        replica's cache."""
-        return self._cache.watermarks
 
     def close(self) -> None:
         self._ledger.close()
