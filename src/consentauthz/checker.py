@@ -119,7 +119,7 @@ class Checker:
                     continue
                 try:
                     validate_check(request, taxonomy, f"items[{i}]." if prefix else "",
-                                   self._consent.partitions)
+                                   self._consent.partitions, self._consent.bare_until)
                 except InvalidArgument as exc:
                     results[i] = exc
                     continue

@@ -1,4 +1,4 @@
-"""`consentauthz serve | check | explain | consent | audit | policy`: the server, its gRPC
+"""`consentauthz serve | check | explain | consent | audit | ledger | policy`: the server, its gRPC
 client commands and the policy authors' tools."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from . import cli_audit, cli_channel
+from . import cli_audit, cli_channel, cli_ledger
 from . import config as cfg
 from .errors import ConsentAuthzError
 from .v1 import (
@@ -481,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(client=cmd_check, explain=True)
 
     cli_audit.register(sub)
+    cli_ledger.register(sub)
     return parser
 
 

@@ -123,8 +123,9 @@ def check_category(v: Violations, taxonomy: Taxonomy, value: str,
 
 
 def validate_check(req: CheckRequest, taxonomy: Taxonomy, prefix: str = "",
-                   partitions: int = 1) -> None:
-    """`partitions`: the consent ledger's (a token must name one of them)."""
+                   partitions: int = 1, bare_until: int = 0) -> None:
+    """`partitions`: the consent ledger's (a token must name one of them); `bare_until`:
+    see check_token_partition."""
     v = Violations(prefix)
     check_subject_id(v, req.subject_id)
     check_purpose(v, taxonomy, req.purpose)
@@ -146,18 +147,22 @@ def validate_check(req: CheckRequest, taxonomy: Taxonomy, prefix: str = "",
     if req.consistency_token < 0:
         v.add("consistency_token", _NOT_A_POSITION)
     else:
-        check_token_partition(v, req.token_partition, req.consistency_token, partitions)
+        check_token_partition(v, req.token_partition, req.consistency_token, partitions,
+                              bare_until)
     v.raise_if_any()
 
 
 def check_token_partition(v: Violations, part: int | None, position: int,
-                          partitions: int) -> None:
+                          partitions: int, bare_until: int = 0) -> None:
     """A token names one of the ledger's partitions; a bare position is a token only of a
-    ledger of one partition (or 0, no requirement). Whether it is the subject's own
-    partition is ConsentService.check_token's to say (it knows the subject's)."""
+    ledger of one partition (or 0, no requirement), or one the ledger issued before
+    `ledger migrate` partitioned it (at most `bare_until`, the head it had then: moved
+    entries keep their positions, so it means the subject's partition at that position).
+    Whether it is the subject's own partition is ConsentService.check_token's to say (it
+    knows the subject's)."""
     if part is not None and part >= partitions:
         v.add("consistency_token", "names a ledger partition this service does not have")
-    elif part is None and position > 0 and partitions > 1:
+    elif part is None and position > bare_until and partitions > 1:
         v.add("consistency_token", _NOT_A_POSITION)
 
 
@@ -324,8 +329,8 @@ def check_subject_only(subject_id: str) -> None:
     v.raise_if_any()
 
 
-def validate_state_read(subject_id: str, token: str,
-                        partitions: int = 1) -> tuple[int | None, int]:
+def validate_state_read(subject_id: str, token: str, partitions: int = 1,
+                        bare_until: int = 0) -> tuple[int | None, int]:
     """GetConsentState: the subject, and the ledger partition and position the answer must
     include."""
     v = Violations()
@@ -334,7 +339,7 @@ def validate_state_read(subject_id: str, token: str,
     if parsed is None:
         v.add("consistency_token", _NOT_A_POSITION)
     else:
-        check_token_partition(v, parsed[0], parsed[1], partitions)
+        check_token_partition(v, parsed[0], parsed[1], partitions, bare_until)
     v.raise_if_any()
     assert parsed is not None
     return parsed

@@ -826,7 +826,7 @@ def test_postgres_a_database_from_before_the_append_function_gets_it(postgres_ds
     led.append_consent("alice", event("a1"))
     led.close()
     with _admin(postgres_dsn) as conn:
-        conn.execute("DROP FUNCTION consentauthz_append_v3")
+        conn.execute("DROP FUNCTION consentauthz_append_v4")
     led = one_partition(postgres_dsn)
     try:
         assert led.append_consent("alice", event("a2", minutes=1)).sequence == 2

@@ -12,6 +12,7 @@ shared by replicas; and an in-memory twin for tests.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
@@ -32,6 +33,7 @@ from .codec import (
     profile_to_dict,
     state_from_json,
 )
+from .migration import Migration
 from .projection import apply_event, apply_profile
 
 
@@ -255,11 +257,13 @@ def replay(entries: Iterable[tuple[int, str, dict[str, Any]]], sequence: int) ->
 def verify_entries(rows: Sequence[Sequence[Any]], projections: Mapping[str, str],
                    partitions: int = 1,
                    stored_heads: Mapping[int, tuple[int, str]] | None = None,
-                   held: Sequence[tuple[int, int, str]] = ()) -> ChainReport:
+                   held: Sequence[tuple[int, int, str]] = (),
+                   migration: Migration | None = None) -> ChainReport:
     """Check stored ledger rows (part, seq, record_id, subject, kind, body, recorded_at,
     prev_hash, entry_hash; by partition, oldest first), the partitions' stored heads
     (part -> (seq, entry_hash), where the ledger keeps them) and the stored projections
-    against each other.
+    against each other; for a migrated ledger, also the old chain the moved entries made
+    (consent/migration.py).
 
     The projection is what decisions read, so a tampered projection is tampering too.
     """
@@ -274,8 +278,10 @@ def verify_entries(rows: Sequence[Sequence[Any]], projections: Mapping[str, str]
     tips: list[tuple[int, int, str]] = []
     per_subject: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
     heads: dict[str, int] = {}
+    moved: dict[int, Sequence[Any]] = {}
     for part, part_rows in by_part.items():
-        report = _verify_partition(part, partitions, part_rows, per_subject)
+        report = _verify_partition(part, partitions, part_rows, per_subject, migration,
+                                   moved)
         if isinstance(report, str):
             seq, record_id, problem = _broken_at(part_rows, report)
             where = f"partition {part}: " if partitions > 1 else ""
@@ -294,8 +300,17 @@ def verify_entries(rows: Sequence[Sequence[Any]], projections: Mapping[str, str]
             heads[subject] = head
     total = sum(h for _, h, _ in tips)
     digest = heads_digest(tips)
-    hashes = {part: [str(r[8]) for r in part_rows] for part, part_rows in by_part.items()}
-    for problem in held_problems(held, hashes, partitions):
+    old_chain: list[str] = []
+    if migration is not None:
+        found = _old_chain(migration, moved, old_chain)
+        if found is not None:
+            return ChainReport("consent ledger", False, len(rows), total, digest,
+                               found[0], found[1], found[2])
+    chains = {part: Chain([(int(r[1]), str(r[8])) for r in part_rows],
+                          migration.anchor(part) if migration else GENESIS,
+                          migration.head if migration else 0)
+              for part, part_rows in by_part.items()}
+    for problem in held_problems(held, chains, partitions, old_chain):
         return ChainReport("consent ledger", False, len(rows), total, digest, None, "",
                            problem)
     missing = sorted(set(per_subject) - set(projections))
@@ -319,24 +334,75 @@ def verify_entries(rows: Sequence[Sequence[Any]], projections: Mapping[str, str]
     return ChainReport("consent ledger", True, len(rows), total, digest)
 
 
-def held_problems(held: Sequence[tuple[int, int, str]], hashes: Mapping[int, Sequence[str]],
-                  partitions: int) -> list[str]:
-    """What is wrong with held checkpoint heads against the partitions' entry hashes
-    (by position, from 1)."""
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """One partition's chain as verification sees it: (position, entry hash) of its
+    entries, oldest first, and the hash it starts from."""
+
+    entries: Sequence[tuple[int, str]]
+    start: str = GENESIS
+    #: A migrated partition's head starts at the old ledger's head (consent/migration.py).
+    floor: int = 0
+
+    @classmethod
+    def of(cls, hashes: Sequence[str]) -> Chain:
+        """A gapless chain of these entry hashes, from position 1."""
+        return cls(list(enumerate(hashes, start=1)))
+
+    @property
+    def head(self) -> int:
+        return max(self.entries[-1][0] if self.entries else 0, self.floor)
+
+    def hash_at(self, position: int) -> str:
+        """The chain's head hash as of `position`: its newest entry at or below it."""
+        i = bisect.bisect_right(self.entries, (position, "\uffff"))
+        return self.entries[i - 1][1] if i else self.start
+
+
+def held_problems(held: Sequence[tuple[int, int, str]], chains: Mapping[int, Chain],
+                  partitions: int, old_chain: Sequence[str] = ()) -> list[str]:
+    """What is wrong with held checkpoint heads against the partitions' chains. A
+    checkpoint taken before a migration holds the old chain's head (partition 0, at or
+    below the old head), which `old_chain` (its entry hashes by position) holds."""
     problems = []
     for part, position, entry_hash in held:
         where = f"partition {part}: " if partitions > 1 else ""
-        chain = hashes.get(part)
+        chain = chains.get(part)
         if chain is None:
             problems.append(f"a held checkpoint names partition {part}, which the ledger "
                             "does not have")
-        elif position > len(chain):
+        elif part == 0 and 0 < position <= len(old_chain) \
+                and old_chain[position - 1] == entry_hash:
+            continue  # the old chain's head, held before the migration
+        elif position > chain.head:
             problems.append(f"{where}a held checkpoint is at position {position}, beyond "
-                            f"the head {len(chain)} (entries removed?)")
-        elif position and chain[position - 1] != entry_hash:
+                            f"the head {chain.head} (entries removed?)")
+        elif position and chain.hash_at(position) != entry_hash:
             problems.append(f"{where}the held checkpoint says position {position} is "
-                            f"{entry_hash[:16]}..., the chain has {chain[position - 1][:16]}...")
+                            f"{entry_hash[:16]}..., the chain has "
+                            f"{chain.hash_at(position)[:16]}...")
     return problems
+
+
+def _old_chain(migration: Migration, moved: Mapping[int, Sequence[Any]],
+               hashes: list[str]) -> tuple[int, str, str] | None:
+    """Recompute the chain the moved entries made before the migration (positions 1..its
+    head, one sequence) into `hashes`; (seq, record_id, problem) when it is not the one
+    the migration recorded."""
+    prev = GENESIS
+    for seq in range(1, migration.head + 1):
+        row = moved.get(seq)
+        if row is None:
+            return seq, "", ("an entry moved by the migration is missing (its position "
+                             "is gone from every partition)")
+        _, _, record_id, subject, kind, body, recorded_at, _, _ = row
+        prev = link(prev, entry_payload(seq, subject, kind, record_id, recorded_at,
+                                        json.loads(body)))
+        hashes.append(prev)
+    if prev != migration.head_hash:
+        return migration.head, "", ("the entries moved by the migration no longer make the "
+                                    "chain it recorded")
+    return None
 
 
 def _broken_at(rows: Sequence[Sequence[Any]], found: str) -> tuple[int, str, str]:
@@ -347,13 +413,19 @@ def _broken_at(rows: Sequence[Sequence[Any]], found: str) -> tuple[int, str, str
 
 
 def _verify_partition(part: int, partitions: int, rows: Sequence[Sequence[Any]],
-                      per_subject: dict[str, list[tuple[int, str, dict[str, Any]]]]
+                      per_subject: dict[str, list[tuple[int, str, dict[str, Any]]]],
+                      migration: Migration | None = None,
+                      moved: dict[int, Sequence[Any]] | None = None
                       ) -> tuple[int, str] | str:
-    """(head, head hash) of one partition's chain, or '<row index>|<problem>'."""
-    prev, expected_seq = GENESIS, 1
-    for i, (_, seq, record_id, subject, kind, body, recorded_at, prev_hash,
-            stored_hash) in enumerate(rows):
-        if seq != expected_seq:
+    """(head, head hash) of one partition's chain, or '<row index>|<problem>'. In a
+    migrated ledger the moved entries (at or below the old head) keep their positions, so
+    they only increase; the entries after them number on from the old head, gapless."""
+    floor = migration.head if migration else 0
+    prev, last = (migration.anchor(part) if migration else GENESIS), 0
+    for i, row in enumerate(rows):
+        _, seq, record_id, subject, kind, body, recorded_at, prev_hash, stored_hash = row
+        expected_seq = max(last, floor) + 1
+        if seq != expected_seq and not last < seq <= floor:
             return f"{i}|sequence gap: expected {expected_seq}"
         if prev_hash != prev:
             return f"{i}|prev_hash does not link to the entry before"
@@ -367,8 +439,12 @@ def _verify_partition(part: int, partitions: int, rows: Sequence[Sequence[Any]],
                                     parsed)) != stored_hash:
             return f"{i}|content does not match its hash"
         per_subject.setdefault(subject, []).append((seq, kind, parsed))
-        prev, expected_seq = stored_hash, seq + 1
-    return expected_seq - 1, prev
+        if seq <= floor and moved is not None:
+            if seq in moved:
+                return f"{i}|another partition has an entry at this moved position"
+            moved[seq] = row
+        prev, last = stored_hash, seq
+    return max(last, floor), prev
 
 
 def idempotency_conflict() -> InvalidArgument:
@@ -521,7 +597,7 @@ class MemoryLedger:
     def verify(self, held: Sequence[tuple[int, int, str]] = ()) -> ChainReport:
         with self._lock:
             parts = [list(e) for e in self._entries]
-        for problem in held_problems(held, {p: [e[3] for e in entries]
+        for problem in held_problems(held, {p: Chain.of([e[3] for e in entries])
                                             for p, entries in enumerate(parts)},
                                      self._partitions):
             return ChainReport("consent ledger", False, self._count, self._count, "", None,

@@ -10,7 +10,7 @@ consistency tokens rely on. Appends to different partitions never wait for each 
 and no write spans partitions (the idempotency lookup and `first_recorded` still read all
 of them, and two columns are unique across partitions: docs/design/partitioned-ledger.md
 lists what a database sharded by `part` still needs). An append is one statement (the
-function `consentauthz_append_v3`): one round trip.
+function `consentauthz_append_v4`): one round trip.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from .ledger import (
     replay,
     verify_entries,
 )
+from .migration import MIGRATION_KEY, Migration
 from .projection import apply_event, apply_profile
 from .tables import Connection, LedgerTables
 
@@ -150,9 +151,12 @@ END $$;
 -- replaced, exactly as Python computes it.
 -- p_hold: also take the partition's lock at session level, for the writer to keep across
 -- what it does after the append (exclusive(..., lazy=True): one round trip fewer).
+-- p_partitions: how many partitions the writer placed the subject among; a writer that
+-- opened the ledger before `ledger migrate` changed the number is refused.
 DROP FUNCTION IF EXISTS consentauthz_append_v2;
-CREATE OR REPLACE FUNCTION consentauthz_append_v3(
-    p_lock BIGINT, p_hold BOOLEAN, p_part INT, p_subject TEXT, p_kind TEXT,
+DROP FUNCTION IF EXISTS consentauthz_append_v3;
+CREATE OR REPLACE FUNCTION consentauthz_append_v4(
+    p_lock BIGINT, p_hold BOOLEAN, p_partitions INT, p_part INT, p_subject TEXT, p_kind TEXT,
     p_record_id TEXT, p_body TEXT, p_recorded_at TEXT, p_retry_keys TEXT[],
     p_idempotency_key TEXT, p_request_hash TEXT, p_payload TEXT, p_state TEXT,
     p_expected BIGINT, p_nonce TEXT)
@@ -168,6 +172,10 @@ BEGIN
         PERFORM pg_advisory_lock(p_lock);
     END IF;
     PERFORM pg_advisory_xact_lock(p_lock);
+    IF (SELECT m.value FROM ledger_meta m WHERE m.key = 'partitions')
+            IS DISTINCT FROM p_partitions::text THEN
+        RAISE EXCEPTION 'the ledger''s partitions changed (ledger migrate): restart the writer';
+    END IF;
     IF p_retry_keys IS NOT NULL THEN
         RETURN QUERY SELECT l.seq, l.record_id, l.request_hash, TRUE FROM ledger l
             WHERE l.idempotency_key = ANY(p_retry_keys) ORDER BY l.part, l.seq LIMIT 1;
@@ -236,7 +244,7 @@ INSERT INTO ledger_identity (id) SELECT %s WHERE NOT EXISTS (SELECT 1 FROM ledge
 _SCHEMA_READY = """
 SELECT count(*) = 4 AND to_regclass('ledger_identity') IS NOT NULL
     AND to_regclass('ledger_meta') IS NOT NULL
-    AND to_regproc('consentauthz_append_v3') IS NOT NULL FROM pg_trigger
+    AND to_regproc('consentauthz_append_v4') IS NOT NULL FROM pg_trigger
 WHERE NOT tgisinternal AND (tgrelid, tgname) IN (
     (to_regclass('ledger'), 'ledger_append_only'),
     (to_regclass('subject_state'), 'subject_state_no_delete'),
@@ -261,6 +269,44 @@ LATERAL (SELECT part, seq, subject FROM ledger
          WHERE part = a.i - 1 AND seq > a.after ORDER BY seq LIMIT %(limit)s) l
 ORDER BY l.part, l.seq LIMIT %(limit)s
 """
+
+
+def writer_connection(dsn: str, statement_timeout: float = STATEMENT_TIMEOUT) -> Conn:
+    """One writer connection, configured as the pool's are (the caller closes it)."""
+    try:
+        conn = psycopg.connect(_conninfo(dsn, CONNECT_TIMEOUT, statement_timeout))
+    except psycopg.Error as exc:
+        raise Unavailable("consent ledger unavailable") from exc
+    _configure_writer(conn)
+    return conn
+
+
+def create_tables(conn: Conn) -> None:
+    """The tables, functions and triggers, where they do not exist (`ledger migrate`
+    makes the new ledger's with this, in its transaction)."""
+    conn.execute(_SCHEMA)
+    conn.execute(_FUNCTIONS)
+
+
+def verify_in(conn: Conn, partitions: int,
+              held: Sequence[tuple[int, int, str]] = ()) -> ChainReport:
+    """PostgresLedger.verify, in the caller's transaction (`ledger migrate` verifies what it
+    made before it commits)."""
+    rows = conn.execute(
+        "SELECT part, seq, record_id, subject, kind, body, recorded_at, prev_hash, "
+        "entry_hash FROM ledger ORDER BY part, seq").fetchall()
+    heads = {int(p): (int(s), str(h)) for p, s, h in conn.execute(
+        "SELECT part, seq, entry_hash FROM ledger_head")}
+    projections = {str(s): str(state) for s, state in conn.execute(
+        "SELECT subject, state FROM subject_state")}
+    found = conn.execute("SELECT value FROM ledger_meta WHERE key = %s",
+                         (MIGRATION_KEY,)).fetchone()
+    try:
+        migration = Migration.from_json(str(found[0])) if found else None
+    except (ValueError, KeyError, TypeError):
+        return ChainReport("consent ledger", False, len(rows), 0, GENESIS, None, "",
+                           "the migration's record in ledger_meta is unreadable")
+    return verify_entries(rows, projections, partitions, heads, held, migration)
 
 
 @contextmanager
@@ -414,10 +460,11 @@ class PostgresLedger(LedgerTables):
                             count = 1
                         conn.execute(_EMPTY_HEADS, (GENESIS, count))
                 conn.execute(_IDENTIFY, (secrets.token_hex(8),))
-                # What the heads must number from now on (a head row added or removed
-                # later is refused at the next start, not taken for a new partition).
-                conn.execute("INSERT INTO ledger_meta (key, value) SELECT 'partitions', "
-                             "count(*)::text FROM ledger_head ON CONFLICT (key) DO NOTHING")
+            # What the heads must number from now on (a head row added or removed later is
+            # refused at the next start, not taken for a new partition); every write checks
+            # it against the number its writer placed subjects by (`ledger migrate`).
+            conn.execute("INSERT INTO ledger_meta (key, value) SELECT 'partitions', "
+                         "count(*)::text FROM ledger_head ON CONFLICT (key) DO NOTHING")
             found = conn.execute(
                 "SELECT count(*), (SELECT value FROM ledger_meta WHERE key = 'partitions') "
                 "FROM ledger_head").fetchone()
@@ -486,10 +533,16 @@ class PostgresLedger(LedgerTables):
                 yield conn
 
     def _last(self, conn: Connection, part: int) -> tuple[int, str]:
-        row = conn.execute("SELECT seq, entry_hash FROM ledger_head WHERE part = %s",
+        # With the number of partitions, in the same round trip: a writer that opened the
+        # ledger before `ledger migrate` changed it would place subjects wrongly.
+        row = conn.execute("SELECT h.seq, h.entry_hash, (SELECT m.value FROM ledger_meta m "
+                           "WHERE m.key = 'partitions') FROM ledger_head h WHERE h.part = %s",
                            (part,)).fetchone()
         if row is None:
             raise Unavailable("the consent ledger has no such partition")
+        if row[2] != str(self._partitions):
+            raise Unavailable("the consent ledger's partitions changed (ledger migrate): "
+                              "restart this process")
         return int(row[0]), str(row[1])
 
     def _advance(self, conn: Connection, part: int, seq: int, entry_hash: str) -> None:
@@ -518,7 +571,7 @@ class PostgresLedger(LedgerTables):
             "WHERE idempotency_key = ANY(%s) ORDER BY part, seq LIMIT 1",
             (list(keys),)).fetchone()
 
-    # -- appends: one statement each (consentauthz_append_v3) ----------------------------
+    # -- appends: one statement each (consentauthz_append_v4) ----------------------------
 
     def append_consent(self, subject: str, event: ConsentEvent,
                        idempotency: Idempotency | None = None, *,
@@ -672,8 +725,9 @@ class PostgresLedger(LedgerTables):
             # function's lock re-entrant; inside a lazy one the function takes it.
             hold = self._take_pending(args[0])
             row = conn.execute(
-                "SELECT * FROM consentauthz_append_v3(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s, %s, %s)", (args[0], hold, *args[1:])).fetchone()
+                "SELECT * FROM consentauthz_append_v4(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s, %s, %s)",
+                (args[0], hold, self._partitions, *args[1:])).fetchone()
         assert row is not None
         return row
 
@@ -806,14 +860,7 @@ class PostgresLedger(LedgerTables):
         and holds every held checkpoint's head, and check the projections still match the
         records."""
         with self._read_tx() as conn:
-            rows = conn.execute(
-                "SELECT part, seq, record_id, subject, kind, body, recorded_at, prev_hash, "
-                "entry_hash FROM ledger ORDER BY part, seq").fetchall()
-            heads = {int(p): (int(s), str(h)) for p, s, h in conn.execute(
-                "SELECT part, seq, entry_hash FROM ledger_head")}
-            projections = {str(s): str(state) for s, state in conn.execute(
-                "SELECT subject, state FROM subject_state")}
-        return verify_entries(rows, projections, self._partitions, heads, held)
+            return verify_in(conn, self._partitions, held)
 
     def changes(self, after: Sequence[int], limit: int) -> Changes:
         with self._read_tx() as conn:  # REPEATABLE READ: both statements see one snapshot

@@ -43,6 +43,7 @@ from ..validation import (
 from .cache import LocalCache
 from .freshness import Freshness, SoleWriter
 from .ledger import AppendResult, BatchItem, Idempotency, Ledger, partition_of
+from .migration import MIGRATION_KEY, Migration
 from .redis_cache import RedisStateCache
 
 log = logging.getLogger("consentauthz.consent")
@@ -96,6 +97,9 @@ class ConsentService:
         #: How far in the future a record's collected_at may be (validation.CLOCK_SKEW).
         self.clock_skew = clock_skew
         self._partitions = ledger.partitions
+        migrated = ledger.meta(MIGRATION_KEY)
+        #: Bare positions up to here are tokens the ledger issued before `ledger migrate`.
+        self.bare_until = Migration.from_json(migrated).head if migrated else 0
         if cache.partitions != self._partitions:
             raise ValueError(f"the cache has {cache.partitions} partitions, the ledger "
                              f"{self._partitions}")
@@ -220,7 +224,8 @@ class ConsentService:
     def get_state(self, subject_id: str, token: str = "") -> SubjectState:
         """The whole recorded state, evidence included, from the ledger itself (the caches
         hold no evidence; this is a preference-centre read, not the hot path)."""
-        part, need = validate_state_read(subject_id, token, self._partitions)
+        part, need = validate_state_read(subject_id, token, self._partitions,
+                                         self.bare_until)
         subject = self.subject_key(subject_id)
         self.check_token(subject, part, need)
         state = self._ledger.load(subject, evidence=True)

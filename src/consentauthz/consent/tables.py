@@ -147,11 +147,11 @@ class LedgerTables(ABC):
             return 0
         rows = conn.execute("SELECT part, seq, subject, kind, body FROM ledger "
                             "ORDER BY part, seq").fetchall()
-        heads: dict[int, int] = {}
         per_subject: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
-        for part, seq, subject, kind, body in rows:
-            heads[int(part)] = int(seq)
+        for _, seq, subject, kind, body in rows:
             per_subject.setdefault(str(subject), []).append((int(seq), kind, json.loads(body)))
+        # A partition's head, not its newest entry: after `ledger migrate` they differ.
+        heads = {p: self._last(conn, p)[0] for p in range(self.partitions)}
         for subject, entries in per_subject.items():
             self._save_state(conn, subject, replay(entries, heads[self._part(subject)]))
         self._put_meta(conn, "projection_rules", PROJECTION_RULES)
