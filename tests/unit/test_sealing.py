@@ -91,7 +91,9 @@ def test_sealing_ledger_seals_in_and_opens_out_until_erased() -> None:
     inner = MemoryLedger()
     ledger = SealingLedger(inner, Sealer(MasterKeys([("m1", M1)]), MemoryKeyStore()))
     result = ledger.append_consent("subj", event({"ip": "192.0.2.7"}))
-    assert dict(result.state.events[0].evidence) == {"ip": "192.0.2.7"}
+    # A write's state is load()'s: evidence left sealed (only the caches take it).
+    assert not result.state.events[0].evidence and result.state.events[0].sealed_evidence
+    assert dict(ledger.load("subj", evidence=True).events[0].evidence) == {"ip": "192.0.2.7"}
     ledger.append_profile("subj", SubjectProfile("DE", date(1990, 1, 2)), "p1", NOW)
     stored = inner.load("subj")  # what is kept: sealed only
     assert not stored.events[0].evidence and stored.events[0].sealed_evidence

@@ -498,7 +498,7 @@ class SealingLedger:
         key, read = self._write_key(subject)
         item = self._sealed(BatchItem(subject, event, idempotency), key)
         result = self._inner.append_consent(subject, item.event, item.idempotency, read=read)
-        return replace(result, state=self._open_state(subject, result.state, key))
+        return replace(result, state=self._written_state(subject, result.state, key))
 
     @staticmethod
     def _sealed(item: BatchItem, key: bytes) -> BatchItem:
@@ -564,8 +564,8 @@ class SealingLedger:
         for i, result in zip(where, appended, strict=True):
             key = keys[items[i].subject]
             assert isinstance(key, bytes)
-            results[i] = (replace(result, state=self._open_state(items[i].subject,
-                                                                  result.state, key))
+            results[i] = (replace(result, state=self._written_state(items[i].subject,
+                                                                     result.state, key))
                           if isinstance(result, AppendResult) else result)
         return [r for r in results if r is not None]
 
@@ -582,7 +582,7 @@ class SealingLedger:
         result = self._inner.append_profile(
             subject, replace(profile, birth_date=None, sealed_birth_date=sealed),
             record_id, recorded_at, read=read)
-        return replace(result, state=self._open_state(subject, result.state, key))
+        return replace(result, state=self._written_state(subject, result.state, key))
 
     # -- opening on the way out -----------------------------------------------------------
 
@@ -592,6 +592,13 @@ class SealingLedger:
         evidence: Mapping[str, str] = json.loads(
             Sealer.open(key, subject, _EVIDENCE, ev.sealed_evidence))
         return replace(ev, evidence=dict(evidence))
+
+    def _written_state(self, subject: str, state: SubjectState, key: bytes) -> SubjectState:
+        """The state a write gives back: its birth date opened, its evidence left sealed, as
+        `load()` gives it (what a write's state is for is the caches, which never hold
+        evidence; opening every record's evidence on every write cost a decryption per
+        record the subject has). `load(evidence=True)` opens it."""
+        return self._open_state(subject, state, key, evidence=False)
 
     def _open_state(self, subject: str, state: SubjectState, key: bytes,
                     evidence: bool = True) -> SubjectState:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -50,6 +52,9 @@ log = logging.getLogger("consentauthz.consent")
 
 #: Writes of one partition recorded in one ledger transaction by record_batch.
 BATCH_CHUNK = 500
+#: Partitions a batch records at once, each on its own writer connection (a partition's
+#: chunks go in order, one after another).
+BATCH_WORKERS = 4
 #: Bound on remembered key-ring resolutions (stable, so forgetting only costs a lookup).
 _MAX_RESOLVED = 100_000
 
@@ -262,10 +267,12 @@ class ConsentService:
         for an erased subject its SubjectErased, and the rest are recorded. Writes are
         grouped by ledger partition; each group (up to BATCH_CHUNK writes) is one ledger
         transaction under the partition's write order, then written through to the caches
-        in order. A subject whose pseudonym is not settled (a key rotation) is recorded
-        on its own, as record() does. Should the ledger become unavailable, the writes it
-        had not recorded get that Unavailable (none of them was written; those before
-        were), and no more is tried: a caller retries exactly those."""
+        in order. Up to BATCH_WORKERS partitions are recorded at once (their writes are
+        independent; a partition's chunks stay in order). A subject whose pseudonym is
+        not settled (a key rotation) is recorded on its own, as record() does. Should the
+        ledger become unavailable, the writes it had not recorded get that Unavailable
+        (none of them was written; the others' results say what was), and no chunk is
+        begun after it: a caller retries exactly those."""
         now = self._clock()
         taxonomy = self._taxonomy()
         results: list[WriteResult | ConsentAuthzError | None] = [None] * len(writes)
@@ -283,8 +290,9 @@ class ConsentService:
             subject = candidates[0]
             item = BatchItem(subject, self._event(write, now), self._idempotency(subject, write))
             groups.setdefault(self.partition(subject), []).append((i, item))
-        chunks = [group[lo:lo + BATCH_CHUNK] for _, group in sorted(groups.items())
-                  for lo in range(0, len(group), BATCH_CHUNK)]
+        lanes = [[group[lo:lo + BATCH_CHUNK] for lo in range(0, len(group), BATCH_CHUNK)]
+                 for _, group in sorted(groups.items())]
+        failed: list[Unavailable] = []
 
         def record_chunk(chunk: list[tuple[int, BatchItem]]) -> None:
             part = self.partition(chunk[0][1].subject)
@@ -299,15 +307,28 @@ class ConsentService:
                     else:
                         results[i] = result
 
-        with tracer().start_as_current_span("consent.RecordBatch"):
-            for k, chunk in enumerate(chunks):
+        def record_lane(lane: list[list[tuple[int, BatchItem]]]) -> None:
+            """One partition's chunks, in order."""
+            for chunk in lane:
                 try:
+                    if failed:
+                        raise failed[0]
                     record_chunk(chunk)
                 except Unavailable as exc:
-                    for rest in chunks[k:]:
-                        for i, _ in rest:
-                            results[i] = exc
-                    break
+                    failed.append(exc)
+                    for i, _ in chunk:
+                        results[i] = exc
+
+        with tracer().start_as_current_span("consent.RecordBatch"):
+            if len(lanes) == 1:
+                record_lane(lanes[0])
+            elif lanes:
+                with ThreadPoolExecutor(min(BATCH_WORKERS, len(lanes)),
+                                        thread_name_prefix="record-batch") as pool:
+                    # Each lane in a copy of this context: its spans are the batch's.
+                    for f in [pool.submit(contextvars.copy_context().run, record_lane, lane)
+                              for lane in lanes]:
+                        f.result()
         done = [r for r in results if r is not None]
         if len(done) != len(writes):
             raise Unavailable("a batch write was left without a result")
@@ -435,14 +456,14 @@ class ConsentService:
         `epochs`: the caches' epochs from before the ledger write."""
         if self._sole_writer:
             self._cache.note_write(subject, result.sequence)
-        result = replace(result, state=_without_evidence(result.state))
-        self._cache.put(subject, result.state, epochs[0])
+        state = _without_evidence(result.state)
+        self._cache.put(subject, state, epochs[0])
         if self._redis is not None and not result.replayed:
             # Ledger first: a failed write-through leaves Redis behind, never ahead, and
             # the next write-through starts a new generation (redis_cache.py). The write
             # is committed: nothing that goes wrong with the cache may report it failed.
             try:
-                self._redis.write_through(subject, result.state, result.sequence, epochs[1])
+                self._redis.write_through(subject, state, result.sequence, epochs[1])
             except Exception:
                 log.exception("write-through to redis failed; the ledger has the write")
 
