@@ -87,7 +87,8 @@ class ConsentService:
                  metrics: Metrics = NO_METRICS, freshness: Freshness | None = None,
                  shared: RedisStateCache | None = None,
                  shredder: Shredder | None = None,
-                 clock_skew: timedelta = CLOCK_SKEW) -> None:
+                 clock_skew: timedelta = CLOCK_SKEW,
+                 batch_workers: int = BATCH_WORKERS) -> None:
         self._ledger = ledger
         self._cache = cache
         self._pseudonymize = pseudonymize
@@ -101,6 +102,8 @@ class ConsentService:
         self._shredder = shredder
         #: How far in the future a record's collected_at may be (validation.CLOCK_SKEW).
         self.clock_skew = clock_skew
+        #: Partitions record_batch records at once.
+        self._batch_workers = max(1, batch_workers)
         self._partitions = ledger.partitions
         migrated = ledger.meta(MIGRATION_KEY)
         #: Bare positions up to here are tokens the ledger issued before `ledger migrate`.
@@ -267,7 +270,7 @@ class ConsentService:
         for an erased subject its SubjectErased, and the rest are recorded. Writes are
         grouped by ledger partition; each group (up to BATCH_CHUNK writes) is one ledger
         transaction under the partition's write order, then written through to the caches
-        in order. Up to BATCH_WORKERS partitions are recorded at once (their writes are
+        in order. Up to `batch_workers` partitions are recorded at once (their writes are
         independent; a partition's chunks stay in order). A subject whose pseudonym is
         not settled (a key rotation) is recorded on its own, as record() does. Should the
         ledger become unavailable, the writes it had not recorded get that Unavailable
@@ -320,10 +323,11 @@ class ConsentService:
                         results[i] = exc
 
         with tracer().start_as_current_span("consent.RecordBatch"):
-            if len(lanes) == 1:
-                record_lane(lanes[0])
+            if len(lanes) == 1 or self._batch_workers == 1:
+                for lane in lanes:
+                    record_lane(lane)
             elif lanes:
-                with ThreadPoolExecutor(min(BATCH_WORKERS, len(lanes)),
+                with ThreadPoolExecutor(min(self._batch_workers, len(lanes)),
                                         thread_name_prefix="record-batch") as pool:
                     # Each lane in a copy of this context: its spans are the batch's.
                     for f in [pool.submit(contextvars.copy_context().run, record_lane, lane)
