@@ -36,7 +36,7 @@ from .consent import (
     check_key_ring,
     parse_master_ring,
 )
-from .datadir import DataDirLock
+from .datadir import DataDirLock, make_private
 from .decisionlog import QueuedDecisionLog, RetentionJob, SqliteDecisionLog
 from .domain import PolicyReload
 from .engine import CompiledPolicy
@@ -62,7 +62,7 @@ def _key_file_text(path: Path, explicit: bool, what: str, why: str) -> str:
     if not path.exists():
         if explicit:
             raise ConfigError(f"{what} key file {path} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
@@ -228,7 +228,7 @@ class App:
         address = config.metrics_address
         self.metrics_endpoint = MetricsEndpoint(*address) if address else None
         data = config.data_dir
-        data.mkdir(parents=True, exist_ok=True)
+        make_private(data)  # personal data and keys: this user's only
         # Before anything opens a file in the data dir: it serves one server at a time.
         self._data_lock = DataDirLock.acquire(data)
         try:

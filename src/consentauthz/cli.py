@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -280,6 +281,10 @@ def cmd_policy_status(client: Client, ns: argparse.Namespace) -> int:
 def cmd_serve(ns: argparse.Namespace) -> int:
     from .app import App
     from .telemetry import setup_metrics, setup_tracing
+
+    # Whatever the server creates (ledger, decision log, keys, kept policies) is this
+    # user's only, however the process was started (docs/security.md).
+    os.umask(0o077)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")

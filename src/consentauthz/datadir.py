@@ -10,11 +10,42 @@ ends, however it ends, so there is never a stale lock to clean up. Offline reade
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import stat
 import time
 from pathlib import Path
 
 from .errors import ConfigError
+from .sqlite_files import DIR_MODE
+
+log = logging.getLogger("consentauthz")
+
+
+def make_private(data_dir: Path) -> int:
+    """The data dir and everything in it this user's only (docs/security.md): the dir
+    made 0700 (created so, or tightened), and any file or dir in it that group or others
+    could read (a data dir from a release before this, or files copied in) stripped of
+    those bits. Returns how many were tightened. Symlinks are left alone."""
+    data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    tightened = 0
+    for path in (data_dir, *data_dir.rglob("*")):
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:  # gone meanwhile (a WAL file checkpointed away)
+            continue
+        if stat.S_ISLNK(mode) or not mode & 0o077:
+            continue
+        try:
+            os.chmod(path, stat.S_IMODE(mode) & ~0o077)
+        except OSError as exc:
+            raise ConfigError(f"data dir {data_dir}: cannot make {path} private: "
+                              f"{exc.strerror or exc}") from None
+        tightened += 1
+    if tightened:
+        log.warning("data dir %s: %d files and dirs were readable by others; made private "
+                    "to this user", data_dir, tightened)
+    return tightened
 
 LOCK_FILE = "serve.lock"
 

@@ -124,6 +124,7 @@ def test_sealed_segments_are_read_only_and_keep_their_triggers(tmp_path: Path) -
     path = tmp_path / name
     assert name == "decisions-000000000001-000000000001.db"
     assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    assert not path.stat().st_mode & 0o077  # and this user's only
     assert not (tmp_path / (name + "-wal")).exists()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)

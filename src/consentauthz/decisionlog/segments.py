@@ -78,7 +78,7 @@ def seal_file(active: Path, target: Path) -> None:
         raise FileExistsError(f"{target} already exists")
     os.rename(active, target)
     with contextlib.suppress(OSError):
-        os.chmod(target, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.chmod(target, stat.S_IRUSR)  # read-only, and this user's only
     sync_directory(target.parent)
 
 
