@@ -1,5 +1,5 @@
-"""`consentauthz serve | check | explain | consent | audit | ledger | policy`: the server, its gRPC
-client commands and the policy authors' tools."""
+"""`consentauthz serve | check | explain | consent | audit | ledger | keys | policy`: the
+server, its gRPC client commands and the policy authors' tools."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from . import cli_audit, cli_channel, cli_ledger
+from . import cli_audit, cli_channel, cli_keys, cli_ledger
 from . import config as cfg
 from .errors import ConsentAuthzError
 from .v1 import (
@@ -487,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_audit.register(sub)
     cli_ledger.register(sub)
+    cli_keys.register(sub)
     return parser
 
 

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 from .errors import ConfigError
-from .sqlite_files import DIR_MODE
+
+#: The data dir's mode (sqlite_files.py makes each database file 0600).
+DIR_MODE = 0o700
 
 log = logging.getLogger("consentauthz")
 

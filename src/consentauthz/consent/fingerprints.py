@@ -87,6 +87,22 @@ def check_key_ring(ledger: Ledger, kind: KeyKind, fingerprints: Mapping[str, str
     raise Unavailable(f"the ledger's {kind} key fingerprints keep changing")
 
 
+def forget_key(ledger: Ledger, kind: KeyKind, key_id: str) -> bool:
+    """Remove `key_id` from what the ledger recorded for this ring (a retired key: servers
+    may then start without it); False when the ledger does not know it. The caller makes
+    sure nothing needs the key any more (consent/rewrap.py)."""
+    meta_key = META_KEYS[kind]
+    for _ in range(_ATTEMPTS):
+        stored = ledger.meta(meta_key)
+        known = _parse(stored, meta_key)
+        if key_id not in known:
+            return False
+        del known[key_id]
+        if ledger.swap_meta(meta_key, stored, json.dumps(known, sort_keys=True)):
+            return True
+    raise Unavailable(f"the ledger's {kind} key fingerprints keep changing")
+
+
 def _parse(stored: str | None, meta_key: str) -> dict[str, str]:
     if stored is None:
         return {}

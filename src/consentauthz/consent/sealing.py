@@ -172,6 +172,19 @@ class MemoryKeyStore:
     def create_many(self, wrapped: Mapping[str, str]) -> dict[str, KeyRecord]:
         return {s: self.create(s, w) for s, w in wrapped.items()}
 
+    def wrapped_page(self, after: str, limit: int) -> list[tuple[str, str]]:
+        with self._lock:
+            return sorted((s, r.wrapped) for s, r in self._keys.items()
+                          if r.wrapped is not None and s > after)[:limit]
+
+    def swap_wrapped(self, subject: str, old: str, new: str) -> bool:
+        with self._lock:
+            record = self._keys.get(subject)
+            if record is None or record.wrapped != old:
+                return False
+            self._keys[subject] = KeyRecord(new)
+            return True
+
     def destroy(self, subject: str) -> None:
         with self._lock:
             old = self._keys.get(subject)
@@ -240,6 +253,19 @@ class SqliteKeyStore:
                 raise
             conn.execute("COMMIT")
         return found
+
+    def wrapped_page(self, after: str, limit: int) -> list[tuple[str, str]]:
+        with self._locked() as conn:
+            return [(str(s), str(w)) for s, w in conn.execute(
+                "SELECT subject, wrapped FROM subject_keys WHERE wrapped IS NOT NULL "
+                "AND subject > ? ORDER BY subject LIMIT ?", (after, limit))]
+
+    def swap_wrapped(self, subject: str, old: str, new: str) -> bool:
+        with self._locked() as conn:
+            # secure_delete overwrites the old value's bytes in the file.
+            cur = conn.execute("UPDATE subject_keys SET wrapped = ? WHERE subject = ? "
+                               "AND wrapped = ?", (new, subject, old))
+            return cur.rowcount == 1
 
     def destroy(self, subject: str) -> None:
         now = datetime.now(UTC).isoformat()
@@ -327,6 +353,18 @@ class PostgresKeyStore:
             rows = conn.execute("SELECT subject, wrapped, destroyed_at FROM subject_keys "
                                 "WHERE subject = ANY(%s)", (subjects,)).fetchall()
         return {str(s): KeyRecord(w, d) for s, w, d in rows}
+
+    def wrapped_page(self, after: str, limit: int) -> list[tuple[str, str]]:
+        with self._translated(), self._pool.connection() as conn:
+            return [(str(s), str(w)) for s, w in conn.execute(
+                "SELECT subject, wrapped FROM subject_keys WHERE wrapped IS NOT NULL "
+                "AND subject > %s ORDER BY subject LIMIT %s", (after, limit))]
+
+    def swap_wrapped(self, subject: str, old: str, new: str) -> bool:
+        with self._translated(), self._pool.connection() as conn:
+            cur = conn.execute("UPDATE subject_keys SET wrapped = %s WHERE subject = %s "
+                               "AND wrapped = %s", (new, subject, old))
+            return cur.rowcount == 1
 
     def destroy(self, subject: str) -> None:
         with self._translated(), self._pool.connection() as conn:
