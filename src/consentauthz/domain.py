@@ -144,6 +144,8 @@ class SubjectProfile:
     sealed_birth_date: str = ""
     #: When the subject was erased (GDPR Art. 17); erasure is final.
     erased_at: datetime | None = None
+    #: The caller that asked for the erasure (its configured name; "" when not known).
+    erased_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ of calls can take every worker thread."""
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import secrets
@@ -14,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from consentauthz.app import App
 from consentauthz.config import EMPTY_SHA256
+from consentauthz.consent.projection import apply_profile
+from consentauthz.domain import SubjectProfile, SubjectState
 from consentauthz.errors import ConfigError
 from consentauthz.v1 import audit_pb2, consent_pb2, decision_pb2, policy_pb2
+from consentauthz.validation import parse_token
 from tests.certs import (
     Stubs,
     bearer,
@@ -169,6 +174,32 @@ def test_the_analytics_job_cannot_record_or_read_consent(secured: Secured) -> No
                             metadata=s.md("analytics-job"))
     s.stubs.consent.RecordConsent(grant, metadata=s.md("crm"))
     assert written(s.app)[0] == before[0] + 1
+
+
+def test_the_erasure_record_names_the_caller_that_asked(secured: Secured) -> None:
+    """In the ledger (the erasure's own entry, and so every replay of the subject) and in
+    the Art. 15 export, not only in a log line."""
+    s = secured
+    s.stubs.consent.RecordConsent(consent_pb2.RecordConsentRequest(
+        subject_id=SUBJECT, purpose="analytics", action=consent_pb2.CONSENT_ACTION_GRANT,
+        method=consent_pb2.COLLECTION_METHOD_AFFIRMATIVE, source="web", notice_version="v1"),
+        metadata=s.md("crm"))
+    erased = s.stubs.consent.EraseSubject(consent_pb2.EraseSubjectRequest(
+        subject_id=SUBJECT), metadata=s.md("privacy-admin"))
+    # Erasing again changes nothing: the first erasure (and who asked for it) stands.
+    again = s.stubs.consent.EraseSubject(consent_pb2.EraseSubjectRequest(
+        subject_id=SUBJECT), metadata=s.md("privacy-admin"))
+    assert again.erased_at == erased.erased_at
+    first = SubjectProfile(erased_at=datetime(2026, 1, 1, tzinfo=UTC), erased_by="a")
+    later = SubjectProfile(erased_at=datetime(2026, 2, 1, tzinfo=UTC), erased_by="b")
+    assert apply_profile(apply_profile(SubjectState(), first, 1), later, 2).profile == first
+    doc = json.loads(s.stubs.consent.ExportSubject(consent_pb2.ExportSubjectRequest(
+        subject_id=SUBJECT), metadata=s.md("privacy-admin")).json)
+    assert doc["profile"]["erased_by"] == "privacy-admin"
+    parsed = parse_token(erased.consistency_token)
+    assert parsed is not None
+    recorded = s.app.ledger.state_at(s.app.consent.subject_key(SUBJECT), parsed[1]).profile
+    assert recorded.erased_at is not None and recorded.erased_by == "privacy-admin"
 
 
 def test_rpc_bindings_of_the_shipped_policy(secured: Secured) -> None:

@@ -63,7 +63,8 @@ def test_erasure_shreds_evidence_denies_checks_and_keeps_the_chains(
     records = before["consent_records"]
     assert isinstance(records, list) and records[0]["evidence"] == {
         "ip": IP, "user_agent": AGENT}
-    assert before["profile"] == {"jurisdiction": "DE", "birth_date": BIRTH, "erased_at": None}
+    assert before["profile"] == {"jurisdiction": "DE", "birth_date": BIRTH, "erased_at": None,
+                                 "erased_by": None}
     assert len(before["decisions"]) == 1  # type: ignore[arg-type]
     with sqlite3.connect(server.data_dir / "subject_keys.db") as db:
         wrapped = [row[0] for row in db.execute("SELECT wrapped FROM subject_keys")]
@@ -91,6 +92,8 @@ def test_erasure_shreds_evidence_denies_checks_and_keeps_the_chains(
     after = export(server)
     assert after["profile"]["birth_date"] is None  # type: ignore[index]
     assert after["profile"]["erased_at"]  # type: ignore[index]
+    # Who asked: with no callers configured, every call is the reserved `anonymous`.
+    assert after["profile"]["erased_by"] == "anonymous"  # type: ignore[index]
     assert all(r["evidence"] is None for r in after["consent_records"])  # type: ignore[union-attr]
     # The wrapped key itself is gone from the key store's files (database and WAL).
     assert wrapped[0].encode() not in disk_bytes(server.data_dir)

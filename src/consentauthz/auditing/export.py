@@ -39,7 +39,8 @@ def export_document(subject_id: str, held: Iterable[tuple[str, SubjectState]],
     """`tokens`: record id -> its consistency token (partition and position); by default
     the bare position, as in a ledger of one partition."""
     held = list(held)
-    erased_at = next((s.profile.erased_at for _, s in held if s.profile.erased_at), None)
+    erased = next((s.profile for _, s in held if s.profile.erased_at), None)
+    erased_at = erased.erased_at if erased is not None else None
     current = next((s for _, s in held if s.version), None)
     profile = current.profile if current is not None else None
     in_effect = [e.record_id for _, s in held for e in s.events]
@@ -53,6 +54,8 @@ def export_document(subject_id: str, held: Iterable[tuple[str, SubjectState]],
             "birth_date": profile.birth_date.isoformat() if profile and profile.birth_date
             else None,
             "erased_at": _ts(erased_at),
+            # Who asked for the erasure (a calling service's configured name).
+            "erased_by": erased.erased_by if erased is not None else None,
         },
         "consent_records": [_record(e, erased_at is not None,
                                     (tokens or {}).get(e.record_id, str(e.sequence)))

@@ -79,6 +79,8 @@ def profile_to_dict(p: SubjectProfile) -> dict[str, Any]:
         d["sealed_birth_date"] = p.sealed_birth_date
     if p.erased_at is not None:
         d["erased_at"] = p.erased_at.isoformat()
+    if p.erased_by:
+        d["erased_by"] = p.erased_by
     return d
 
 
@@ -87,7 +89,8 @@ def profile_from_dict(d: dict[str, Any]) -> SubjectProfile:
     return SubjectProfile(jurisdiction=d.get("jurisdiction") or "",
                           birth_date=date.fromisoformat(birth) if birth else None,
                           sealed_birth_date=str(d.get("sealed_birth_date") or ""),
-                          erased_at=_parse_ts(d.get("erased_at")))
+                          erased_at=_parse_ts(d.get("erased_at")),
+                          erased_by=str(d.get("erased_by") or ""))
 
 
 def state_to_json(state: SubjectState) -> str:
@@ -121,7 +124,8 @@ def state_from_json(text: str, sequence: int) -> SubjectState:
 #      the stored strings, one after the other
 #   3. unsigned LEB128 varints to the end: event count n, string count, the byte length of
 #      each stored string; profile: jurisdiction, birth date (ordinal + 1; 0: none),
-#      erased_at (0: none; else 1 and a time); then column by column (runs of equal values
+#      erased_at (0: none; 1 and a time; 2, a time and the string that erased_by is);
+#      then column by column (runs of equal values
 #      compress well): record ids that are not UUIDs, sequences (zigzag delta from the
 #      previous event's, the first from `version`), purposes, category counts, categories,
 #      jurisdictions, sources, notice versions, recorded_at (delta from the previous
@@ -137,7 +141,7 @@ def state_from_json(text: str, sequence: int) -> SubjectState:
 
 #: 3: the bytes of 2; the state is projected in event order (projection.PROJECTION_RULES
 #: 2), so an entry of 2 (arrival order) must not be served.
-FORMAT = 3
+FORMAT = 4
 _FORMAT_BYTE = bytes([FORMAT])
 _MICRO = timedelta(microseconds=1)
 #: Timestamps count from here: fewer varint bytes than from 1970 (and signed: zigzag).
@@ -299,8 +303,10 @@ def state_to_bytes(state: SubjectState) -> bytes:
     if p.erased_at is None:
         nums.append(0)
     else:
-        nums.append(1)
+        nums.append(2 if p.erased_by else 1)
         _put_time(nums, _us(p.erased_at))
+        if p.erased_by:
+            ref(p.erased_by)
     for e in events:
         rid = _uuid_bytes(e.record_id)
         raw.append(_ACTION_INDEX[e.action] * 5 + _METHOD_INDEX[e.method]
@@ -399,10 +405,12 @@ def _state_from_bytes(data: bytes, sequence: int, version: int) -> SubjectState:
         raise ValueError("malformed cached state")
     jurisdiction = strings[nxt()]
     birth = nxt()
-    erased = _EPOCH + _MICRO * _time(nxt()) if nxt() else None
+    erased_flag = nxt()
+    erased = _EPOCH + _MICRO * _time(nxt()) if erased_flag else None
+    erased_by = strings[nxt()] if erased_flag == 2 else ""
     profile = SubjectProfile(jurisdiction=jurisdiction,
                              birth_date=date.fromordinal(birth - 1) if birth else None,
-                             erased_at=erased)
+                             erased_at=erased, erased_by=erased_by)
     rids = []
     pos = n + count
     for kind in kinds:

@@ -77,5 +77,7 @@ def apply_profile(state: SubjectState, profile: SubjectProfile, sequence: int) -
         jurisdiction=profile.jurisdiction or old.jurisdiction,
         birth_date=profile.birth_date or old.birth_date,
         sealed_birth_date=profile.sealed_birth_date or old.sealed_birth_date,
-        erased_at=old.erased_at or profile.erased_at)  # the first erasure stands
+        # The first erasure stands, with who asked for it.
+        erased_at=old.erased_at or profile.erased_at,
+        erased_by=old.erased_by if old.erased_at else profile.erased_by)
     return replace(state, profile=merged, version=sequence)

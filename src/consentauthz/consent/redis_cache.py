@@ -1,6 +1,6 @@
 """The consent-state cache every replica shares (Redis), and its invalidation channel.
 
-Layout (PREFIX defaults to `ca:`; F is consent/codec.py's FORMAT, now 3). Everything is
+Layout (PREFIX defaults to `ca:`; F is consent/codec.py's FORMAT, now 4). Everything is
 per ledger partition (consent/ledger.py), and a partition's keys share the hash tag
 `{pN}`: in a Redis Cluster they live in one slot, so each script below touches one slot.
 - `PREFIX{pN}head` = `F.<generation>:<position>` (generation: 8 hex digits): every entry

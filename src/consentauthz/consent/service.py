@@ -389,11 +389,12 @@ class ConsentService:
             self._after_write(subject, result, epochs)
         return self._written(subject, result.record_id, result.sequence)
 
-    def erase(self, subject_id: str) -> WriteResult:
+    def erase(self, subject_id: str, caller: str = "") -> WriteResult:
         """GDPR Art. 17: destroy the subject's data key (their evidence and birth date can
         never be read again; the ledger and its hash chain stay intact), then record the
-        erasure, after which checks deny with SUBJECT_ERASED except on a legal obligation
-        and nothing more is recorded about them. Erasing twice changes nothing."""
+        erasure and who asked for it (`caller`), after which checks deny with
+        SUBJECT_ERASED except on a legal obligation and nothing more is recorded about
+        them. Erasing twice changes nothing (the first erasure's caller stands)."""
         check_subject_only(subject_id)
         now = self._clock()
         with tracer().start_as_current_span("consent.EraseSubject"), \
@@ -409,8 +410,8 @@ class ConsentService:
             if recorded is not None:
                 return self._written(subject, "", self._ledger.load(subject).version)
             epochs = self._epochs()
-            result = self._ledger.append_profile(subject, SubjectProfile(erased_at=now),
-                                                 new_id(), now)
+            result = self._ledger.append_profile(
+                subject, SubjectProfile(erased_at=now, erased_by=caller), new_id(), now)
             self._after_write(subject, result, epochs)
         return self._written(subject, result.record_id, result.sequence)
 

@@ -142,7 +142,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     def EraseSubject(self, request: consent_pb2.EraseSubjectRequest,
                      context: grpc.ServicerContext) -> Any:
         with rpc(context, "EraseSubject") as caller:
-            result = self._consent.erase(request.subject_id)
+            result = self._consent.erase(request.subject_id, caller)
             # Who asked, for the record (the pseudonym, never the subject id).
             audit_log.info("subject %s erased at the request of caller %s",
                            self._consent.subject_key(request.subject_id), caller)
