@@ -19,7 +19,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from . import cli_audit, cli_channel, cli_keys, cli_ledger
+from . import cli_audit, cli_channel, cli_consent, cli_keys, cli_ledger
 from . import config as cfg
 from .errors import ConsentAuthzError
 from .v1 import (
@@ -430,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--subject", required=True)
     _common_client(hist)
     hist.set_defaults(client=cmd_history)
+    cli_consent.register(csub, _common_client)
 
     policy = sub.add_parser("policy", help="policy authoring: test, lint, matrix, diff")
     psub = policy.add_subparsers(dest="policy_command", required=True)

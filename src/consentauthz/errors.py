@@ -36,6 +36,11 @@ class Unavailable(ConsentAuthzError):
     """A dependency (ledger, decision log) cannot serve now; the caller may retry."""
 
 
+class ResourceExhausted(ConsentAuthzError):
+    """The answer would be larger than the service gives in one response (the message
+    names the limit and what to use instead)."""
+
+
 class TokenAhead(Unavailable):
     """The ledger answered, and a consistency token names a position it does not hold yet
     (another replica's write this one cannot see yet, or a token of a ledger that went

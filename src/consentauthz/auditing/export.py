@@ -4,7 +4,8 @@ evidence while the subject's key exists, and every decision made about them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,26 @@ from ..decisionlog.record import record_to_dict
 from ..domain import ConsentEvent, DecisionRecord, SubjectState
 
 FORMAT = "consentauthz.subject-export/1"
+
+#: How the document is written (ExportSubject, ExportSubjectStream, `consent export`).
+_ENCODER = json.JSONEncoder(indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def document_text(document: Mapping[str, Any]) -> str:
+    return _ENCODER.encode(document)
+
+
+def document_chunks(document: Mapping[str, Any], size: int) -> Iterator[bytes]:
+    """document_text's UTF-8 in chunks of at most `size` bytes, written as they are
+    encoded (the text is never held whole)."""
+    buffer = bytearray()
+    for piece in _ENCODER.iterencode(document):
+        buffer += piece.encode()
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
 
 
 def _ts(value: datetime | None) -> str | None:

@@ -85,13 +85,15 @@ def guarded(method: Callable[[Any, grpc.ServicerContext], Any]
 
 
 def _handler(servicer: object, method: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
-    if method.client_streaming or method.server_streaming:
-        raise TypeError(f"{method.full_name}: only unary methods are supported here")
+    if method.client_streaming:
+        raise TypeError(f"{method.full_name}: client streaming is not supported here")
     request = message_factory.GetMessageClass(method.input_type)
     response = message_factory.GetMessageClass(method.output_type)
-    return grpc.unary_unary_rpc_method_handler(
-        guarded(getattr(servicer, method.name)), request_deserializer=parser(request),
-        response_serializer=response.SerializeToString)
+    # A server stream (ExportSubjectStream): one request, parsed the same guarded way.
+    make = (grpc.unary_stream_rpc_method_handler if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler)
+    return make(guarded(getattr(servicer, method.name)), request_deserializer=parser(request),
+                response_serializer=response.SerializeToString)
 
 
 def _service_of(servicer: object) -> ServiceDescriptor:

@@ -22,6 +22,7 @@ from ..domain import PolicyStatus
 from ..errors import ConfigError
 from ..v1 import audit_pb2, consent_pb2, decision_pb2, policy_pb2
 from .auth import CallerGuard
+from .limits import MAX_MESSAGE_BYTES
 from .registration import register
 from .servicers import AuditServicer, ConsentServicer, DecisionServicer, PolicyServicer
 
@@ -36,8 +37,6 @@ SERVICE_NAMES = (
 #: Health-service names of the dependencies that can degrade without stopping the service.
 COMPONENT_REDIS = "consentauthz.redis"
 COMPONENT_LEDGER = "consentauthz.ledger"
-#: Large enough for a full batch of maximal requests, small enough to bound memory.
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 #: Calls admitted at once (running, or queued for a worker thread), per worker. Beyond
 #: that gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without bound; a few
 #: per worker absorb bursts of short calls (a client sending twice as many calls as there

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,10 +13,11 @@ from opentelemetry import propagate
 from opentelemetry.propagators.textmap import TextMapPropagator
 
 from ..auditing import Auditor
+from ..auditing.export import document_chunks, document_text
 from ..checker import Checker
 from ..consent import ConsentService
 from ..domain import CheckRequest, PolicyStatus
-from ..errors import ConsentAuthzError, InvalidArgument
+from ..errors import ConsentAuthzError, InvalidArgument, ResourceExhausted
 from ..telemetry import ATTR_CALLER, open_span
 from ..v1 import (
     audit_pb2,
@@ -32,6 +32,7 @@ from ..v1 import (
 from ..validation import validate_batch_size
 from . import convert
 from .identity import caller_of
+from .limits import EXPORT_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from .status import abort, to_status
 
 audit_log = logging.getLogger("consentauthz.audit")
@@ -154,12 +155,28 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     def ExportSubject(self, request: consent_pb2.ExportSubjectRequest,
                       context: grpc.ServicerContext) -> Any:
         with rpc(context, "ExportSubject") as caller:
-            document = self._export(request.subject_id)
+            text = document_text(self._export(request.subject_id))
+            size = len(text.encode())
+            if size > MAX_MESSAGE_BYTES - 1024:  # the response's own fields fit in that
+                raise ResourceExhausted(
+                    f"the subject's export is {size:,} bytes, over the "
+                    f"{MAX_MESSAGE_BYTES:,} a response may carry: use ExportSubjectStream "
+                    "(`consentauthz consent export`), which sends it in chunks")
             audit_log.info("subject %s exported at the request of caller %s",
                            self._consent.subject_key(request.subject_id), caller)
-            return consent_pb2.ExportSubjectResponse(
-                json=json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False),
-                content_type="application/json")
+            return consent_pb2.ExportSubjectResponse(json=text,
+                                                     content_type="application/json")
+
+    def ExportSubjectStream(self, request: consent_pb2.ExportSubjectRequest,
+                            context: grpc.ServicerContext) -> Iterator[Any]:
+        with rpc(context, "ExportSubjectStream") as caller:
+            document = self._export(request.subject_id)  # bad input fails before a chunk
+            audit_log.info("subject %s exported (streamed) at the request of caller %s",
+                           self._consent.subject_key(request.subject_id), caller)
+            content_type = "application/json"
+            for data in document_chunks(document, EXPORT_CHUNK_BYTES):
+                yield consent_pb2.ExportSubjectChunk(data=data, content_type=content_type)
+                content_type = ""
 
     def ListConsentEvents(self, request: consent_pb2.ListConsentEventsRequest,
                           context: grpc.ServicerContext) -> Any:

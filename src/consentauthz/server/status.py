@@ -9,7 +9,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ..errors import ConsentAuthzError, InvalidArgument, NotFound, Unavailable
+from ..errors import ConsentAuthzError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 
 log = logging.getLogger("consentauthz.server")
 
@@ -32,6 +32,8 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         return status_pb2.Status(code=code_pb2.NOT_FOUND, message=str(exc))
     if isinstance(exc, Unavailable):
         return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(exc))
+    if isinstance(exc, ResourceExhausted):
+        return status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=str(exc))
     if isinstance(exc, ConsentAuthzError):
         return status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=str(exc))
     # A bug must not become an answer: fail closed with a retryable error and keep the

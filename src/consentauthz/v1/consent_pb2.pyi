@@ -190,6 +190,14 @@ class ExportSubjectResponse(_message.Message):
     content_type: str
     def __init__(self, json: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
 
+class ExportSubjectChunk(_message.Message):
+    __slots__ = ("data", "content_type")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    content_type: str
+    def __init__(self, data: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+
 class ListConsentEventsRequest(_message.Message):
     __slots__ = ("subject_id", "page_size", "page_token")
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -66,6 +66,11 @@ class ConsentServiceStub:
                 request_serializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectRequest.SerializeToString,
                 response_deserializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectResponse.FromString,
                 _registered_method=True)
+        self.ExportSubjectStream = channel.unary_stream(
+                '/consentauthz.v1.ConsentService/ExportSubjectStream',
+                request_serializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectRequest.SerializeToString,
+                response_deserializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectChunk.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -108,7 +113,16 @@ class ConsentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportSubject(self, request, context):
-        """GDPR Art. 15 / 20: everything held on the subject, as one JSON document.
+        """GDPR Art. 15 / 20: everything held on the subject, as one JSON document. A document
+        larger than a message may be (8 MiB) is RESOURCE_EXHAUSTED: use ExportSubjectStream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSubjectStream(self, request, context):
+        """The same document in chunks of at most 1 MiB, whatever its size (a subject with many
+        decisions). Concatenated, the chunks' data is the UTF-8 JSON document.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +160,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.ExportSubject,
                     request_deserializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectRequest.FromString,
                     response_serializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectResponse.SerializeToString,
+            ),
+            'ExportSubjectStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSubjectStream,
+                    request_deserializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectRequest.FromString,
+                    response_serializer=consentauthz_dot_v1_dot_consent__pb2.ExportSubjectChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +331,33 @@ class ConsentService:
             '/consentauthz.v1.ConsentService/ExportSubject',
             consentauthz_dot_v1_dot_consent__pb2.ExportSubjectRequest.SerializeToString,
             consentauthz_dot_v1_dot_consent__pb2.ExportSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSubjectStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/consentauthz.v1.ConsentService/ExportSubjectStream',
+            consentauthz_dot_v1_dot_consent__pb2.ExportSubjectRequest.SerializeToString,
+            consentauthz_dot_v1_dot_consent__pb2.ExportSubjectChunk.FromString,
             options,
             channel_credentials,
             insecure,
