@@ -19,7 +19,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from . import cli_audit, cli_channel, cli_consent, cli_keys, cli_ledger
+from . import __version__, cli_audit, cli_channel, cli_consent, cli_keys, cli_ledger
 from . import config as cfg
 from .errors import ConsentAuthzError
 from .v1 import (
@@ -319,6 +319,7 @@ def _common_client(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="consentauthz", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"consentauthz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gRPC server")
