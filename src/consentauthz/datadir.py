@@ -28,9 +28,12 @@ def make_private(data_dir: Path) -> int:
     """The data dir and everything in it this user's only (docs/security.md): the dir
     made 0700 (created so, or tightened), and any file or dir in it that group or others
     could read (a data dir from a release before this, or files copied in) stripped of
-    those bits. Returns how many were tightened. Symlinks are left alone."""
+    those bits. Returns how many were tightened. Symlinks are left alone, and so is what
+    this user may not change (a mounted volume's root owned by another user, as
+    Kubernetes' fsGroup makes it): one WARNING names how many such paths stay open."""
     data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     tightened = 0
+    kept: list[Path] = []
     for path in (data_dir, *data_dir.rglob("*")):
         try:
             mode = path.lstat().st_mode
@@ -40,13 +43,17 @@ def make_private(data_dir: Path) -> int:
             continue
         try:
             os.chmod(path, stat.S_IMODE(mode) & ~0o077)
-        except OSError as exc:
-            raise ConfigError(f"data dir {data_dir}: cannot make {path} private: "
-                              f"{exc.strerror or exc}") from None
+        except PermissionError:
+            kept.append(path)
+            continue
         tightened += 1
     if tightened:
         log.warning("data dir %s: %d files and dirs were readable by others; made private "
                     "to this user", data_dir, tightened)
+    if kept:
+        log.warning("data dir %s: %d paths are readable by others and not this user's to "
+                    "change (first: %s): give the data dir to the serving user, or make "
+                    "them private", data_dir, len(kept), kept[0])
     return tightened
 
 LOCK_FILE = "serve.lock"
