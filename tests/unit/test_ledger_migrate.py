@@ -282,3 +282,14 @@ def test_bare_tokens_up_to_the_old_head_stay_tokens_after_the_migration() -> Non
     v = Violations()
     check_token_partition(v, None, 5, PARTS)  # a ledger partitioned from the start
     assert v.items
+
+
+def test_an_empty_ledger_is_migrated_and_numbers_from_one(postgres_dsn: str) -> None:
+    PostgresLedger(postgres_dsn, partitions=1).close()
+    report = migrate(postgres_dsn, PARTS)
+    assert (report.entries, report.migration.head) == (0, 0) and report.after.ok
+    with _opened(postgres_dsn) as led:
+        assert led.heads() == (0,) * PARTS
+        subject = names()[2]
+        assert led.append_consent(subject, event("first")).sequence == 1
+        assert led.verify(led.tips()).ok
