@@ -17,6 +17,7 @@ import pytest
 from consentauthz.server.limits import MAX_MESSAGE_BYTES
 from consentauthz.v1 import consent_pb2, decision_pb2
 from tests.conftest import Running
+from tests.scenario import record
 
 BIN = Path(sys.executable).parent / "consentauthz"
 SUBJECT = "frequent-customer@example.com"
@@ -24,11 +25,9 @@ DECISIONS = 15_000
 
 
 def many_decisions(s: Running) -> None:
-    s.consent.RecordConsent(consent_pb2.RecordConsentRequest(
-        subject_id=SUBJECT, action=consent_pb2.CONSENT_ACTION_GRANT,
-        purpose="marketing.communications.email", data_categories=["user.contact.email"],
-        method=consent_pb2.COLLECTION_METHOD_AFFIRMATIVE, jurisdiction="DE",
-        source="web-form", notice_version="2026-01", evidence={"ip": "203.0.113.77"}))
+    record(s, SUBJECT, "grant", "marketing.communications.email",
+           categories=("user.contact.email",), jurisdiction="DE",
+           evidence={"ip": "203.0.113.77"})
     item = decision_pb2.CheckRequest(subject_id=SUBJECT,
                                      purpose="marketing.communications.email",
                                      data_category="user.contact.email", jurisdiction="DE")
