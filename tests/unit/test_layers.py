@@ -19,7 +19,8 @@ LAYERS: dict[str, float] = {
     "checker": 4, "reload": 4, "authoring": 4, "auditing": 4,
     "server": 5,
     "app": 6,
-    "cli_channel": 7, "cli_audit": 7.5, "cli_ledger": 7.5, "cli_keys": 7.5, "cli_consent": 7.5,
+    "cli_channel": 7, "cli_output": 7,
+    "cli_audit": 7.5, "cli_ledger": 7.5, "cli_keys": 7.5, "cli_consent": 7.5,
     "cli": 8,
 }
 
