@@ -311,7 +311,7 @@ class App:
             guard=caller_guard(load_callers(config.callers_file) if config.callers_file
                                else (), read_caller_policy(config.policy_dir),
                                self.policy().policy.taxonomy),
-            reuse_port=config.reuse_port)
+            reuse_port=config.reuse_port, health_listen=config.health_listen)
 
     def _redis_prefix(self, identity: str) -> str:
         return f"{self.config.redis_prefix}{identity}:"
@@ -377,6 +377,11 @@ class App:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def health_port(self) -> int:
+        """The plaintext health listener's port (--health-listen); 0 without one."""
+        return self.server.health_port
 
     @property
     def metrics_port(self) -> int | None:

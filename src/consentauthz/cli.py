@@ -179,6 +179,9 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     app.start()
     print(f"consentauthz listening on {config.listen.rsplit(':', 1)[0]}:{app.port} "
           f"(data dir {config.data_dir}, policy {app.policy().version[:12]})", flush=True)
+    if config.health_listen:
+        print(f"health (grpc.health.v1, plaintext) on "
+              f"{config.health_listen.rsplit(':', 1)[0]}:{app.health_port}", flush=True)
     if config.metrics_listen:
         print(f"metrics on http://{config.metrics_listen.rsplit(':', 1)[0]}:"
               f"{app.metrics_port}/metrics", flush=True)
@@ -265,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-listen", metavar="HOST:PORT",
                        help=f"serve Prometheus metrics on http://HOST:PORT/metrics (default "
                        f"off, or ${cfg.ENV_PREFIX}METRICS_LISTEN)")
+    serve.add_argument("--health-listen", metavar="HOST:PORT",
+                       help=f"also answer grpc.health.v1 in plaintext here, for probes "
+                       f"without a client certificate under mutual TLS (default off, or "
+                       f"${cfg.ENV_PREFIX}HEALTH_LISTEN)")
     serve.set_defaults(run=cmd_serve)
 
     check = sub.add_parser("check", help="may this purpose use this data of this subject?")

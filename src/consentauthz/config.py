@@ -46,6 +46,9 @@ class ServeConfig:
     otlp: bool = False
     #: HOST:PORT of the Prometheus scrape endpoint; None serves none.
     metrics_listen: str | None = None
+    #: A plaintext listener answering grpc.health.v1 only (for probes that hold no client
+    #: certificate under mutual TLS); None: health is on the main port only.
+    health_listen: str | None = None
     otlp_metrics: bool = False
     watch_policies: bool = True
     watch_interval: float = 0.5
@@ -157,6 +160,9 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
     metrics_listen = ns.metrics_listen or _env(env, "METRICS_LISTEN")
     if metrics_listen:
         host_port(metrics_listen, "--metrics-listen")
+    health_listen = getattr(ns, "health_listen", None) or _env(env, "HEALTH_LISTEN")
+    if health_listen:
+        host_port(health_listen, "--health-listen")
     segment_mb = getattr(ns, "decision_log_segment_mb", None)
     retention = getattr(ns, "decision_log_retention_days", None)
     if retention and not segment_mb:
@@ -229,6 +235,7 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
         pseudonym_key_file=Path(key_file) if key_file else None,
         otlp=otlp and env.get("OTEL_TRACES_EXPORTER", "otlp") != "none",
         metrics_listen=metrics_listen,
+        health_listen=health_listen,
         otlp_metrics=otlp_metrics and env.get("OTEL_METRICS_EXPORTER", "otlp") != "none",
         watch_policies=not ns.no_watch,
         ledger_url=ledger_url(getattr(ns, "ledger", None) or _env(env, "LEDGER")),

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from consentauthz import cli
 from consentauthz.app import App
+from consentauthz.config import serve_config
 from consentauthz.errors import ConfigError
 from consentauthz.v1 import audit_pb2, consent_pb2, decision_pb2
 from tests.certs import (
@@ -368,3 +369,48 @@ def test_a_refused_call_decides_nothing_under_mtls(mtls: App, certs: Certs) -> N
         s.decisions.BatchCheck(decision_pb2.BatchCheckRequest(items=[check_request()]))
     assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert written(mtls) == before
+
+
+def test_probes_without_a_certificate_use_the_plaintext_health_listener(
+        tmp_path: Path, certs: Certs, tokens: dict[str, str]) -> None:
+    """Under mutual TLS a load balancer's probe holds no client certificate, so it cannot
+    reach health on the main port; `--health-listen` answers health, and only health, in
+    plaintext, with the same status the main port has (issue 14, item 5)."""
+    app = start_app(tmp_path / "data", tls_cert=certs.server.cert, tls_key=certs.server.key,
+                    client_ca=certs.pki.ca.cert, callers_file=callers_file(tmp_path, tokens),
+                    health_listen="127.0.0.1:0")
+    plain = grpc.insecure_channel(f"127.0.0.1:{app.health_port}")
+    try:
+        no_cert = mtls_channel(app, certs, None)
+        with pytest.raises(grpc.RpcError) as err:
+            health_pb2_grpc.HealthStub(no_cert).Check(health_pb2.HealthCheckRequest(),
+                                                      timeout=5)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE  # no handshake
+        no_cert.close()
+
+        probe = health_pb2_grpc.HealthStub(plain)
+        for service in ("", "consentauthz.v1.DecisionService"):
+            assert probe.Check(health_pb2.HealthCheckRequest(service=service),
+                               timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        # Only health is there.
+        with pytest.raises(grpc.RpcError) as err:
+            stubs(plain).decisions.Check(check_request(), timeout=5)
+        assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        # The same status as the main port, whatever changes it.
+        app.server.set_component("", False)
+        assert probe.Check(health_pb2.HealthCheckRequest(), timeout=5).status \
+            == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        plain.close()
+        app.stop(grace=None)
+
+
+def test_the_health_listener_is_off_unless_asked_for(tmp_path: Path) -> None:
+    ns = cli.build_parser().parse_args(["serve", "--health-listen", "127.0.0.1:8081"])
+    assert serve_config(ns, {}).health_listen == "127.0.0.1:8081"
+    ns = cli.build_parser().parse_args(["serve"])
+    assert serve_config(ns, {}).health_listen is None
+    assert serve_config(ns, {"CONSENTAUTHZ_HEALTH_LISTEN": "0.0.0.0:8081"}).health_listen \
+        == "0.0.0.0:8081"
+    with pytest.raises(ConfigError):
+        serve_config(cli.build_parser().parse_args(["serve", "--health-listen", "nope"]), {})

@@ -37,6 +37,8 @@ SERVICE_NAMES = (
 #: Health-service names of the dependencies that can degrade without stopping the service.
 COMPONENT_REDIS = "consentauthz.redis"
 COMPONENT_LEDGER = "consentauthz.ledger"
+#: Health probes admitted at once on the plaintext health listener (--health-listen).
+HEALTH_CONCURRENT_RPCS = 8
 #: Calls admitted at once (running, or queued for a worker thread), per worker. Beyond
 #: that gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without bound; a few
 #: per worker absorb bursts of short calls (a client sending twice as many calls as there
@@ -122,7 +124,8 @@ class GrpcServer:
     def __init__(self, checker: Checker, consent: ConsentService, audit: Auditor,
                  policy_status: Callable[[], PolicyStatus], listen: str, workers: int, *,
                  tls: ServerTls | None = None, loopback: bool = False,
-                 guard: CallerGuard | None = None, reuse_port: bool = False) -> None:
+                 guard: CallerGuard | None = None, reuse_port: bool = False,
+                 health_listen: str | None = None) -> None:
         if tls is None and not loopback:
             raise ConfigError(f"refusing to listen in plaintext on the non-loopback address "
                               f"{listen}: pass --tls-cert and --tls-key (and --client-ca for "
@@ -161,9 +164,26 @@ class GrpcServer:
                 require_client_auth=tls.client_ca is not None))
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
+        # Health alone, in plaintext, for load balancers and kubelets that cannot present a
+        # client certificate: the same servicer, so both ports tell the same status. It
+        # answers nothing else (no reflection, no other service), Watch stays refused, and
+        # a handful of threads bound what a prober can hold.
+        self._health_server: grpc.Server | None = None
+        self.health_port = 0
+        if health_listen is not None:
+            self._health_server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+                maximum_concurrent_rpcs=HEALTH_CONCURRENT_RPCS,
+                options=[("grpc.max_receive_message_length", 4096)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(health_listen)
+            if self.health_port == 0:
+                raise OSError(f"cannot listen on {health_listen}")
 
     def start(self) -> None:
         self._server.start()
+        if self._health_server is not None:
+            self._health_server.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         for name, serving in self._components.items():
@@ -183,6 +203,9 @@ class GrpcServer:
     def stop(self, grace: float | None) -> None:
         self.health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
+        if self._health_server is not None:
+            # Probes saw NOT_SERVING while the main port drained; now nothing.
+            self._health_server.stop(None).wait()
 
     def wait(self) -> None:
         self._server.wait_for_termination()
