@@ -17,7 +17,7 @@ from . import config as cfg
 from .chain import GENESIS
 from .consent.ledger import heads_digest
 from .consent.migration import MIGRATION_KEY, Migration
-from .consent.pg_migrate import ARCHIVE, HEAD_ARCHIVE, MigrationRefused, migrate
+from .consent.pg_migrate import ARCHIVE, HEAD_ARCHIVE, MigrationRefused, ledger_exists, migrate
 from .consent.postgres import PostgresLedger
 from .errors import ConfigError
 
@@ -31,7 +31,11 @@ def _url(ns: argparse.Namespace) -> str:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
-    ledger = PostgresLedger(_url(ns), writers=1)
+    url = _url(ns)
+    if not ledger_exists(url):
+        print("error: this database holds no consent ledger", file=sys.stderr)
+        return 1
+    ledger = PostgresLedger(url, writers=1)
     try:
         tips = ledger.tips()
         migrated = ledger.meta(MIGRATION_KEY)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 
 from consentauthz.v1 import consent_pb2, decision_pb2
@@ -94,3 +95,13 @@ def test_migrate_between_two_runs_of_the_service(postgres_dsn: str, tmp_path: Pa
         assert done.returncode == 0, done.stdout + done.stderr
     done = cli("audit", "verify", "--checkpoint", str(checkpoints), *where)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_ledger_commands_make_no_ledger_where_there_is_none(postgres_dsn: str) -> None:
+    ledger = pg_url(postgres_dsn)
+    status = cli("ledger", "status", "--ledger", ledger)
+    assert status.returncode == 1 and "holds no consent ledger" in status.stderr
+    done = cli("ledger", "migrate", "--ledger", ledger, "--partitions", "4")
+    assert done.returncode == 1 and "holds no consent ledger" in done.stderr
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT to_regclass('ledger')").fetchone() == (None,)

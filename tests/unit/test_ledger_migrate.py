@@ -151,6 +151,12 @@ def test_a_dry_run_verifies_everything_and_changes_nothing(
         led.close()
 
 
+def test_a_database_without_a_ledger_is_refused_and_left_empty(postgres_dsn: str) -> None:
+    with pytest.raises(MigrationRefused, match="holds no consent ledger"):
+        migrate(postgres_dsn, PARTS)
+    assert not {t for t in tables(postgres_dsn) if t.startswith("ledger")}
+
+
 @pytest.mark.parametrize("partitions", [1, 0, 2000])
 def test_a_number_of_partitions_out_of_range_is_refused(postgres_dsn: str,
                                                         partitions: int) -> None:

@@ -88,6 +88,8 @@ def migrate(dsn: str, partitions: int, *, dry_run: bool = False,
     if partitions < 2:
         raise MigrationRefused("a migration is into 2 or more partitions")
     started = time.monotonic()
+    if not ledger_exists(dsn):
+        raise MigrationRefused("this database holds no consent ledger")
     # Bring the schema up to date first (a ledger from before partitions is one of one).
     try:
         PostgresLedger(dsn, writers=1, statement_timeout=lock_timeout).close()
@@ -111,6 +113,19 @@ def migrate(dsn: str, partitions: int, *, dry_run: bool = False,
                           "changed") from exc
     finally:
         conn.close()
+
+
+def ledger_exists(dsn: str) -> bool:
+    """Whether the database holds a consent ledger (opening PostgresLedger would make one:
+    the commands that only look at or move a ledger must not)."""
+    conn = writer_connection(dsn)
+    try:
+        row = conn.execute("SELECT to_regclass('ledger') IS NOT NULL").fetchone()
+    except psycopg.Error as exc:
+        raise Unavailable("consent ledger unavailable") from exc
+    finally:
+        conn.close()
+    return bool(row and row[0])
 
 
 def _migrate_in(conn: Conn, partitions: int,
