@@ -37,7 +37,12 @@ def _opened(ns: argparse.Namespace) -> Iterator[tuple[Any, Any, Any]]:
         master_key_file=Path(ns.master_key_file) if ns.master_key_file else None)
     if not url and not (data / "subject_keys.db").is_file():
         raise ConfigError(f"{data} holds no subject key store (subject_keys.db): give "
-                              "the data dir the server uses, or --ledger")
+                          "the data dir the server uses, or --ledger")
+    if url:
+        from .consent.pg_migrate import ledger_exists
+
+        if not ledger_exists(url):  # opening one would make one
+            raise ConfigError("this database holds no consent ledger")
     master = load_master_keys(config)
     store = open_key_store(url, data)
     try:
