@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pycountry
+import yaml
 
 from consentauthz.policy import load_policy_set
 
@@ -87,6 +88,19 @@ def _leaves(shipped: Path) -> tuple[list[str], list[str]]:
     return purposes, categories
 
 
+def _settings_for_synthetic_regimes(path: Path) -> None:
+    """The shipped settings, less what names the shipped pack's regimes (the remembered
+    GPC opt-out's regimes): the synthetic pack has none of them, and the engine refuses a
+    setting for a regime the pack lacks."""
+    settings = yaml.safe_load(path.read_text()) or {}
+    gpc = settings.get("gpc")
+    if isinstance(gpc, dict):
+        gpc.pop("remembered_opt_out", None)
+        if not gpc:
+            del settings["gpc"]
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+
+
 def generate_pack(target: Path, rules: int, shipped: Path) -> PackInfo:
     """Write a pack of `rules` synthetic rule lines (plus 7 base rules) into `target`."""
     if target.exists():
@@ -94,6 +108,7 @@ def generate_pack(target: Path, rules: int, shipped: Path) -> PackInfo:
     (target / "tests").mkdir(parents=True)
     for name in COPIED:
         shutil.copyfile(shipped / name, target / name)
+    _settings_for_synthetic_regimes(target / "settings.yaml")
     purposes, categories = _leaves(shipped)
     pairs = [(p, c) for p in purposes for c in categories]
     facts = list(FACTS)
