@@ -313,8 +313,10 @@ class Renderer:
         v, _ = self.values(i, sealed=False)
         proto = self.templates[i % len(ARCHETYPES)].revealed
         s0 = first_seq(i)
+        # The projection keeps events in event order (domain.event_order), not in the order
+        # of the rows: each event's row is the one its template sequence names.
         events = tuple(replace(e, record_id=v[_R[k]], sequence=s0 + k, sealed_evidence="")
-                       for k, e in enumerate(proto.events, start=1))
+                       for e in proto.events for k in (e.sequence - _SEQ0,))
         return v["subj"], replace(proto, events=events, version=s0 + EVENTS)
 
     def compact(self, i: int) -> tuple[str, bytes]:
