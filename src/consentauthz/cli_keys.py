@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from . import config as cfg
@@ -27,14 +25,8 @@ def _opened(ns: argparse.Namespace) -> Iterator[tuple[Any, Any, Any]]:
     """(key store, ledger, master key ring) as `serve` would open them."""
     from .app import load_master_keys, open_key_store, open_ledger
 
-    url = cfg.ledger_url(ns.ledger or os.environ.get(cfg.ENV_PREFIX + "LEDGER"))
-    data = Path(ns.data_dir or os.environ.get(cfg.ENV_PREFIX + "DATA_DIR")
-                or cfg.DEFAULT_DATA_DIR)
-    hex_key = os.environ.get(cfg.ENV_PREFIX + "MASTER_KEY")
-    config = cfg.ServeConfig(
-        data_dir=data, ledger_url=url,
-        master_key=bytes.fromhex(hex_key) if hex_key else None,
-        master_key_file=Path(ns.master_key_file) if ns.master_key_file else None)
+    config = cfg.key_store_config(ns)
+    url, data = config.ledger_url, config.data_dir
     if not url and not (data / "subject_keys.db").is_file():
         raise ConfigError(f"{data} holds no subject key store (subject_keys.db): give "
                           "the data dir the server uses, or --ledger")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -23,7 +22,7 @@ from .errors import ConfigError
 
 
 def _url(ns: argparse.Namespace) -> str:
-    url = cfg.ledger_url(ns.ledger or os.environ.get(cfg.ENV_PREFIX + "LEDGER"))
+    url = cfg.shared_ledger(ns)
     if url is None:
         raise ConfigError("--ledger postgresql://... is required: the embedded SQLite ledger "
                           "has one partition and one writer, and is never partitioned")

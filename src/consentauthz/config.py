@@ -143,15 +143,40 @@ def _env(env: Mapping[str, str], name: str) -> str | None:
     return env.get(ENV_PREFIX + name) or None
 
 
+def _hex_key(env: Mapping[str, str], name: str) -> bytes | None:
+    text = _env(env, name)
+    if not text:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be hex") from None
+
+
+def shared_ledger(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> str | None:
+    """The postgresql:// ledger of `--ledger` or $CONSENTAUTHZ_LEDGER (None: the embedded
+    one), for the offline commands that open it (`ledger ...`, `keys ...`)."""
+    env = os.environ if env is None else env
+    return ledger_url(getattr(ns, "ledger", None) or _env(env, "LEDGER"))
+
+
+def key_store_config(ns: argparse.Namespace,
+                     env: Mapping[str, str] | None = None) -> ServeConfig:
+    """What `keys ...` needs to open the key store, the ledger and the master key ring
+    from where `serve` takes them: the data dir, `--ledger`, and the ring (`--master-key-
+    file`, $CONSENTAUTHZ_MASTER_KEY, $CONSENTAUTHZ_MASTER_KEY_FILE or the data dir's)."""
+    env = os.environ if env is None else env
+    master_file = getattr(ns, "master_key_file", None) or _env(env, "MASTER_KEY_FILE")
+    return ServeConfig(
+        data_dir=Path(getattr(ns, "data_dir", None) or _env(env, "DATA_DIR")
+                      or DEFAULT_DATA_DIR),
+        ledger_url=shared_ledger(ns, env), master_key=_hex_key(env, "MASTER_KEY"),
+        master_key_file=Path(master_file) if master_file else None)
+
+
 def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServeConfig:
     env = os.environ if env is None else env
-    key_hex = _env(env, "PSEUDONYM_KEY")
-    key = None
-    if key_hex:
-        try:
-            key = bytes.fromhex(key_hex)
-        except ValueError:
-            raise ConfigError(f"{ENV_PREFIX}PSEUDONYM_KEY must be hex") from None
+    key = _hex_key(env, "PSEUDONYM_KEY")
     key_file = ns.pseudonym_key_file or _env(env, "PSEUDONYM_KEY_FILE")
     otlp = any(env.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT",
                                     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
@@ -192,13 +217,7 @@ def serve_config(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -
             raise ConfigError(f"{ENV_PREFIX}CLOCK_SKEW must be a number of seconds") from None
     if not 0 <= clock_skew <= 86400:
         raise ConfigError("--clock-skew must be from 0 to 86400 seconds")
-    master_hex = _env(env, "MASTER_KEY")
-    master = None
-    if master_hex:
-        try:
-            master = bytes.fromhex(master_hex)
-        except ValueError:
-            raise ConfigError(f"{ENV_PREFIX}MASTER_KEY must be hex") from None
+    master = _hex_key(env, "MASTER_KEY")
     master_file = getattr(ns, "master_key_file", None) or _env(env, "MASTER_KEY_FILE")
     tls_cert = getattr(ns, "tls_cert", None) or _env(env, "TLS_CERT")
     tls_key = getattr(ns, "tls_key", None) or _env(env, "TLS_KEY")

@@ -163,3 +163,21 @@ def test_keys_commands_on_a_served_data_dir(tmp_path: Path) -> None:
         assert dict(state.records[0].evidence) == {"ip": "203.0.113.5"}
     finally:
         s.stop()
+
+
+def test_the_keys_commands_take_the_ring_from_where_serve_does(tmp_path: Path) -> None:
+    from consentauthz.cli import build_parser
+    from consentauthz.config import key_store_config
+
+    ns = build_parser().parse_args(["keys", "status"])
+    env = {"CONSENTAUTHZ_DATA_DIR": str(tmp_path), "CONSENTAUTHZ_MASTER_KEY_FILE": "ring",
+           "CONSENTAUTHZ_LEDGER": "postgresql://db/x"}
+    config = key_store_config(ns, env)
+    assert (config.data_dir, config.master_key_file, config.ledger_url) == (
+        tmp_path, Path("ring"), "postgresql://db/x")
+    flagged = build_parser().parse_args(["keys", "status", "--master-key-file", "other"])
+    assert key_store_config(flagged, env).master_key_path == Path("other")
+    assert key_store_config(ns, {"CONSENTAUTHZ_MASTER_KEY": "22" * 32}).master_key \
+        == b"\x22" * 32
+    with pytest.raises(ConfigError, match="MASTER_KEY must be hex"):
+        key_store_config(ns, {"CONSENTAUTHZ_MASTER_KEY": "not hex"})

@@ -89,8 +89,6 @@ def rewrap(store: RewrappableStore, master: MasterKeys, *, dry_run: bool = False
         else:
             data_key = master.unwrap(wrapped, subject)
             again = master.wrap(data_key, subject)
-            if master.unwrap(again, subject) != data_key:  # pragma: no cover - AES-GCM
-                raise AssertionError("a re-wrapped key does not unwrap to itself")
             if dry_run or store.swap_wrapped(subject, wrapped, again):
                 report.rewrapped += 1
             else:
